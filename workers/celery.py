@@ -1,0 +1,64 @@
+"""The Celery app: `celery -A workers ...` finds it here, as Celery's own layout suggests.
+
+Configuration is built lazily from the settings, so importing the app never fails on a
+missing setting; the first use of the configuration does, with one clear line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from workers.node import current_settings, install
+from workers.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for a node: JSON only, early acks, bounded waits on the broker."""
+    broker_options = {
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 2.0,
+        "retry_on_timeout": True,
+        "visibility_timeout": 3600,
+    }
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend or _result_backend(settings.broker_url),
+        "broker_transport_options": broker_options,
+        "result_backend_transport_options": broker_options,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "broker_connection_timeout": 2.0,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_expires": 3600,
+        "task_acks_late": False,
+        "worker_prefetch_multiplier": 1,
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "task_default_queue": "failover.unrouted",
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_scheduler": "beat_schedule.scheduler:NodeScheduler",
+    }
+
+
+def _result_backend(broker_url: str) -> str | None:
+    """Results (for `failover move` and `run-script --wait`) go to the broker's Redis."""
+    return broker_url if broker_url.startswith(("redis", "rediss")) else None
+
+
+app = Celery("workers", include=["workers.tasks"])
+app.add_defaults(lambda: celery_config(current_settings()))
+install(app)

@@ -1,0 +1,115 @@
+"""Connections to the shared database: one engine per process, with timeouts on every session.
+
+A forked pool child must not reuse its parent's sockets, so the engine is keyed by the
+process id and rebuilt after a fork (and `worker_process_init` disposes the inherited one).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from threading import Lock
+
+from psycopg.errors import UndefinedTable
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+
+from workers.errors import DatabaseUnavailable
+from workers.settings import Settings
+
+_engines: dict[tuple[int, str], Engine] = {}
+_lock = Lock()
+
+
+def engine_for(settings: Settings, url: str | None = None) -> Engine:
+    """This process's engine for the URL (the node's by default), created on first use."""
+    url = url or settings.require_database_url()
+    key = (os.getpid(), url)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = _create_engine(settings, url)
+        return engine
+
+
+def _create_engine(settings: Settings, url: str) -> Engine:
+    timeout_ms = int(settings.database_timeout * 1000)
+    options = (
+        f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} "
+        f"-c idle_in_transaction_session_timeout={max(timeout_ms * 20, 10000)}"
+    )
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=2,
+        max_overflow=4,
+        pool_recycle=300,
+        connect_args={
+            "options": options,
+            "connect_timeout": max(2, math.ceil(settings.database_timeout * 2)),
+            "application_name": f"failover:{settings.node_name or 'cli'}",
+        },
+    )
+
+
+def forget_inherited_engines() -> None:
+    """Drop engines created by a parent process without closing the parent's sockets."""
+    with _lock:
+        for (pid, _url), engine in list(_engines.items()):
+            if pid != os.getpid():
+                engine.dispose(close=False)
+                del _engines[(pid, _url)]
+
+
+@contextmanager
+def transaction(settings: Settings, url: str | None = None) -> Iterator[Connection]:
+    """A transaction on the shared database; an unreachable database becomes one clear error."""
+    engine = engine_for(settings, url)
+    try:
+        with engine.begin() as connection:
+            yield connection
+    except OperationalError as error:
+        raise DatabaseUnavailable(
+            f"database unavailable at {_shown(engine)}: {_first_line(error)}"
+        ) from None
+    except ProgrammingError as error:
+        if isinstance(error.orig, UndefinedTable):
+            raise DatabaseUnavailable(
+                f"no failover schema in {_shown(engine)}: run `failover db upgrade` first"
+            ) from None
+        raise
+
+
+def _shown(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+def _first_line(error: DBAPIError) -> str:
+    return str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+
+
+def migrations_dir() -> Path:
+    """The Alembic folder: `workers/_migrations` in a wheel, `schema/` in a checkout."""
+    packaged = Path(__file__).parent / "_migrations"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "schema"
+
+
+def upgrade_schema(settings: Settings) -> str:
+    """Create or migrate the schema to the newest revision; return that revision."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+
+    url = settings.admin_database_url or settings.require_database_url()
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    with transaction(settings, url) as connection:
+        connection.execute(text("SET LOCAL statement_timeout = 0"))
+        connection.execute(text("SET LOCAL lock_timeout = 0"))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        revision = MigrationContext.configure(connection).get_current_revision()
+    return revision or "none"

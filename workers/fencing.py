@@ -1,0 +1,107 @@
+"""Invariant 5: a service's side effects commit only while this node owns it at the task's epoch.
+
+    with fenced(settings, Fence("folder_monitor", me, epoch)) as connection:
+        connection.execute(...)   # the side effect, in the same transaction
+
+The check takes a share lock on the `service_status` row, so a takeover (which needs the
+row's update lock) waits until the side effect has committed, or the side effect sees the
+new owner and is refused: the two never interleave. A refused side effect raises
+`StaleEpoch`; `run_fenced` logs it and drops the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects.postgresql import insert
+
+from workers.database import transaction
+from workers.errors import StaleEpoch
+from workers.settings import Settings
+from workers.store import LEASE_EXPIRES, NOW, Identity
+from workers.tables import server_registry as nodes_t
+from workers.tables import service_status as services_t
+from workers.tables import service_tick as ticks_t
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+OWNER_JOIN = nodes_t.c.id == services_t.c.service_registry_id
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The claim a service task makes: `me` owns `service` at `epoch`."""
+
+    service: str
+    me: Identity
+    epoch: int
+
+
+def check_fence(connection: Connection, fence: Fence) -> None:
+    """Raise `StaleEpoch` unless this incarnation owns the service at that epoch, lease fresh."""
+    held = connection.execute(
+        select(services_t.c.id)
+        .join(nodes_t, OWNER_JOIN)
+        .where(
+            (services_t.c.service_type == fence.service)
+            & (services_t.c.epoch == fence.epoch)
+            & (nodes_t.c.node_name == fence.me.name)
+            & (nodes_t.c.incarnation == uuid.UUID(fence.me.incarnation))
+            & nodes_t.c.stopped_at.is_(None)
+            & (LEASE_EXPIRES > NOW)
+        )
+        .with_for_update(read=True, of=services_t)
+    ).first()
+    if held is None:
+        raise StaleEpoch(_why_stale(connection, fence))
+
+
+def _why_stale(connection: Connection, fence: Fence) -> str:
+    row = connection.execute(
+        select(services_t.c.epoch, nodes_t.c.node_name)
+        .select_from(
+            services_t.outerjoin(nodes_t, nodes_t.c.id == services_t.c.service_registry_id)
+        )
+        .where(services_t.c.service_type == fence.service)
+    ).first()
+    owner, epoch = (row.node_name, row.epoch) if row else (None, None)
+    return (
+        f"{fence.me.name} is not the owner of {fence.service} at epoch {fence.epoch} "
+        f"with a fresh lease (owner {owner or 'nobody'}, epoch {epoch})"
+    )
+
+
+@contextmanager
+def fenced(settings: Settings, fence: Fence) -> Iterator[Connection]:
+    """A transaction that is open only while the fence holds; the body's writes commit with it."""
+    with transaction(settings) as connection:
+        check_fence(connection, fence)
+        yield connection
+
+
+def run_fenced(settings: Settings, fence: Fence, effect: Callable[[Connection], T]) -> T | None:
+    """Apply `effect` under the fence; log and drop it (returning None) if the fence fails."""
+    try:
+        with fenced(settings, fence) as connection:
+            return effect(connection)
+    except StaleEpoch as refusal:
+        log.warning("node %s: rejected stale work on %s: %s", fence.me.name, fence.service, refusal)
+        return None
+
+
+def record_tick(connection: Connection, fence: Fence) -> int:
+    """The observable side effect of a service tick: count it against (service, epoch)."""
+    statement = insert(ticks_t).values(
+        service_type=fence.service, epoch=fence.epoch, node_name=fence.me.name, tick_count=1
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=[ticks_t.c.service_type, ticks_t.c.epoch],
+        set_={"tick_count": ticks_t.c.tick_count + 1, "last_tick_at": NOW},
+    )
+    return connection.execute(statement.returning(ticks_t.c.tick_count)).scalar_one()  # type: ignore[no-any-return]

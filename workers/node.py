@@ -1,0 +1,187 @@
+"""A node's life inside its Celery worker: birth, embedded beat, graceful death.
+
+`NodeLifecycle` is a worker bootstep, so `failover worker` and a plain
+`celery -A workers worker -Q node.N` behave alike:
+
+- register_birth: register the node under a new incarnation (refused while another live
+  process holds the name), then start the node's own beat as a thread of this process;
+- register_death: on warm shutdown (SIGTERM), at once release every service the node owns
+  (reason `release`) and nudge the live peers to beat, so one takes over without waiting
+  for this node's lease to expire.
+
+The beat is a thread of the worker's main process, not a child process: it cannot outlive
+the node it beats for (a SIGKILL of the worker takes it along), and no second process per
+node needs supervising.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from functools import cache
+from typing import Any
+
+from celery import bootsteps
+from celery.signals import after_setup_logger, worker_process_init, worker_shutting_down
+
+from workers import store
+from workers.database import forget_inherited_engines, transaction
+from workers.errors import ConfigError, FailoverError
+from workers.routing import node_from_queue, node_queue, send_to_node
+from workers.settings import ENV_PREFIX, Settings, load_settings
+from workers.store import Identity, Registration
+
+log = logging.getLogger(__name__)
+INCARNATION_VAR = f"{ENV_PREFIX}INCARNATION"
+NODE_VAR = f"{ENV_PREFIX}NODE_NAME"
+
+
+@cache
+def current_settings() -> Settings:
+    """This process's settings (environment and `FAILOVER_CONFIG`), loaded once."""
+    return load_settings()
+
+
+def current_identity() -> Identity:
+    """The node this process serves and the incarnation of its worker."""
+    name, _region = current_settings().require_node()
+    incarnation = os.environ.get(INCARNATION_VAR)
+    if not incarnation:
+        raise ConfigError(f"{INCARNATION_VAR} is not set: this process was not started as a node")
+    return Identity(name, incarnation)
+
+
+def adopt_node(name: str, incarnation: str | None = None) -> Identity:
+    """Make this process (and the pool children it will fork) serve node `name`."""
+    os.environ[NODE_VAR] = name
+    os.environ[INCARNATION_VAR] = incarnation or store.new_incarnation()
+    current_settings.cache_clear()
+    return current_identity()
+
+
+def registration(settings: Settings) -> Registration:
+    name, region = settings.require_node()
+    return Registration(
+        name=name,
+        region=region,
+        lease_timeout=settings.lease_timeout,
+        heartbeat_interval=settings.heartbeat_interval,
+        ip_address=settings.ip_address,
+        port_number=settings.port_number,
+        app_context=settings.app_context,
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
+    )
+
+
+def register_birth(settings: Settings, me: Identity) -> None:
+    with transaction(settings) as connection:
+        store.register_node(connection, registration(settings), me.incarnation)
+    log.warning(
+        "node %s: registered in region %s, incarnation %s; standby until its first heartbeat",
+        me.name,
+        settings.region,
+        me.incarnation,
+    )
+
+
+def register_death(app: Any, settings: Settings, me: Identity) -> None:
+    """Release this node's services and wake the live peers so one takes them at once."""
+    with transaction(settings) as connection:
+        released = store.release_services(connection, me)
+        peers = [node for node in store.read_snapshot(connection).nodes if node.name != me.name]
+        now = store.database_now(connection)
+    for service, epoch in released:
+        log.warning("node %s: released %s at epoch %d: graceful stop", me.name, service, epoch)
+    if not released:
+        log.warning("node %s: stopped; it owned no service", me.name)
+        return
+    for peer in peers:
+        if peer.is_live(now):
+            args = (peer.name, peer.incarnation)
+            send_to_node(app, "failover.heartbeat", peer.name, args, settings.heartbeat_interval)
+
+
+def _node_of_worker(worker: Any) -> str | None:
+    """The node a worker serves: `FAILOVER_NODE_NAME`, or its single `node.<name>` queue."""
+    configured = os.environ.get(NODE_VAR)
+    if configured:
+        return configured
+    names = {node_from_queue(q) for q in worker.app.amqp.queues.consume_from or {}} - {None}
+    return names.pop() if len(names) == 1 else None
+
+
+class NodeLifecycle(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Registers the node, runs its beat, and releases its services on warm shutdown."""
+
+    label = "failover node"
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        name = _node_of_worker(worker)
+        self.enabled = name is not None
+        self.beat: Any = None
+        if name is None:
+            log.warning("no node: set %s or consume one node.<name> queue", NODE_VAR)
+            return
+        me = adopt_node(name, os.environ.get(INCARNATION_VAR))
+        queues = worker.app.amqp.queues
+        if node_queue(me.name) not in (queues.consume_from or {}):
+            queues.select_add(node_queue(me.name))
+
+    def start(self, worker: Any) -> None:
+        from celery.beat import EmbeddedService
+
+        from beat_schedule.scheduler import NodeScheduler
+
+        settings, me = current_settings(), current_identity()
+        try:
+            register_birth(settings, me)
+        except FailoverError as error:
+            log.critical("node %s: cannot start: %s", me.name, error)
+            raise SystemExit(error.exit_code) from None
+        _running.append((worker.app, settings, me))
+        self.beat = EmbeddedService(worker.app, thread=True, scheduler_cls=NodeScheduler)
+        self.beat.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.beat is not None:
+            self.beat.stop()
+            self.beat = None
+
+
+_running: list[tuple[Any, Settings, Identity]] = []
+
+
+def _release_on_shutdown(**_: Any) -> None:
+    while _running:
+        app, settings, me = _running.pop()
+        try:
+            register_death(app, settings, me)
+        except FailoverError as error:
+            log.error("node %s: could not release its services: %s", me.name, error)
+
+
+def _fresh_engines_in_child(**_: Any) -> None:
+    forget_inherited_engines()
+
+
+ROUTINE_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.beat")
+
+
+def _quiet_routine_logs(loglevel: int | str | None = None, **_: Any) -> None:
+    """Above DEBUG, a node logs its decisions, not every heartbeat received and succeeded."""
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, str) else loglevel
+    if isinstance(level, int) and level > logging.DEBUG:
+        for name in ROUTINE_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def install(app: Any) -> None:
+    """Add the node's bootstep to a Celery app's worker."""
+    app.steps["worker"].add(NodeLifecycle)
+    worker_shutting_down.connect(_release_on_shutdown, weak=False)
+    worker_process_init.connect(_fresh_engines_in_child, weak=False)
+    after_setup_logger.connect(_quiet_routine_logs, weak=False)

@@ -1,0 +1,182 @@
+"""Every tunable of a node, from flags, `FAILOVER_*` variables and an optional TOML file.
+
+Precedence: a flag beats the environment, which beats the file, which beats the default.
+Timing rules are checked when the settings load, so a node never starts with a lease it
+cannot keep (Patroni checks `loop_wait + 2 * retry_timeout <= ttl` the same way).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from workers.errors import ConfigError
+
+ENV_PREFIX = "FAILOVER_"
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+SERVICES = ("folder_monitor", "app_script")
+
+_config_file: ContextVar[Path | None] = ContextVar("failover_config_file", default=None)
+
+
+class Settings(BaseSettings):
+    """A node's configuration; the field name is the TOML key, `FAILOVER_<NAME>` its variable."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    database_url: str | None = Field(default=None, repr=False)
+    admin_database_url: str | None = Field(default=None, repr=False)
+    broker_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
+    result_backend: str | None = Field(default=None, repr=False)
+
+    node_name: str | None = None
+    region: str = "default"
+    ip_address: str | None = None
+    port_number: str | None = None
+    app_context: str = ""
+    health_timeout: float = Field(default=0.5, gt=0)
+
+    heartbeat_interval: float = Field(default=1.0, gt=0)
+    lease_timeout: float = Field(default=3.0, gt=0)
+    database_timeout: float = Field(default=0.5, gt=0)
+    cross_region_delay: float = Field(default=1.0, ge=0)
+
+    pool: str = "prefork"
+    concurrency: int = Field(default=2, ge=1)
+    log_level: str = "INFO"
+    hot_folder: str | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @field_validator("node_name", "region")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and not NAME_PATTERN.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid name (lowercase letters, digits, '_', '.', '-')"
+            )
+        return value
+
+    @field_validator("database_url", "admin_database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = value.split("://", 1)[0]
+        if scheme in ("postgresql", "postgres"):
+            return "postgresql+psycopg://" + value.split("://", 1)[1]
+        if scheme != "postgresql+psycopg":
+            raise ValueError("must start with postgresql+psycopg:// (or postgresql://)")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str) -> str:
+        schemes = {"redis", "rediss", "redis+socket", "sentinel", "sentinels"}
+        for part in value.split(";"):
+            if part.split("://", 1)[0] not in schemes:
+                raise ValueError(f"scheme must be one of {', '.join(sorted(schemes))}")
+        return value
+
+    @field_validator("pool")
+    @classmethod
+    def _check_pool(cls, value: str) -> str:
+        if value not in ("prefork", "threads", "solo"):
+            raise ValueError("must be prefork, threads or solo")
+        return value
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> Settings:
+        """The lease must outlast one late heartbeat plus two slow database round trips."""
+        needed = 1.5 * self.heartbeat_interval + 2 * self.database_timeout
+        if self.lease_timeout < needed:
+            raise ValueError(
+                f"{ENV_PREFIX}LEASE_TIMEOUT ({self.lease_timeout:g} s) must be at least "
+                f"1.5 x {ENV_PREFIX}HEARTBEAT_INTERVAL ({self.heartbeat_interval:g} s) + "
+                f"2 x {ENV_PREFIX}DATABASE_TIMEOUT ({self.database_timeout:g} s) = {needed:g} s"
+            )
+        return self
+
+    def require_database_url(self) -> str:
+        """The database URL, or a configuration error naming the variable to set."""
+        if not self.database_url:
+            raise ConfigError(f"{ENV_PREFIX}DATABASE_URL is not set (postgresql+psycopg://...)")
+        return self.database_url
+
+    def require_node(self) -> tuple[str, str]:
+        """The node's name and region, or a configuration error naming what is missing."""
+        if not self.node_name:
+            raise ConfigError(f"{ENV_PREFIX}NODE_NAME is not set (or pass --node)")
+        return self.node_name, self.region
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as an operator may see them: every URL with its password masked."""
+        shown = self.model_dump()
+        for key in ("database_url", "admin_database_url", "broker_url", "result_backend"):
+            if shown[key]:
+                shown[key] = mask_url(shown[key])
+        return shown
+
+
+def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settings:
+    """Load and validate the settings; raise `ConfigError` with one line naming each bad one."""
+    path = config_file or os.environ.get(f"{ENV_PREFIX}CONFIG") or None
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"{ENV_PREFIX}CONFIG: no such file: {path}")
+    token = _config_file.set(Path(path) if path else None)
+    try:
+        return Settings(**{key: value for key, value in flags.items() if value is not None})
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error)) from None
+    finally:
+        _config_file.reset(token)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line: each failing setting named as its environment variable, with the reason."""
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        name = f"{ENV_PREFIX}{field.upper()}: " if field else ""
+        parts.append(f"{name}{message}")
+    return "configuration error: " + "; ".join(parts)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by `***`, safe to print or log."""
+    return ";".join(_mask_one(part) for part in url.split(";"))
+
+
+def _mask_one(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

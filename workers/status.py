@@ -1,0 +1,152 @@
+"""`failover status`: who owns what and why, as one JSON object or as tables for people."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from sqlalchemy import Connection, select
+
+from workers import store
+from workers.snapshot import Node, Snapshot
+from workers.tables import ownership_history as history_t
+from workers.tables import server_registry as nodes_t
+from workers.tables import service_status as services_t
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _age(now: datetime, moment: datetime | None) -> float | None:
+    return round((now - moment).total_seconds(), 3) if moment else None
+
+
+def _address(row: Any) -> str | None:
+    if not (row.ip_address and row.port_number):
+        return None
+    return f"{row.ip_address}:{row.port_number}/{(row.app_context or '').lstrip('/')}"
+
+
+def _node_entry(snapshot: Snapshot, node: Node, row: Any) -> dict[str, Any]:
+    now = snapshot.now
+    return {
+        "name": node.name,
+        "region": node.region,
+        "address": _address(row),
+        "active": node.is_active,
+        "live": node.is_live(now),
+        "last_heartbeat_age_s": _age(now, node.last_heartbeat_at),
+        "lease_left_s": round(node.lease_left(now), 3),
+        "lease_timeout_s": node.lease_timeout,
+        "heartbeat_interval_s": row.heartbeat_interval_s,
+        "draining": node.draining,
+        "stopped": node.stopped_at is not None,
+        "app_healthy": row.app_healthy,
+        "incarnation": node.incarnation,
+        "hostname": row.hostname,
+        "pid": row.pid,
+        "started_at": _iso(row.started_at),
+        "verdict": row.last_verdict,
+    }
+
+
+def _service_entry(snapshot: Snapshot, row: Any) -> dict[str, Any]:
+    owner = snapshot.node_by_id(row.service_registry_id)
+    return {
+        "service": row.service_type,
+        "owner": owner.name if owner else None,
+        "owner_live": owner.is_live(snapshot.now) if owner else False,
+        "epoch": row.epoch,
+        "since": _iso(row.acquired_at),
+        "reason": row.acquired_reason,
+        "actor": row.acquired_by,
+        "detail": row.acquired_detail,
+    }
+
+
+def _event_entry(row: Any) -> dict[str, Any]:
+    return {
+        "service": row.service_type,
+        "from": row.from_node,
+        "to": row.to_node,
+        "epoch": row.epoch,
+        "reason": row.reason,
+        "actor": row.actor,
+        "detail": row.detail,
+        "at": _iso(row.changed_at),
+    }
+
+
+def cluster_status(connection: Connection, events: int = 10) -> dict[str, Any]:
+    """Nodes, services and the latest ownership events, read in one transaction."""
+    snapshot = store.read_snapshot(connection)
+    rows = {row.node_name: row for row in connection.execute(select(nodes_t))}
+    services = connection.execute(select(services_t).order_by(services_t.c.service_type))
+    history = connection.execute(
+        select(history_t)
+        .order_by(history_t.c.changed_at.desc(), history_t.c.id.desc())
+        .limit(events)
+    )
+    return {
+        "database_time": _iso(snapshot.now),
+        "nodes": [_node_entry(snapshot, node, rows[node.name]) for node in snapshot.nodes],
+        "services": [_service_entry(snapshot, row) for row in services],
+        "events": [_event_entry(row) for row in history],
+    }
+
+
+def _node_state(node: dict[str, Any]) -> str:
+    if node["stopped"]:
+        return "[dim]stopped[/]"
+    if node["live"]:
+        return "[yellow]draining[/]" if node["draining"] else "[green]live[/]"
+    return "[red]dead[/]" if not node["active"] else "[red]lease expired[/]"
+
+
+def render(status: dict[str, Any]) -> RenderableType:
+    """The status as three tables: nodes, services, recent ownership events."""
+    nodes = Table(title="Nodes", title_justify="left")
+    for column in ("node", "region", "address", "state", "heartbeat age", "lease left", "verdict"):
+        nodes.add_column(column)
+    for node in status["nodes"]:
+        nodes.add_row(
+            node["name"],
+            node["region"],
+            node["address"] or "-",
+            _node_state(node),
+            f"{node['last_heartbeat_age_s']:.1f} s",
+            f"{max(node['lease_left_s'], 0):.1f} s",
+            node["verdict"] or "",
+        )
+    services = Table(title="Services", title_justify="left")
+    for column in ("service", "owner", "epoch", "since", "reason", "why"):
+        services.add_column(column)
+    for service in status["services"]:
+        owner = service["owner"] or "[red]nobody[/]"
+        if service["owner"] and not service["owner_live"]:
+            owner += " [red](not live)[/]"
+        services.add_row(
+            service["service"],
+            owner,
+            str(service["epoch"]),
+            service["since"] or "-",
+            service["reason"] or "-",
+            service["detail"] or "",
+        )
+    events = Table(title="Recent ownership events", title_justify="left")
+    for column in ("at", "service", "from", "to", "epoch", "reason", "by"):
+        events.add_column(column)
+    for event in status["events"]:
+        events.add_row(
+            event["at"],
+            event["service"],
+            event["from"] or "-",
+            event["to"] or "-",
+            str(event["epoch"]),
+            event["reason"],
+            event["actor"] or "",
+        )
+    return Group(nodes, services, events)

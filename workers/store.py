@@ -1,0 +1,264 @@
+"""SQL that reads the cluster snapshot and applies decisions under row locks.
+
+Times are the database's own (`clock_timestamp()`, which, unlike `now()`, moves on after
+a lock wait). Every change of owner goes through `acquire` or `release_services`, which
+lock the `service_status` row; the table's trigger then raises the epoch check and writes
+the history row, so no code path can change an owner silently.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, case, func, literal_column, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from workers.decide import Acquire, MarkInactive, refusal_to_acquire
+from workers.errors import Refused
+from workers.snapshot import Node, Service, Snapshot
+from workers.tables import server_registry as nodes_t
+from workers.tables import service_status as services_t
+
+NOW = func.clock_timestamp()
+LEASE_EXPIRES = nodes_t.c.last_heartbeat_at + nodes_t.c.lease_timeout_s * literal_column(
+    "interval '1 second'"
+)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is acting: the node's name and the incarnation of the running process."""
+
+    name: str
+    incarnation: str
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What a node declares about itself when it starts."""
+
+    name: str
+    region: str
+    lease_timeout: float
+    heartbeat_interval: float
+    ip_address: str | None = None
+    port_number: str | None = None
+    app_context: str | None = None
+    hostname: str | None = None
+    pid: int | None = None
+
+
+def new_incarnation() -> str:
+    return str(uuid.uuid4())
+
+
+def database_now(connection: Connection) -> datetime:
+    return connection.execute(select(NOW)).scalar_one()  # type: ignore[no-any-return]
+
+
+def _node(row: Row[Any]) -> Node:
+    return Node(
+        id=row.id,
+        name=row.node_name,
+        region=row.region,
+        is_active=row.is_active,
+        last_heartbeat_at=row.last_heartbeat_at,
+        lease_started_at=row.lease_started_at,
+        lease_timeout=row.lease_timeout_s,
+        draining=row.draining,
+        stopped_at=row.stopped_at,
+        incarnation=str(row.incarnation),
+    )
+
+
+def _service(row: Row[Any]) -> Service:
+    return Service(
+        name=row.service_type,
+        owner_id=row.service_registry_id,
+        epoch=row.epoch,
+        acquired_at=row.acquired_at,
+        reason=row.acquired_reason,
+    )
+
+
+def read_nodes(connection: Connection) -> tuple[Node, ...]:
+    rows = connection.execute(select(nodes_t).order_by(nodes_t.c.node_name))
+    return tuple(_node(row) for row in rows)
+
+
+def read_snapshot(connection: Connection) -> Snapshot:
+    """The whole registry and every service, with the database time after reading them."""
+    nodes = read_nodes(connection)
+    services = connection.execute(select(services_t).order_by(services_t.c.service_type))
+    return Snapshot(database_now(connection), nodes, tuple(_service(row) for row in services))
+
+
+def name_holder(connection: Connection, name: str, lock: bool = False) -> str | None:
+    """Why the name cannot be registered now (a live process holds it), or None if it can."""
+    query = select(nodes_t, (LEASE_EXPIRES - NOW).label("left")).where(nodes_t.c.node_name == name)
+    row = connection.execute(query.with_for_update() if lock else query).first()
+    if row is None or not _holds_name(row):
+        return None
+    return (
+        f"node {name} is already running (pid {row.pid} on {row.hostname or '?'}, "
+        f"lease {row.left.total_seconds():.1f} s left): stop it, or wait for its lease "
+        "to expire if that process is gone"
+    )
+
+
+def register_node(connection: Connection, node: Registration, incarnation: str) -> None:
+    """Register or re-register a node under a new incarnation, unless a live process holds it.
+
+    The node keeps its `draining` flag across restarts; everything about the process is new.
+    """
+    holder = name_holder(connection, node.name, lock=True)
+    if holder is not None:
+        raise Refused(holder)
+    values: dict[str, Any] = {
+        "region": node.region,
+        "ip_address": node.ip_address,
+        "port_number": node.port_number,
+        "app_context": node.app_context,
+        "hostname": node.hostname,
+        "pid": node.pid,
+        "is_active": True,
+        "incarnation": uuid.UUID(incarnation),
+        "started_at": NOW,
+        "last_heartbeat_at": NOW,
+        "lease_started_at": NOW,
+        "lease_timeout_s": node.lease_timeout,
+        "heartbeat_interval_s": node.heartbeat_interval,
+        "stopped_at": None,
+        "app_healthy": None,
+        "last_verdict": "registered: standby until the first heartbeat",
+    }
+    statement = insert(nodes_t).values(node_name=node.name, draining=False, **values)
+    connection.execute(
+        statement.on_conflict_do_update(index_elements=[nodes_t.c.node_name], set_=values)
+    )
+
+
+def _holds_name(row: Row[Any]) -> bool:
+    return bool(row.is_active and row.stopped_at is None and row.left.total_seconds() > 0)
+
+
+def _mine(me: Identity) -> Any:
+    return (
+        (nodes_t.c.node_name == me.name)
+        & (nodes_t.c.incarnation == uuid.UUID(me.incarnation))
+        & nodes_t.c.stopped_at.is_(None)
+    )
+
+
+def renew_lease(connection: Connection, me: Identity) -> bool:
+    """Extend this node's lease from the database clock; False if this incarnation is gone.
+
+    A lease that had lapsed (or a node marked inactive) starts a new unbroken lease now:
+    that start time is what the outage rule in `decide` measures from.
+    """
+    lapsed = (LEASE_EXPIRES < NOW) | ~nodes_t.c.is_active
+    result = connection.execute(
+        update(nodes_t)
+        .where(_mine(me))
+        .values(
+            lease_started_at=case((lapsed, NOW), else_=nodes_t.c.lease_started_at),
+            last_heartbeat_at=NOW,
+            is_active=True,
+            app_healthy=True,
+        )
+    )
+    return result.rowcount == 1
+
+
+def record_unhealthy(connection: Connection, me: Identity, why: str) -> None:
+    """Note that the node's own application failed its check: the lease is not renewed."""
+    connection.execute(update(nodes_t).where(_mine(me)).values(app_healthy=False, last_verdict=why))
+
+
+def record_verdict(connection: Connection, me: Identity, verdict: str) -> None:
+    connection.execute(update(nodes_t).where(_mine(me)).values(last_verdict=verdict))
+
+
+def mark_inactive(connection: Connection, action: MarkInactive) -> bool:
+    """Mark a dead peer inactive, unless it renewed its lease since the snapshot saw it."""
+    result = connection.execute(
+        update(nodes_t)
+        .where(
+            (nodes_t.c.node_name == action.node)
+            & nodes_t.c.is_active
+            & (nodes_t.c.last_heartbeat_at == action.last_heartbeat_at)
+        )
+        .values(is_active=False)
+    )
+    return result.rowcount == 1
+
+
+def acquire(connection: Connection, me: Identity, action: Acquire, actor: str) -> str | None:
+    """Invariant 2: lock the service row, re-check, then move it to this node at epoch + 1.
+
+    Returns None when the service was taken, or the reason it was not (another node won,
+    the owner came back, this node's own lease lapsed).
+    """
+    locked = connection.execute(
+        select(services_t).where(services_t.c.service_type == action.service).with_for_update()
+    ).one()
+    snapshot = Snapshot(database_now(connection), read_nodes(connection), (_service(locked),))
+    mine = snapshot.node(me.name)
+    if mine is None or mine.incarnation != me.incarnation:
+        return "this process is no longer the node's current incarnation"
+    refusal = refusal_to_acquire(snapshot, me.name, action.service, action.from_node, action.epoch)
+    if refusal:
+        return refusal
+    connection.execute(
+        update(services_t)
+        .where(services_t.c.id == locked.id)
+        .values(
+            service_registry_id=mine.id,
+            epoch=locked.epoch + 1,
+            acquired_at=NOW,
+            acquired_reason=action.reason,
+            acquired_by=actor,
+            acquired_detail=action.why,
+        )
+    )
+    return None
+
+
+def release_services(
+    connection: Connection, me: Identity, why: str = "graceful stop"
+) -> list[tuple[str, int]]:
+    """Invariant 7: stop this incarnation and hand back its services (reason `release`).
+
+    Returns each released service with its new epoch. The node is marked stopped first,
+    so a heartbeat still running in this process can no longer renew or claim anything.
+    """
+    node_id = connection.execute(
+        update(nodes_t)
+        .where(_mine(me))
+        .values(stopped_at=NOW, is_active=False, last_verdict=f"stopped: {why}")
+        .returning(nodes_t.c.id)
+    ).scalar()
+    if node_id is None:
+        return []
+    owned = connection.execute(
+        select(services_t.c.id, services_t.c.service_type, services_t.c.epoch)
+        .where(services_t.c.service_registry_id == node_id)
+        .with_for_update()
+    ).all()
+    for row in owned:
+        connection.execute(
+            update(services_t)
+            .where(services_t.c.id == row.id)
+            .values(
+                service_registry_id=None,
+                epoch=row.epoch + 1,
+                acquired_at=NOW,
+                acquired_reason="release",
+                acquired_by=me.name,
+                acquired_detail=why,
+            )
+        )
+    return [(row.service_type, row.epoch + 1) for row in owned]

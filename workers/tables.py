@@ -1,0 +1,86 @@
+"""The tables as SQLAlchemy Core sees them; the DDL lives in `schema/` (Alembic, schema.sql).
+
+`server_registry` and `service_status` keep the seed article's columns, column for column
+(`is_active` is its BIT as a BOOLEAN); everything after them is ours.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Uuid,
+)
+
+metadata = MetaData()
+
+server_registry = Table(
+    "server_registry",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("ip_address", String(255)),
+    Column("app_context", String(255)),
+    Column("port_number", String(255)),
+    Column("is_active", Boolean, nullable=False),
+    Column("node_name", String(63), nullable=False, unique=True),
+    Column("region", String(63), nullable=False),
+    Column("incarnation", Uuid, nullable=False),
+    Column("hostname", String(255)),
+    Column("pid", Integer),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("last_heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("lease_started_at", DateTime(timezone=True), nullable=False),
+    Column("lease_timeout_s", Float, nullable=False),
+    Column("heartbeat_interval_s", Float, nullable=False),
+    Column("stopped_at", DateTime(timezone=True)),
+    Column("draining", Boolean, nullable=False),
+    Column("app_healthy", Boolean),
+    Column("last_verdict", Text),
+)
+
+service_status = Table(
+    "service_status",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("service_registry_id", BigInteger, ForeignKey("server_registry.id")),
+    Column("service_type", String(255), nullable=False, unique=True),
+    Column("epoch", BigInteger, nullable=False),
+    Column("acquired_at", DateTime(timezone=True)),
+    Column("acquired_reason", String(32)),
+    Column("acquired_by", String(255)),
+    Column("acquired_detail", Text),
+)
+
+ownership_history = Table(
+    "ownership_history",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("service_type", String(255), nullable=False),
+    Column("from_node", String(63)),
+    Column("to_node", String(63)),
+    Column("epoch", BigInteger, nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("actor", String(255)),
+    Column("detail", Text),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+)
+
+service_tick = Table(
+    "service_tick",
+    metadata,
+    Column("service_type", String(255), primary_key=True),
+    Column("epoch", BigInteger, primary_key=True),
+    Column("node_name", String(63), nullable=False),
+    Column("tick_count", BigInteger, nullable=False),
+    Column("first_tick_at", DateTime(timezone=True), nullable=False),
+    Column("last_tick_at", DateTime(timezone=True), nullable=False),
+)
