@@ -51,6 +51,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         "beat_scheduler": "beat_schedule.scheduler:NodeScheduler",
+        "worker_consumer": "workers.consumer:NodeConsumer",
     }
 
 

@@ -1,0 +1,51 @@
+"""Fixtures on real servers: PostgreSQL and Redis from FAILOVER_TEST_*_URL, else embedded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster import Cluster
+from tests.support.servers import Servers, clean_broker, fresh_database, start_servers
+from workers.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    with ExitStack() as stack:
+        yield start_servers(stack)
+
+
+@pytest.fixture
+def database_url(servers: Servers) -> Iterator[str]:
+    with fresh_database(servers) as url:
+        yield url
+
+
+@pytest.fixture
+def broker_url(servers: Servers) -> Iterator[str]:
+    with clean_broker(servers.broker_url) as url:
+        yield url
+
+
+@pytest.fixture
+def settings(database_url: str, broker_url: str) -> Settings:
+    return load_settings(
+        database_url=database_url,
+        broker_url=broker_url,
+        heartbeat_interval=0.3,
+        lease_timeout=1.5,
+        database_timeout=0.3,
+    )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, database_url: str, broker_url: str) -> Iterator[Cluster]:
+    running = Cluster(tmp_path, database_url, broker_url)
+    try:
+        yield running
+    finally:
+        running.close()

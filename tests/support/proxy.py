@@ -1,0 +1,107 @@
+"""A TCP proxy that the tests can cut, to play a broker or database outage for real clients.
+
+Clients connect to 127.0.0.1:<port>; the proxy forwards to the real server (TCP or Unix
+socket). `cut()` resets every open connection and refuses new ones, as a stopped server
+does; `restore()` accepts again on the same port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+
+
+class FaultProxy:
+    def __init__(self, target: tuple[str, int] | str) -> None:
+        self.target = target
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        self._running = True
+        self._listen()
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    def _listen(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        listener.settimeout(0.2)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+
+    def _connect_target(self) -> socket.socket:
+        if isinstance(self.target, str):
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:
+            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        upstream.connect(self.target)
+        return upstream
+
+    def _accept_loop(self) -> None:
+        while self._running:
+            listener = self._listener
+            if listener is None:
+                threading.Event().wait(0.05)
+                continue
+            try:
+                client, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            try:
+                upstream = self._connect_target()
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(client, selectors.EVENT_READ, upstream)
+        selector.register(upstream, selectors.EVENT_READ, client)
+        try:
+            while True:
+                for key, _ in selector.select(timeout=0.5):
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    if not data:
+                        return
+                    key.data.sendall(data)
+        except (OSError, ValueError):
+            return
+        finally:
+            selector.close()
+            self._close_pair(client, upstream)
+
+    def _close_pair(self, client: socket.socket, upstream: socket.socket) -> None:
+        for sock in (client, upstream):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            with contextlib.suppress(OSError):
+                sock.close()
+        with self._lock:
+            if (client, upstream) in self._pairs:
+                self._pairs.remove((client, upstream))
+
+    def cut(self) -> None:
+        """Reset every connection and refuse new ones, like a server that went away."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            pairs = list(self._pairs)
+        for client, upstream in pairs:
+            for sock in (client, upstream):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def restore(self) -> None:
+        self._listen()
+
+    def close(self) -> None:
+        self._running = False
+        self.cut()

@@ -1,0 +1,113 @@
+"""Real PostgreSQL and Redis for the tests: the machine's (FAILOVER_TEST_*_URL) or embedded ones.
+
+Each test gets a database of its own, created from the migrations and dropped afterwards,
+and a broker database emptied before and after it (as RQ's tests do with Redis).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from workers.database import upgrade_schema
+from workers.embedded import embedded_servers
+from workers.settings import load_settings
+
+Target = tuple[str, int] | str
+
+
+@dataclass(frozen=True)
+class Servers:
+    admin_database_url: str
+    broker_url: str
+    embedded: bool
+
+
+def start_servers(stack: ExitStack) -> Servers:
+    database_url = os.environ.get("FAILOVER_TEST_DATABASE_URL")
+    broker_url = os.environ.get("FAILOVER_TEST_BROKER_URL")
+    embedded = None
+    if not (database_url and broker_url):
+        embedded = stack.enter_context(embedded_servers())
+    return Servers(
+        admin_database_url=load_settings(
+            database_url=database_url or embedded.database_url  # type: ignore[union-attr]
+        ).require_database_url(),
+        broker_url=broker_url or embedded.broker_url,  # type: ignore[union-attr]
+        embedded=embedded is not None,
+    )
+
+
+@contextmanager
+def fresh_database(servers: Servers) -> Iterator[str]:
+    """A new database with the schema migrated in; dropped (connections and all) afterwards."""
+    name = f"failover_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(servers.admin_database_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(servers.admin_database_url).set(database=name)
+    rendered = url.render_as_string(hide_password=False)
+    upgrade_schema(load_settings(database_url=rendered))
+    try:
+        yield rendered
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def redis_client(broker_url: str) -> redis.Redis:
+    """A plain Redis client on the broker's server and database."""
+    if broker_url.startswith("redis+socket://"):
+        parts = urlsplit(broker_url)
+        db = int(parse_qs(parts.query).get("virtual_host", ["0"])[0])
+        return redis.Redis(unix_socket_path=parts.path, db=db)
+    return redis.Redis.from_url(broker_url)
+
+
+@contextmanager
+def clean_broker(broker_url: str) -> Iterator[str]:
+    client = redis_client(broker_url)
+    client.flushdb()
+    try:
+        yield broker_url
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def database_target(url: str) -> Target:
+    parsed = make_url(url)
+    host = parsed.query.get("host") or parsed.host or "127.0.0.1"
+    host = host if isinstance(host, str) else host[0]
+    port = parsed.port or 5432
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
+
+
+def database_url_via(url: str, port: int) -> str:
+    parsed = make_url(url).set(host="127.0.0.1", port=port, query={})
+    return parsed.render_as_string(hide_password=False)
+
+
+def broker_target(url: str) -> Target:
+    parts = urlsplit(url)
+    if url.startswith("redis+socket://"):
+        return parts.path
+    return (parts.hostname or "127.0.0.1", parts.port or 6379)
+
+
+def broker_url_via(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    if url.startswith("redis+socket://"):
+        db = parse_qs(parts.query).get("virtual_host", ["0"])[0]
+    else:
+        db = parts.path.lstrip("/") or "0"
+    return f"redis://127.0.0.1:{port}/{db}"
