@@ -20,14 +20,14 @@ from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from workers.errors import DatabaseUnavailable
 from workers.settings import Settings
 
-_engines: dict[tuple[int, str], Engine] = {}
+_engines: dict[tuple[int, str, float], Engine] = {}
 _lock = Lock()
 
 
 def engine_for(settings: Settings, url: str | None = None) -> Engine:
     """This process's engine for the URL (the node's by default), created on first use."""
     url = url or settings.require_database_url()
-    key = (os.getpid(), url)
+    key = (os.getpid(), url, settings.database_timeout)
     with _lock:
         engine = _engines.get(key)
         if engine is None:
@@ -58,10 +58,10 @@ def _create_engine(settings: Settings, url: str) -> Engine:
 def forget_inherited_engines() -> None:
     """Drop engines created by a parent process without closing the parent's sockets."""
     with _lock:
-        for (pid, _url), engine in list(_engines.items()):
-            if pid != os.getpid():
+        for key, engine in list(_engines.items()):
+            if key[0] != os.getpid():
                 engine.dispose(close=False)
-                del _engines[(pid, _url)]
+                del _engines[key]
 
 
 @contextmanager

@@ -80,7 +80,9 @@ class FaultProxy:
     def _close_pair(self, client: socket.socket, upstream: socket.socket) -> None:
         for sock in (client, upstream):
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
             with contextlib.suppress(OSError):
                 sock.close()
         with self._lock:

@@ -74,7 +74,12 @@ def test_dead_owner_is_marked_inactive_and_its_service_taken_at_the_next_epoch()
     decision = decide(snap, "b", POLICY)
     assert kinds(decision, MarkInactive)[0].node == "a"
     (take,) = kinds(decision, Acquire)
-    assert (take.service, take.from_node, take.epoch, take.reason) == ("app_script", "a", 7, "takeover")
+    assert (take.service, take.from_node, take.epoch, take.reason) == (
+        "app_script",
+        "a",
+        7,
+        "takeover",
+    )
     assert "lease expired 0.5 s ago" in take.why
 
 
@@ -128,7 +133,10 @@ def test_other_region_takes_at_once_when_the_owners_region_has_no_live_node():
 
 def test_a_draining_node_takes_nothing():
     nodes = [node(1, "a", beat=0), node(2, "b", beat=3.4, draining=True)]
-    assert kinds(decide(snapshot(3.5, nodes, {"x": (1, 1), "y": (None, 0)}), "b", POLICY), Acquire) == []
+    assert (
+        kinds(decide(snapshot(3.5, nodes, {"x": (1, 1), "y": (None, 0)}), "b", POLICY), Acquire)
+        == []
+    )
 
 
 def test_a_stopped_owner_counts_as_gone_at_once():

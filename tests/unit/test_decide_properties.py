@@ -101,7 +101,13 @@ class ClusterModel(RuleBasedStateMachine):
         process.incarnation += 1
         now = self.at(self.now)
         self.rows[name] = Node(
-            self.node_id(name), name, REGIONS[name], True, now, now, LEASE,
+            self.node_id(name),
+            name,
+            REGIONS[name],
+            True,
+            now,
+            now,
+            LEASE,
             incarnation=str(process.incarnation),
         )
 
@@ -148,7 +154,9 @@ class ClusterModel(RuleBasedStateMachine):
         self.rows[name] = replace(self.rows[name], stopped_at=now, is_active=False)
         for service in list(self.services.values()):
             if service.owner_id == self.node_id(name):
-                self.services[service.name] = replace(service, owner_id=None, epoch=service.epoch + 1)
+                self.services[service.name] = replace(
+                    service, owner_id=None, epoch=service.epoch + 1
+                )
 
     # -- invariants ---------------------------------------------------------------------
     @invariant()

@@ -1,0 +1,99 @@
+"""Invariant 5 on real PostgreSQL: side effects commit only under the owner's current epoch."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import text
+
+from tests.support.registry import add_node, give
+from workers import store
+from workers.database import transaction
+from workers.decide import Acquire
+from workers.errors import StaleEpoch
+from workers.fencing import Fence, fenced, record_tick, run_fenced
+
+SERVICE = "app_script"
+
+
+def ticks(settings, epoch: int) -> int:
+    with transaction(settings) as connection:
+        count = connection.execute(
+            text("SELECT tick_count FROM service_tick WHERE service_type = :s AND epoch = :e"),
+            {"s": SERVICE, "e": epoch},
+        ).scalar()
+    return int(count or 0)
+
+
+def test_the_owner_at_its_epoch_commits(settings):
+    me = add_node(settings, "a")
+    epoch = give(settings, SERVICE, "a")
+    fence = Fence(SERVICE, me, epoch)
+    assert run_fenced(settings, fence, lambda c: record_tick(c, fence)) == 1
+    assert run_fenced(settings, fence, lambda c: record_tick(c, fence)) == 2
+    assert ticks(settings, epoch) == 2
+
+
+def test_a_stale_epoch_is_rejected_and_nothing_is_written(settings, caplog):
+    # Given a owned the service at epoch e, then b took it over (epoch e + 1)
+    old = add_node(settings, "a")
+    epoch = give(settings, SERVICE, "a")
+    add_node(settings, "b")
+    give(settings, SERVICE, "b", reason="takeover")
+    # When a's task, dispatched at epoch e, tries its side effect
+    fence = Fence(SERVICE, old, epoch)
+    result = run_fenced(settings, fence, lambda c: record_tick(c, fence))
+    # Then it is rejected and logged, and no tick is counted for epoch e
+    assert result is None
+    assert ticks(settings, epoch) == 0
+    assert "rejected stale work on app_script" in caplog.text
+    assert "owner b, epoch" in caplog.text
+
+
+def test_the_owner_with_an_expired_lease_is_rejected(settings):
+    me = add_node(settings, "a", beat_age=10)
+    epoch = give(settings, SERVICE, "a")
+    with pytest.raises(StaleEpoch), fenced(settings, Fence(SERVICE, me, epoch)):
+        pass
+
+
+def test_a_previous_incarnation_of_the_owner_is_rejected(settings):
+    add_node(settings, "a")
+    epoch = give(settings, SERVICE, "a")
+    ghost = store.Identity("a", store.new_incarnation())
+    with pytest.raises(StaleEpoch), fenced(settings, Fence(SERVICE, ghost, epoch)):
+        pass
+
+
+def test_a_takeover_waits_for_an_open_side_effect_and_then_wins(settings):
+    # Given a's fenced transaction is open (its lease just expired while it worked)
+    owner = add_node(settings, "a")
+    epoch = give(settings, SERVICE, "a")
+    taker = add_node(settings, "b")
+    released = threading.Event()
+    refusal: list[str | None] = []
+
+    def take_over() -> None:
+        action = Acquire(SERVICE, "a", epoch, "takeover", "lease expired")
+        with transaction(settings.model_copy(update={"database_timeout": 5.0})) as connection:
+            refusal.append(store.acquire(connection, taker, action, actor="node b"))
+        released.set()
+
+    with fenced(settings, Fence(SERVICE, owner, epoch)) as connection:
+        record_tick(connection, Fence(SERVICE, owner, epoch))
+        with transaction(settings) as other:
+            other.execute(
+                text(
+                    "UPDATE server_registry SET last_heartbeat_at = clock_timestamp() - "
+                    "interval '1 minute' WHERE node_name = 'a'"
+                )
+            )
+        thread = threading.Thread(target=take_over)
+        thread.start()
+        # Then the takeover cannot get the row while the side effect is uncommitted
+        assert not released.wait(0.5)
+    thread.join(10)
+    # and it goes through once the side effect committed: the two never interleave
+    assert refusal == [None]
+    assert ticks(settings, epoch) == 1
