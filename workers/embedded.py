@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,8 +63,6 @@ def _stop_redis(redis: Any) -> None:
     """Shut the server down even while other clients are connected, then remove its files."""
     import redis as redis_client
 
-    try:
+    with suppress(redis_client.RedisError):
         redis.execute_command("SHUTDOWN", "NOSAVE")
-    except redis_client.RedisError:
-        pass
     redis._cleanup()

@@ -8,6 +8,7 @@ killed when the test ends, pass or fail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -53,10 +54,8 @@ class NodeProcess:
         return self.popen.pid
 
     def signal_group(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def crash(self) -> None:
         """SIGKILL the whole node: worker, pool children, beat; nothing gets to clean up."""
@@ -126,10 +125,8 @@ class Cluster:
             node.resume()
             node.signal_group(signal.SIGKILL)
         for node in self.nodes:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 node.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
         self.engine.dispose()
 
     def query(self, sql: str, **params: Any) -> list[Any]:
