@@ -36,10 +36,12 @@ def engine_for(settings: Settings, url: str | None = None) -> Engine:
 
 
 def _create_engine(settings: Settings, url: str) -> Engine:
+    """Every session bounds its waits; a frozen process cannot hold a row lock past its lease."""
     timeout_ms = int(settings.database_timeout * 1000)
+    idle_ms = max(1000, int(settings.lease_timeout * 1000))
     options = (
         f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} "
-        f"-c idle_in_transaction_session_timeout={max(timeout_ms * 20, 10000)}"
+        f"-c idle_in_transaction_session_timeout={idle_ms}"
     )
     return create_engine(
         url,

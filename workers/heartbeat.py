@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import requests
@@ -66,18 +66,16 @@ def run_cycle(settings: Settings, me: Identity, transport: Transport) -> CycleRe
     problem = application_problem(settings)
     with transaction(settings) as connection:
         if problem:
-            store.record_unhealthy(connection, me, f"not renewing the lease: {problem}")
-            renewed = False
-        else:
-            renewed = store.renew_lease(connection, me)
-            if not renewed:
-                return CycleResult(Decision((), "this incarnation is stopped or replaced"), False)
+            store.record_unhealthy(connection, me)
+        elif not store.renew_lease(connection, me):
+            return CycleResult(Decision((), "this incarnation is stopped or replaced"), False)
         snapshot = store.read_snapshot(connection)
     decision = decide(snapshot, me.name, Policy(settings.cross_region_delay))
     if problem:
-        log.warning("node %s: %s", me.name, problem)
+        log.warning("node %s: not renewing its lease: %s", me.name, problem)
+        decision = replace(decision, verdict=f"not renewing: {problem}; {decision.verdict}")
     _apply(settings, me, decision, transport)
-    return CycleResult(decision, renewed)
+    return CycleResult(decision, renewed=not problem)
 
 
 def _apply(settings: Settings, me: Identity, decision: Decision, transport: Transport) -> None:

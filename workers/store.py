@@ -173,9 +173,9 @@ def renew_lease(connection: Connection, me: Identity) -> bool:
     return result.rowcount == 1
 
 
-def record_unhealthy(connection: Connection, me: Identity, why: str) -> None:
+def record_unhealthy(connection: Connection, me: Identity) -> None:
     """Note that the node's own application failed its check: the lease is not renewed."""
-    connection.execute(update(nodes_t).where(_mine(me)).values(app_healthy=False, last_verdict=why))
+    connection.execute(update(nodes_t).where(_mine(me)).values(app_healthy=False))
 
 
 def record_verdict(connection: Connection, me: Identity, verdict: str) -> None:

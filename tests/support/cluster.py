@@ -100,17 +100,21 @@ class Cluster:
         self.engine = create_engine(database_url, pool_pre_ping=True)
 
     def start(self, name: str, region: str, *extra: str, **env: str) -> NodeProcess:
-        log = self.tmp_path / f"{name}-{len(self.nodes)}.log"
+        """Start `failover worker --node NAME --region REGION` in a process group of its own."""
         command = [sys.executable, "-m", "workers", "worker", "--node", name, "--region", region]
+        return self.spawn([*command, *extra], name, **env)
+
+    def spawn(self, command: list[str], name: str, **env: str) -> NodeProcess:
+        log = self.tmp_path / f"{name}-{len(self.nodes)}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(
-                [*command, *extra],
+                command,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**self.env, **env},
                 start_new_session=True,
             )
-        node = NodeProcess(name, region, popen, log)
+        node = NodeProcess(name, env.get("FAILOVER_REGION", ""), popen, log)
         self.nodes.append(node)
         return node
 
