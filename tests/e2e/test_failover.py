@@ -20,7 +20,11 @@ def beats_seen(cluster: Cluster, name: str, count: int = 3) -> None:
     """Let `name` beat `count` more times (seen in the database, not on a clock)."""
     for _ in range(count):
         before = cluster.node_row(name).last_heartbeat_at
-        wait_until(lambda: cluster.node_row(name).last_heartbeat_at > before, 20, f"{name} to beat")
+        wait_until(
+            lambda before=before: cluster.node_row(name).last_heartbeat_at > before,
+            20,
+            f"{name} to beat",
+        )
 
 
 def test_first_node_up_owns_everything_and_later_nodes_stay_standby(cluster):
