@@ -71,10 +71,11 @@ class Wait:
     """A service this node could take but leaves, for now, to a better-placed node."""
 
     service: str
+    epoch: int
     why: str
 
     def describe(self) -> str:
-        return f"waiting on {self.service}: {self.why}"
+        return f"waiting on {self.service} (epoch {self.epoch}): {self.why}"
 
 
 Action = MarkInactive | Acquire | Dispatch | Wait
@@ -161,7 +162,7 @@ def _service_action(
         return None
     why_wait = _cross_region_wait(snapshot, me, owner, overdue, policy)
     if why_wait:
-        return Wait(service.name, why_wait)
+        return Wait(service.name, service.epoch, why_wait)
     how = "stopped" if owner.stopped_at else "lease expired"
     return Acquire(
         service.name, owner.name, service.epoch, "takeover", f"{how} {overdue:.1f} s ago"

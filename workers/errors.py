@@ -13,12 +13,6 @@ class ConfigError(FailoverError):
     exit_code = 2
 
 
-class UsageError(FailoverError):
-    """A command was called with an argument that names nothing real (exit 2)."""
-
-    exit_code = 2
-
-
 class DatabaseUnavailable(FailoverError):
     """The database cannot be reached, so no decision can be made (exit 2 in the CLI)."""
 

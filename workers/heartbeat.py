@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Protocol
 
 import requests
@@ -31,12 +31,6 @@ class Transport(Protocol):
     def enqueue_takeover(self, action: Acquire) -> None: ...
 
     def dispatch_service(self, action: Dispatch) -> None: ...
-
-
-@dataclass(frozen=True)
-class CycleResult:
-    decision: Decision
-    renewed: bool
 
 
 def health_url(settings: Settings) -> str | None:
@@ -61,21 +55,21 @@ def application_problem(settings: Settings) -> str | None:
     return None
 
 
-def run_cycle(settings: Settings, me: Identity, transport: Transport) -> CycleResult:
+def run_cycle(settings: Settings, me: Identity, transport: Transport) -> Decision:
     """Run one heartbeat and return what it decided."""
     problem = application_problem(settings)
     with transaction(settings) as connection:
         if problem:
             store.record_unhealthy(connection, me)
         elif not store.renew_lease(connection, me):
-            return CycleResult(Decision((), "this incarnation is stopped or replaced"), False)
+            return Decision((), "this incarnation is stopped or replaced")
         snapshot = store.read_snapshot(connection)
     decision = decide(snapshot, me.name, Policy(settings.cross_region_delay))
     if problem:
         log.warning("node %s: not renewing its lease: %s", me.name, problem)
         decision = replace(decision, verdict=f"not renewing: {problem}; {decision.verdict}")
     _apply(settings, me, decision, transport)
-    return CycleResult(decision, renewed=not problem)
+    return decision
 
 
 def _apply(settings: Settings, me: Identity, decision: Decision, transport: Transport) -> None:

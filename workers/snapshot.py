@@ -65,7 +65,3 @@ class Snapshot:
 
     def service(self, name: str) -> Service | None:
         return next((service for service in self.services if service.name == name), None)
-
-    def owner_name(self, service: Service) -> str | None:
-        owner = self.node_by_id(service.owner_id)
-        return owner.name if owner else None

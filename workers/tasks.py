@@ -50,9 +50,9 @@ def heartbeat(node: str, incarnation: str) -> str:
             incarnation,
         )
         return "dropped"
-    result = run_cycle(settings, me, CeleryTransport(me.name, settings.heartbeat_interval))
-    log.debug("node %s: %s", me.name, result.decision.verdict)
-    return result.decision.verdict
+    decision = run_cycle(settings, me, CeleryTransport(me.name, settings.heartbeat_interval))
+    log.debug("node %s: %s", me.name, decision.verdict)
+    return decision.verdict
 
 
 @app.task(name="failover.takeover", ignore_result=True)

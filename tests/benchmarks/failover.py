@@ -73,7 +73,10 @@ def run_case(tmp: Path, servers, label: str, planned: bool, trials: int) -> list
             times = []
             for trial in range(trials):
                 times.append(one_trial(cluster, planned))
-                print(f"  {label:7} {'planned' if planned else 'unplanned':9} trial {trial + 1}/{trials}: {times[-1]:.2f} s", flush=True)
+                print(
+                    f"  {label:7} {'planned' if planned else 'unplanned':9} trial {trial + 1}/{trials}: {times[-1]:.2f} s",
+                    flush=True,
+                )
             return times
         finally:
             cluster.close()

@@ -42,8 +42,16 @@ def test_status_json_has_the_documented_shape(settings, database_url):
     status = json.loads(result.stdout)
     assert set(status) >= {"nodes", "services", "events"}
     (node,) = status["nodes"]
-    assert {"name", "region", "active", "last_heartbeat_age_s", "lease_left_s", "draining",
-            "incarnation", "address"} <= set(node)
+    assert {
+        "name",
+        "region",
+        "active",
+        "last_heartbeat_age_s",
+        "lease_left_s",
+        "draining",
+        "incarnation",
+        "address",
+    } <= set(node)
     assert (node["name"], node["region"], node["active"]) == ("a", "eu", True)
     services = {s["service"]: s for s in status["services"]}
     assert (services["folder_monitor"]["owner"], services["folder_monitor"]["epoch"]) == ("a", 1)
@@ -79,7 +87,11 @@ def test_database_without_schema_says_to_upgrade(servers):
         (["status"], {"FAILOVER_LEASE_TIMEOUT": "0.5"}, "FAILOVER_LEASE_TIMEOUT"),
         (["status"], {"FAILOVER_HEARTBEAT_INTERVAL": "soon"}, "FAILOVER_HEARTBEAT_INTERVAL"),
         (["--config", "/nonexistent.toml", "status"], {}, "no such file"),
-        (["worker", "--node", "Bad Name"], {"FAILOVER_DATABASE_URL": "postgresql://x@h/d"}, "FAILOVER_NODE_NAME"),
+        (
+            ["worker", "--node", "Bad Name"],
+            {"FAILOVER_DATABASE_URL": "postgresql://x@h/d"},
+            "FAILOVER_NODE_NAME",
+        ),
     ],
 )
 def test_bad_configuration_is_one_line_exit_2(args, env, named):
@@ -95,22 +107,48 @@ def test_unknown_command_is_a_usage_error():
 def test_db_upgrade_works_from_a_wheel_installed_outside_the_checkout(tmp_path, database_url):
     # Given the package built as a wheel and installed into a folder away from the checkout
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(CHECKOUT)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(CHECKOUT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("celery_failover-*.whl")
     site = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-        check=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+        timeout=300,
     )
     env = {"PYTHONPATH": str(site), "FAILOVER_DATABASE_URL": database_url}
     where = failover("--help", cwd=tmp_path, **env)
     assert where.returncode == 0
     located = subprocess.run(
         [sys.executable, "-c", "import workers.database as d; print(d.migrations_dir())"],
-        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, **env},
     ).stdout.strip()
     assert located.startswith(str(site)), located
     # When db upgrade runs from there (twice), Then it succeeds and is idempotent
