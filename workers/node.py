@@ -84,6 +84,7 @@ def register_birth(settings: Settings, me: Identity) -> None:
         settings.region,
         me.incarnation,
     )
+    log.info("node %s: settings %s", me.name, settings.describe())
 
 
 def register_death(app: Any, settings: Settings, me: Identity) -> None:
