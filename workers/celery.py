@@ -57,7 +57,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def _result_backend(broker_url: str) -> str | None:
     """Results (for `failover move` and `run-script --wait`) go to the broker's Redis."""
-    return broker_url if broker_url.startswith(("redis", "rediss")) else None
+    return (
+        broker_url if broker_url.startswith(("redis://", "rediss://", "redis+socket://")) else None
+    )
 
 
 app = Celery("workers", include=["workers.tasks"])

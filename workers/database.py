@@ -52,7 +52,7 @@ def _create_engine(settings: Settings, url: str) -> Engine:
         connect_args={
             "options": options,
             "connect_timeout": max(2, math.ceil(settings.database_timeout * 2)),
-            "application_name": f"failover:{settings.node_name or 'cli'}",
+            "application_name": f"failover:{settings.node_name or 'cli'}:{os.getpid()}",
         },
     )
 

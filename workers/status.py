@@ -106,47 +106,67 @@ def _node_state(node: dict[str, Any]) -> str:
     return "[red]dead[/]" if not node["active"] else "[red]lease expired[/]"
 
 
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+    table = Table(*columns, title=title, title_justify="left")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _node_row(node: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        node["name"],
+        node["region"],
+        node["address"] or "-",
+        _node_state(node),
+        f"{node['last_heartbeat_age_s']:.1f} s",
+        f"{max(node['lease_left_s'], 0):.1f} s",
+        node["verdict"] or "",
+    )
+
+
+def _service_row(service: dict[str, Any]) -> tuple[str, ...]:
+    owner = service["owner"] or "[red]nobody[/]"
+    if service["owner"] and not service["owner_live"]:
+        owner += " [red](not live)[/]"
+    return (
+        service["service"],
+        owner,
+        str(service["epoch"]),
+        service["since"] or "-",
+        service["reason"] or "-",
+        service["detail"] or "",
+    )
+
+
+def _event_row(event: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        event["at"],
+        event["service"],
+        event["from"] or "-",
+        event["to"] or "-",
+        str(event["epoch"]),
+        event["reason"],
+        event["actor"] or "",
+    )
+
+
 def render(status: dict[str, Any]) -> RenderableType:
     """The status as three tables: nodes, services, recent ownership events."""
-    nodes = Table(title="Nodes", title_justify="left")
-    for column in ("node", "region", "address", "state", "heartbeat age", "lease left", "verdict"):
-        nodes.add_column(column)
-    for node in status["nodes"]:
-        nodes.add_row(
-            node["name"],
-            node["region"],
-            node["address"] or "-",
-            _node_state(node),
-            f"{node['last_heartbeat_age_s']:.1f} s",
-            f"{max(node['lease_left_s'], 0):.1f} s",
-            node["verdict"] or "",
-        )
-    services = Table(title="Services", title_justify="left")
-    for column in ("service", "owner", "epoch", "since", "reason", "why"):
-        services.add_column(column)
-    for service in status["services"]:
-        owner = service["owner"] or "[red]nobody[/]"
-        if service["owner"] and not service["owner_live"]:
-            owner += " [red](not live)[/]"
-        services.add_row(
-            service["service"],
-            owner,
-            str(service["epoch"]),
-            service["since"] or "-",
-            service["reason"] or "-",
-            service["detail"] or "",
-        )
-    events = Table(title="Recent ownership events", title_justify="left")
-    for column in ("at", "service", "from", "to", "epoch", "reason", "by"):
-        events.add_column(column)
-    for event in status["events"]:
-        events.add_row(
-            event["at"],
-            event["service"],
-            event["from"] or "-",
-            event["to"] or "-",
-            str(event["epoch"]),
-            event["reason"],
-            event["actor"] or "",
-        )
-    return Group(nodes, services, events)
+    return Group(
+        _table(
+            "Nodes",
+            ("node", "region", "address", "state", "heartbeat age", "lease left", "verdict"),
+            [_node_row(node) for node in status["nodes"]],
+        ),
+        _table(
+            "Services",
+            ("service", "owner", "epoch", "since", "reason", "why"),
+            [_service_row(service) for service in status["services"]],
+        ),
+        _table(
+            "Recent ownership events",
+            ("at", "service", "from", "to", "epoch", "reason", "by"),
+            [_event_row(event) for event in status["events"]],
+        ),
+    )

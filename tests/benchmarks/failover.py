@@ -10,6 +10,7 @@ otherwise embedded servers. Prints a table; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import tempfile
 import time
@@ -41,10 +42,11 @@ def owner(cluster: Cluster) -> tuple[str | None, int]:
     return cluster.owners()[SERVICE]
 
 
-def one_trial(cluster: Cluster, planned: bool) -> float:
-    """Stop the owner; return seconds until another live node holds the service."""
+def one_trial(cluster: Cluster, planned: bool, interval: float) -> float:
+    """Stop the owner at a random moment; return seconds until a live peer holds the service."""
     name, epoch = wait_until(lambda: owner(cluster) if owner(cluster)[0] else None, 60, "an owner")
     victim = next(n for n in reversed(cluster.nodes) if n.name == name and n.alive())
+    time.sleep(random.uniform(0, 2 * interval))
     started = time.monotonic()
     if planned:
         victim.popen.send_signal(15)
@@ -72,7 +74,8 @@ def run_case(tmp: Path, servers, label: str, planned: bool, trials: int) -> list
             wait_until(lambda: owner(cluster)[0], 30, "a first owner")
             times = []
             for trial in range(trials):
-                times.append(one_trial(cluster, planned))
+                interval = float(SETTINGS[label]["FAILOVER_HEARTBEAT_INTERVAL"])
+                times.append(one_trial(cluster, planned, interval))
                 print(
                     f"  {label:7} {'planned' if planned else 'unplanned':9} trial {trial + 1}/{trials}: {times[-1]:.2f} s",
                     flush=True,

@@ -40,6 +40,13 @@ def test_first_node_up_owns_everything_and_later_nodes_stay_standby(cluster):
     assert cluster.owners() == {service: ("a", 1) for service in SERVICES}
     assert {(h.to_node, h.reason) for h in cluster.history()} == {("a", "startup")}
     assert "standby" in cluster.node_row("b").last_verdict
+    # And a's prefork children opened database connections of their own
+    names = {
+        row.application_name
+        for row in cluster.query("SELECT application_name FROM pg_stat_activity")
+    }
+    pids = {int(name.rsplit(":", 1)[1]) for name in names if name.startswith("failover:a:")}
+    assert pids - {cluster.nodes[0].pid}, names
 
 
 def test_sigkill_of_the_owner_moves_its_services_same_region_first(
