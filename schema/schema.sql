@@ -23,7 +23,9 @@ CREATE TABLE server_registry (
     stopped_at TIMESTAMPTZ,
     draining BOOLEAN NOT NULL DEFAULT false,
     app_healthy BOOLEAN,
-    last_verdict TEXT
+    last_verdict TEXT,
+    -- side effects of this node's service tasks that the epoch fence rejected (a counter)
+    rejected_side_effects BIGINT NOT NULL DEFAULT 0
 );
 
 -- The seed's service_status (id, service_registry_id, service_type): one row, one owner,

@@ -6,6 +6,7 @@ usage and configuration errors and an unreachable database.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -15,7 +16,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from workers.errors import FailoverError
+from workers.errors import FailoverError, Refused
 from workers.settings import ENV_PREFIX, Settings, load_settings
 
 
@@ -68,7 +69,6 @@ def worker(ctx: click.Context, /, **flags: Any) -> None:
     """Run a node: its Celery worker on node.NAME and its own staggered heartbeat."""
     from workers import store
     from workers.database import transaction
-    from workers.errors import Refused
 
     settings = _settings(ctx, **flags)
     _export(ctx, flags)
@@ -120,11 +120,110 @@ def status(ctx: click.Context, as_json: bool, events: int) -> None:
 
     settings = _settings(ctx)
     with transaction(settings) as connection:
-        report = cluster_status(connection, events)
+        report = cluster_status(connection, settings.policy(), events)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         Console().print(render(report))
+
+
+@cli.command()
+@click.argument("service")
+@click.option("--to", "target", help="The node to move it to (default: the best candidate).")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the target.")
+@click.option("--reason", default=None, help="Why, recorded in the history.")
+@click.pass_context
+def move(
+    ctx: click.Context, service: str, target: str | None, timeout: float, reason: str | None
+) -> None:
+    """Manual failover: move SERVICE to a live node and print the new owner and epoch."""
+    from workers import maintenance
+    from workers.celery import app
+
+    settings = _settings(ctx)
+    outcome = maintenance.move(settings, app, service, target, reason or "manual move", timeout)
+    click.echo(f"moved {outcome.service} to {outcome.node} at epoch {outcome.epoch}")
+
+
+@cli.command()
+@click.argument("node")
+@click.option("--force", is_flag=True, help="Drain even the last node able to run a service.")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the moves.")
+@click.pass_context
+def drain(ctx: click.Context, node: str, force: bool, timeout: float) -> None:
+    """Move every service off NODE and keep it out of takeovers until `undrain`."""
+    from workers import maintenance
+
+    settings = _settings(ctx)
+    stuck = maintenance.drain(settings, node, force)
+    click.echo(f"{node} is draining")
+    left = maintenance.watch_drain(settings, node, timeout, lambda line: click.echo(f"  {line}"))
+    if left and set(left) <= set(stuck):
+        click.echo(f"{node} keeps {', '.join(left)}: no other live node can run it")
+    elif left:
+        raise Refused(f"{node} still owns {', '.join(left)} after {timeout:g} s (still draining)")
+    else:
+        click.echo(f"{node} owns no service")
+
+
+@cli.command()
+@click.argument("node")
+@click.pass_context
+def undrain(ctx: click.Context, node: str) -> None:
+    """Return NODE to normal: it may take services again."""
+    from workers import maintenance
+
+    maintenance.undrain(_settings(ctx), node)
+    click.echo(f"{node} is back in service")
+
+
+@cli.command()
+@click.argument("service", required=False)
+@click.option("--since", default=None, help="An ISO time, or a duration back such as 15m, 2h, 1d.")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.pass_context
+def history(
+    ctx: click.Context, service: str | None, since: str | None, limit: int, as_json: bool
+) -> None:
+    """Every change of owner, newest first."""
+    from rich.console import Console as RichConsole
+
+    from workers.database import transaction
+    from workers.status import event_table
+    from workers.status import history as read_history
+
+    with transaction(_settings(ctx)) as connection:
+        events = read_history(connection, service, since, limit)
+    if as_json:
+        click.echo(json.dumps(events, indent=2))
+    else:
+        RichConsole().print(event_table("Ownership history", events))
+
+
+@cli.command()
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option("--port", default=9808, show_default=True)
+@click.pass_context
+def metrics(ctx: click.Context, address: str, port: int) -> None:
+    """Serve the cluster's metrics for Prometheus at http://ADDRESS:PORT/metrics."""
+    import signal
+    import threading
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from workers.metrics import ClusterCollector
+
+    settings = _settings(ctx)
+    registry = CollectorRegistry()
+    registry.register(ClusterCollector(settings))
+    server, _thread = start_http_server(port, address, registry=registry)
+    click.echo(f"serving cluster metrics on http://{address}:{port}/metrics")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    server.shutdown()
 
 
 def main() -> None:

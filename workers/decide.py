@@ -13,17 +13,23 @@ the same chance to renew, before it may judge any of them dead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from workers.placement import Placement, best_candidate, candidates, failback_refusal, rank
 from workers.snapshot import Node, Service, Snapshot
 
 
 @dataclass(frozen=True)
 class Policy:
-    """How eagerly a node takes services from other regions."""
+    """How a node chooses: the wait for better-placed nodes, and each service's placement."""
 
     cross_region_delay: float = 1.0
+    placements: Mapping[str, Placement] = field(default_factory=dict)
+
+    def placement(self, service: str) -> Placement:
+        return self.placements.get(service, Placement())
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,18 @@ class Dispatch:
 
 
 @dataclass(frozen=True)
+class Handover:
+    """A draining owner asks `to` to take the service (the manual failover task, on `to`)."""
+
+    service: str
+    epoch: int
+    to: str
+
+    def describe(self) -> str:
+        return f"draining: handing {self.service} (epoch {self.epoch}) to {self.to}"
+
+
+@dataclass(frozen=True)
 class Wait:
     """A service this node could take but leaves, for now, to a better-placed node."""
 
@@ -78,7 +96,7 @@ class Wait:
         return f"waiting on {self.service} (epoch {self.epoch}): {self.why}"
 
 
-Action = MarkInactive | Acquire | Dispatch | Wait
+Action = MarkInactive | Acquire | Dispatch | Handover | Wait
 
 
 @dataclass(frozen=True)
@@ -148,19 +166,18 @@ def _dead_peers(snapshot: Snapshot, me: Node) -> list[MarkInactive]:
 def _service_action(
     snapshot: Snapshot, me: Node, service: Service, policy: Policy
 ) -> Action | None:
+    placement = policy.placement(service.name)
     if service.owner_id == me.id:
-        return Dispatch(service.name, service.epoch)
+        return _owner_action(snapshot, me, service, placement)
     if not may_acquire(me):
         return None
     owner = snapshot.node_by_id(service.owner_id)
     if owner is None:
-        reason = "startup" if service.epoch == 0 else "takeover"
-        why = "released by its owner" if service.reason == "release" else "first come, first served"
-        return Acquire(service.name, None, service.epoch, reason, why)
+        return _claim(snapshot, me, service, policy)
     overdue = expired_for(owner, me, snapshot.now)
     if overdue is None:
-        return None
-    why_wait = _cross_region_wait(snapshot, me, owner, overdue, policy)
+        return _failback(snapshot, me, service, owner, placement)
+    why_wait = _better_placed_wait(snapshot, me, service, owner, overdue, policy)
     if why_wait:
         return Wait(service.name, service.epoch, why_wait)
     how = "stopped" if owner.stopped_at else "lease expired"
@@ -169,26 +186,63 @@ def _service_action(
     )
 
 
-def _cross_region_wait(
-    snapshot: Snapshot, me: Node, owner: Node, overdue: float, policy: Policy
+def _owner_action(snapshot: Snapshot, me: Node, service: Service, placement: Placement) -> Action:
+    if me.draining:
+        successor = best_candidate(snapshot, service.name, placement, {me.name})
+        if successor is not None:
+            return Handover(service.name, service.epoch, successor.name)
+    return Dispatch(service.name, service.epoch)
+
+
+def _claim(snapshot: Snapshot, me: Node, service: Service, policy: Policy) -> Action:
+    unowned_since = service.acquired_at or me.lease_started_at
+    unowned_for = seconds(snapshot.now - unowned_since)
+    why_wait = _better_placed_wait(snapshot, me, service, None, unowned_for, policy)
+    if why_wait:
+        return Wait(service.name, service.epoch, why_wait)
+    reason = "startup" if service.epoch == 0 else "takeover"
+    why = "released by its owner" if service.reason == "release" else "first come, first served"
+    return Acquire(service.name, None, service.epoch, reason, why)
+
+
+def _failback(
+    snapshot: Snapshot, me: Node, service: Service, owner: Node, placement: Placement
+) -> Action | None:
+    if failback_refusal(snapshot, me, service.name, placement) is not None:
+        return None
+    healthy_for = seconds(snapshot.now - me.lease_started_at)
+    why = f"preferred node back and healthy for {healthy_for:.1f} s"
+    return Acquire(service.name, owner.name, service.epoch, "failback", why)
+
+
+def _better_placed_wait(
+    snapshot: Snapshot,
+    me: Node,
+    service: Service,
+    owner: Node | None,
+    waited: float,
+    policy: Policy,
 ) -> str | None:
-    """A reason to leave the service to the owner's region for now, or None to go ahead."""
-    if me.region == owner.region or overdue >= policy.cross_region_delay:
+    """A reason to leave the service to better-placed live nodes for now, or None to go ahead.
+
+    Better placed: preferred by the service's placement, or in the region it is leaving.
+    They get `cross_region_delay` seconds to act first.
+    """
+    if waited >= policy.cross_region_delay:
         return None
-    local = [
+    placement = policy.placement(service.name)
+    home = owner.region if owner else None
+    mine = rank(me, placement, home)
+    exclude = {me.name} | ({owner.name} if owner else set())
+    better = [
         node.name
-        for node in snapshot.nodes
-        if node.region == owner.region
-        and node.id != owner.id
-        and node.is_live(snapshot.now)
-        and may_acquire(node)
+        for node in candidates(snapshot, placement, home, exclude)
+        if rank(node, placement, home) < mine
     ]
-    if not local:
+    if not better:
         return None
-    left = policy.cross_region_delay - overdue
-    return (
-        f"{', '.join(local)} in {owner.region} go first ({left:.1f} s of cross-region delay left)"
-    )
+    left = policy.cross_region_delay - waited
+    return f"{', '.join(better)} placed better, going first ({left:.1f} s of delay left)"
 
 
 def _verdict(me: Node, actions: list[Action]) -> str:
@@ -198,12 +252,12 @@ def _verdict(me: Node, actions: list[Action]) -> str:
 
 
 def refusal_to_acquire(
-    snapshot: Snapshot, me_name: str, service_name: str, from_node: str | None, epoch: int
+    snapshot: Snapshot, me_name: str, action: Acquire, policy: Policy
 ) -> str | None:
-    """Re-check, on freshly locked rows, a planned claim or takeover: a reason not to, or None.
+    """Re-check, on freshly locked rows, a planned claim, takeover or failback.
 
-    Refuses when this node is no longer fit to own, when the service moved since it was
-    planned (another node won), or when the owner's lease is fresh again.
+    Returns a reason not to (this node is no longer fit to own, the service moved since it
+    was planned, the owner's lease is fresh again and this is no failback), or None.
     """
     me = snapshot.node(me_name)
     problem = own_lease_problem(me, snapshot.now)
@@ -211,13 +265,15 @@ def refusal_to_acquire(
         return problem
     if not may_acquire(me):
         return "this node is draining"
-    service = snapshot.service(service_name)
+    service = snapshot.service(action.service)
     if service is None:
-        return f"unknown service {service_name}"
+        return f"unknown service {action.service}"
     owner = snapshot.node_by_id(service.owner_id)
     current = owner.name if owner else None
-    if current != from_node or service.epoch != epoch:
+    if current != action.from_node or service.epoch != action.epoch:
         return f"already moved: owned by {current or 'nobody'} at epoch {service.epoch}"
+    if action.reason == "failback":
+        return failback_refusal(snapshot, me, action.service, policy.placement(action.service))
     if owner is not None and expired_for(owner, me, snapshot.now) is None:
         return f"{owner.name}'s lease is fresh ({owner.lease_left(snapshot.now):.1f} s left)"
     return None

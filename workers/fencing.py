@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import insert
 from workers.database import transaction
 from workers.errors import StaleEpoch
 from workers.settings import Settings
-from workers.store import LEASE_EXPIRES, NOW, Identity
+from workers.store import LEASE_EXPIRES, NOW, Identity, record_rejection
 from workers.tables import server_registry as nodes_t
 from workers.tables import service_status as services_t
 from workers.tables import service_tick as ticks_t
@@ -92,6 +92,8 @@ def run_fenced(settings: Settings, fence: Fence, effect: Callable[[Connection], 
             return effect(connection)
     except StaleEpoch as refusal:
         log.warning("node %s: rejected stale work on %s: %s", fence.me.name, fence.service, refusal)
+        with transaction(settings) as connection:
+            record_rejection(connection, fence.me)
         return None
 
 

@@ -17,7 +17,7 @@ import requests
 
 from workers import store
 from workers.database import transaction
-from workers.decide import Acquire, Decision, Dispatch, MarkInactive, Policy, Wait, decide
+from workers.decide import Acquire, Decision, Dispatch, Handover, MarkInactive, Wait, decide
 from workers.settings import Settings
 from workers.store import Identity
 
@@ -31,6 +31,8 @@ class Transport(Protocol):
     def enqueue_takeover(self, action: Acquire) -> None: ...
 
     def dispatch_service(self, action: Dispatch) -> None: ...
+
+    def request_handover(self, action: Handover) -> None: ...
 
 
 def health_url(settings: Settings) -> str | None:
@@ -64,7 +66,7 @@ def run_cycle(settings: Settings, me: Identity, transport: Transport) -> Decisio
         elif not store.renew_lease(connection, me):
             return Decision((), "this incarnation is stopped or replaced")
         snapshot = store.read_snapshot(connection)
-    decision = decide(snapshot, me.name, Policy(settings.cross_region_delay))
+    decision = decide(snapshot, me.name, settings.policy())
     if problem:
         log.warning("node %s: not renewing its lease: %s", me.name, problem)
         decision = replace(decision, verdict=f"not renewing: {problem}; {decision.verdict}")
@@ -84,5 +86,8 @@ def _apply(settings: Settings, me: Identity, decision: Decision, transport: Tran
             transport.enqueue_takeover(action)
         elif isinstance(action, Dispatch):
             transport.dispatch_service(action)
+        elif isinstance(action, Handover):
+            log.info("node %s: %s", me.name, action.describe())
+            transport.request_handover(action)
         elif isinstance(action, Wait):
             log.info("node %s: %s", me.name, action.describe())

@@ -65,7 +65,7 @@ def registration(settings: Settings) -> Registration:
     return Registration(
         name=name,
         region=region,
-        lease_timeout=settings.lease_timeout,
+        lease_timeout=settings.node_lease_timeout(),
         heartbeat_interval=settings.heartbeat_interval,
         ip_address=settings.ip_address,
         port_number=settings.port_number,

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import re
 from contextvars import ContextVar
+from datetime import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,13 +23,42 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from workers.decide import Policy
 from workers.errors import ConfigError
+from workers.placement import Placement
 
 ENV_PREFIX = "FAILOVER_"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 SERVICES = ("folder_monitor", "app_script")
 
+WINDOW_PATTERN = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+
 _config_file: ContextVar[Path | None] = ContextVar("failover_config_file", default=None)
+
+
+class PlacementSettings(BaseModel):
+    """A service's placement policy, as written in the `[placement.<service>]` TOML table."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    preferred_nodes: list[str] = []
+    preferred_regions: list[str] = []
+    failback: bool = False
+    failback_dwell: float = Field(default=30.0, ge=0)
+    failback_window: str | None = None
+
+    @field_validator("failback_window")
+    @classmethod
+    def _check_window(cls, value: str | None) -> str | None:
+        if value is not None and not WINDOW_PATTERN.match(value):
+            raise ValueError("must be HH:MM-HH:MM (UTC, database clock), such as 01:00-05:00")
+        return value
+
+    def window(self) -> tuple[time, time] | None:
+        if self.failback_window is None:
+            return None
+        start, end = self.failback_window.split("-")
+        return time.fromisoformat(start), time.fromisoformat(end)
 
 
 class Settings(BaseSettings):
@@ -52,6 +82,9 @@ class Settings(BaseSettings):
     lease_timeout: float = Field(default=3.0, gt=0)
     database_timeout: float = Field(default=0.5, gt=0)
     cross_region_delay: float = Field(default=1.0, ge=0)
+
+    placement: dict[str, PlacementSettings] = {}
+    region_lease_timeout: dict[str, float] = {}
 
     pool: str = "prefork"
     concurrency: int = Field(default=2, ge=1)
@@ -110,17 +143,48 @@ class Settings(BaseSettings):
             raise ValueError("must be prefork, threads or solo")
         return value
 
+    @field_validator("placement")
+    @classmethod
+    def _check_services(cls, value: dict[str, PlacementSettings]) -> dict[str, PlacementSettings]:
+        unknown = set(value) - set(SERVICES)
+        if unknown:
+            raise ValueError(f"unknown service {', '.join(sorted(unknown))}: use {SERVICES}")
+        return value
+
     @model_validator(mode="after")
     def _check_timing(self) -> Settings:
-        """The lease must outlast one late heartbeat plus two slow database round trips."""
+        """Every lease must outlast one late heartbeat plus two slow database round trips."""
         needed = 1.5 * self.heartbeat_interval + 2 * self.database_timeout
-        if self.lease_timeout < needed:
-            raise ValueError(
-                f"{ENV_PREFIX}LEASE_TIMEOUT ({self.lease_timeout:g} s) must be at least "
-                f"1.5 x {ENV_PREFIX}HEARTBEAT_INTERVAL ({self.heartbeat_interval:g} s) + "
-                f"2 x {ENV_PREFIX}DATABASE_TIMEOUT ({self.database_timeout:g} s) = {needed:g} s"
-            )
+        leases = {f"{ENV_PREFIX}LEASE_TIMEOUT": self.lease_timeout} | {
+            f"{ENV_PREFIX}REGION_LEASE_TIMEOUT[{region}]": lease
+            for region, lease in self.region_lease_timeout.items()
+        }
+        for name, lease in leases.items():
+            if lease < needed:
+                raise ValueError(
+                    f"{name} ({lease:g} s) must be at least "
+                    f"1.5 x {ENV_PREFIX}HEARTBEAT_INTERVAL ({self.heartbeat_interval:g} s) + "
+                    f"2 x {ENV_PREFIX}DATABASE_TIMEOUT ({self.database_timeout:g} s) = {needed:g} s"
+                )
         return self
+
+    def node_lease_timeout(self) -> float:
+        """This node's lease: its region's threshold if one is set (long database round trips)."""
+        return self.region_lease_timeout.get(self.region, self.lease_timeout)
+
+    def policy(self) -> Policy:
+        """The pure decision's view of these settings."""
+        placements = {
+            service: Placement(
+                preferred_nodes=tuple(p.preferred_nodes),
+                preferred_regions=tuple(p.preferred_regions),
+                failback=p.failback,
+                failback_dwell=p.failback_dwell,
+                failback_window=p.window(),
+            )
+            for service, p in self.placement.items()
+        }
+        return Policy(self.cross_region_delay, placements)
 
     def require_database_url(self) -> str:
         """The database URL, or a configuration error naming the variable to set."""
@@ -141,6 +205,12 @@ class Settings(BaseSettings):
             if shown[key]:
                 shown[key] = mask_url(shown[key])
         return shown
+
+
+def require_service(service: str) -> None:
+    """A usage error unless `service` is one of the cluster's services."""
+    if service not in SERVICES:
+        raise ConfigError(f"unknown service {service!r}: use one of {', '.join(SERVICES)}")
 
 
 def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settings:

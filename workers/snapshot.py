@@ -24,6 +24,7 @@ class Node:
     draining: bool = False
     stopped_at: datetime | None = None
     incarnation: str = ""
+    app_healthy: bool | None = None
 
     @property
     def lease_expires_at(self) -> datetime:

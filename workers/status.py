@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import datetime, timedelta
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -10,10 +11,16 @@ from rich.table import Table
 from sqlalchemy import Connection, select
 
 from workers import store
+from workers.decide import Policy
+from workers.errors import ConfigError
+from workers.settings import require_service
 from workers.snapshot import Node, Snapshot
 from workers.tables import ownership_history as history_t
 from workers.tables import server_registry as nodes_t
 from workers.tables import service_status as services_t
+
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -50,10 +57,11 @@ def _node_entry(snapshot: Snapshot, node: Node, row: Any) -> dict[str, Any]:
         "pid": row.pid,
         "started_at": _iso(row.started_at),
         "verdict": row.last_verdict,
+        "rejected_side_effects": row.rejected_side_effects,
     }
 
 
-def _service_entry(snapshot: Snapshot, row: Any) -> dict[str, Any]:
+def _service_entry(snapshot: Snapshot, row: Any, policy: Policy) -> dict[str, Any]:
     owner = snapshot.node_by_id(row.service_registry_id)
     return {
         "service": row.service_type,
@@ -64,37 +72,58 @@ def _service_entry(snapshot: Snapshot, row: Any) -> dict[str, Any]:
         "reason": row.acquired_reason,
         "actor": row.acquired_by,
         "detail": row.acquired_detail,
+        "placement": policy.placement(row.service_type).describe(),
     }
 
 
-def _event_entry(row: Any) -> dict[str, Any]:
-    return {
-        "service": row.service_type,
-        "from": row.from_node,
-        "to": row.to_node,
-        "epoch": row.epoch,
-        "reason": row.reason,
-        "actor": row.actor,
-        "detail": row.detail,
-        "at": _iso(row.changed_at),
-    }
+def parse_since(value: str, now: datetime) -> datetime:
+    """`--since`: an ISO 8601 time, or a duration back from now such as 90s, 15m, 2h, 1d."""
+    match = DURATION.match(value)
+    if match:
+        return now - timedelta(seconds=float(match[1]) * UNITS[match[2]])
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--since {value!r}: use an ISO time or a duration like 15m") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=now.tzinfo)
 
 
-def cluster_status(connection: Connection, events: int = 10) -> dict[str, Any]:
+def history(
+    connection: Connection, service: str | None = None, since: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Ownership changes, newest first, optionally for one service and since a moment."""
+    query = select(history_t).order_by(history_t.c.changed_at.desc(), history_t.c.id.desc())
+    if service is not None:
+        require_service(service)
+        query = query.where(history_t.c.service_type == service)
+    if since is not None:
+        start = parse_since(since, store.database_now(connection))
+        query = query.where(history_t.c.changed_at >= start)
+    return [
+        {
+            "at": _iso(row.changed_at),
+            "service": row.service_type,
+            "from": row.from_node,
+            "to": row.to_node,
+            "epoch": row.epoch,
+            "reason": row.reason,
+            "actor": row.actor,
+            "detail": row.detail,
+        }
+        for row in connection.execute(query.limit(limit))
+    ]
+
+
+def cluster_status(connection: Connection, policy: Policy, events: int = 10) -> dict[str, Any]:
     """Nodes, services and the latest ownership events, read in one transaction."""
     snapshot = store.read_snapshot(connection)
     rows = {row.node_name: row for row in connection.execute(select(nodes_t))}
     services = connection.execute(select(services_t).order_by(services_t.c.service_type))
-    history = connection.execute(
-        select(history_t)
-        .order_by(history_t.c.changed_at.desc(), history_t.c.id.desc())
-        .limit(events)
-    )
     return {
         "database_time": _iso(snapshot.now),
         "nodes": [_node_entry(snapshot, node, rows[node.name]) for node in snapshot.nodes],
-        "services": [_service_entry(snapshot, row) for row in services],
-        "events": [_event_entry(row) for row in history],
+        "services": [_service_entry(snapshot, row, policy) for row in services],
+        "events": history(connection, limit=events),
     }
 
 
@@ -136,6 +165,7 @@ def _service_row(service: dict[str, Any]) -> tuple[str, ...]:
         service["since"] or "-",
         service["reason"] or "-",
         service["detail"] or "",
+        service["placement"],
     )
 
 
@@ -148,6 +178,7 @@ def _event_row(event: dict[str, Any]) -> tuple[str, ...]:
         str(event["epoch"]),
         event["reason"],
         event["actor"] or "",
+        event["detail"] or "",
     )
 
 
@@ -161,12 +192,14 @@ def render(status: dict[str, Any]) -> RenderableType:
         ),
         _table(
             "Services",
-            ("service", "owner", "epoch", "since", "reason", "why"),
+            ("service", "owner", "epoch", "since", "reason", "why", "placement"),
             [_service_row(service) for service in status["services"]],
         ),
-        _table(
-            "Recent ownership events",
-            ("at", "service", "from", "to", "epoch", "reason", "by"),
-            [_event_row(event) for event in status["events"]],
-        ),
+        event_table("Recent ownership events", status["events"]),
     )
+
+
+def event_table(title: str, events: list[dict[str, Any]]) -> Table:
+    """Ownership events as a table: newest first, who moved what, and why."""
+    columns = ("at", "service", "from", "to", "epoch", "reason", "by", "why")
+    return _table(title, columns, [_event_row(event) for event in events])

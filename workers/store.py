@@ -16,13 +16,15 @@ from typing import Any
 from sqlalchemy import Connection, Row, case, func, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from workers.decide import Acquire, MarkInactive, refusal_to_acquire
+from workers.decide import Acquire, MarkInactive, Policy, refusal_to_acquire
 from workers.errors import Refused
+from workers.placement import move_refusal
 from workers.snapshot import Node, Service, Snapshot
 from workers.tables import server_registry as nodes_t
 from workers.tables import service_status as services_t
 
 NOW = func.clock_timestamp()
+STALE_INCARNATION = "this process is no longer the node's current incarnation"
 LEASE_EXPIRES = nodes_t.c.last_heartbeat_at + nodes_t.c.lease_timeout_s * literal_column(
     "interval '1 second'"
 )
@@ -71,6 +73,7 @@ def _node(row: Row[Any]) -> Node:
         draining=row.draining,
         stopped_at=row.stopped_at,
         incarnation=str(row.incarnation),
+        app_healthy=row.app_healthy,
     )
 
 
@@ -196,35 +199,71 @@ def mark_inactive(connection: Connection, action: MarkInactive) -> bool:
     return result.rowcount == 1
 
 
-def acquire(connection: Connection, me: Identity, action: Acquire, actor: str) -> str | None:
+def _lock_service(connection: Connection, service: str) -> tuple[Row[Any], Snapshot]:
+    """Lock the service's row, then read every node: the facts a change of owner re-checks."""
+    locked = connection.execute(
+        select(services_t).where(services_t.c.service_type == service).with_for_update()
+    ).one()
+    snapshot = Snapshot(database_now(connection), read_nodes(connection), (_service(locked),))
+    return locked, snapshot
+
+
+def _set_owner(
+    connection: Connection, locked: Row[Any], node_id: int | None, reason: str, actor: str, why: str
+) -> int:
+    """Give the locked service to `node_id` (None: nobody) at the next epoch; return it."""
+    connection.execute(
+        update(services_t)
+        .where(services_t.c.id == locked.id)
+        .values(
+            service_registry_id=node_id,
+            epoch=locked.epoch + 1,
+            acquired_at=NOW,
+            acquired_reason=reason,
+            acquired_by=actor,
+            acquired_detail=why,
+        )
+    )
+    return int(locked.epoch) + 1
+
+
+def _current_self(snapshot: Snapshot, me: Identity) -> Node | None:
+    mine = snapshot.node(me.name)
+    return mine if mine is not None and mine.incarnation == me.incarnation else None
+
+
+def acquire(
+    connection: Connection, me: Identity, action: Acquire, actor: str, policy: Policy
+) -> str | None:
     """Invariant 2: lock the service row, re-check, then move it to this node at epoch + 1.
 
     Returns None when the service was taken, or the reason it was not (another node won,
     the owner came back, this node's own lease lapsed).
     """
-    locked = connection.execute(
-        select(services_t).where(services_t.c.service_type == action.service).with_for_update()
-    ).one()
-    snapshot = Snapshot(database_now(connection), read_nodes(connection), (_service(locked),))
-    mine = snapshot.node(me.name)
-    if mine is None or mine.incarnation != me.incarnation:
-        return "this process is no longer the node's current incarnation"
-    refusal = refusal_to_acquire(snapshot, me.name, action.service, action.from_node, action.epoch)
+    locked, snapshot = _lock_service(connection, action.service)
+    mine = _current_self(snapshot, me)
+    if mine is None:
+        return STALE_INCARNATION
+    refusal = refusal_to_acquire(snapshot, me.name, action, policy)
     if refusal:
         return refusal
-    connection.execute(
-        update(services_t)
-        .where(services_t.c.id == locked.id)
-        .values(
-            service_registry_id=mine.id,
-            epoch=locked.epoch + 1,
-            acquired_at=NOW,
-            acquired_reason=action.reason,
-            acquired_by=actor,
-            acquired_detail=action.why,
-        )
-    )
+    _set_owner(connection, locked, mine.id, action.reason, actor, action.why)
     return None
+
+
+def move_here(
+    connection: Connection, me: Identity, service: str, actor: str, why: str
+) -> tuple[str | None, int]:
+    """A manual failover, run by the target: take `service` under the lock if it may move here.
+
+    Returns (None, new epoch) when moved, or (the reason it was refused, current epoch).
+    """
+    locked, snapshot = _lock_service(connection, service)
+    mine = _current_self(snapshot, me)
+    refusal = move_refusal(snapshot, me.name, service) if mine else STALE_INCARNATION
+    if refusal or mine is None:
+        return refusal, int(locked.epoch)
+    return None, _set_owner(connection, locked, mine.id, "manual", actor, why)
 
 
 def release_services(
@@ -244,21 +283,27 @@ def release_services(
     if node_id is None:
         return []
     owned = connection.execute(
-        select(services_t.c.id, services_t.c.service_type, services_t.c.epoch)
-        .where(services_t.c.service_registry_id == node_id)
-        .with_for_update()
-    ).all()
-    for row in owned:
-        connection.execute(
-            update(services_t)
-            .where(services_t.c.id == row.id)
-            .values(
-                service_registry_id=None,
-                epoch=row.epoch + 1,
-                acquired_at=NOW,
-                acquired_reason="release",
-                acquired_by=me.name,
-                acquired_detail=why,
-            )
-        )
-    return [(row.service_type, row.epoch + 1) for row in owned]
+        select(services_t.c.service_type).where(services_t.c.service_registry_id == node_id)
+    ).scalars()
+    released = []
+    for service in owned.all():
+        locked, _snapshot = _lock_service(connection, service)
+        released.append((service, _set_owner(connection, locked, None, "release", me.name, why)))
+    return released
+
+
+def record_rejection(connection: Connection, me: Identity) -> None:
+    """Count a fenced (rejected) side effect against this node, for metrics."""
+    connection.execute(
+        update(nodes_t)
+        .where(nodes_t.c.node_name == me.name)
+        .values(rejected_side_effects=nodes_t.c.rejected_side_effects + 1)
+    )
+
+
+def set_draining(connection: Connection, node: str, draining: bool) -> bool:
+    """Store the node's maintenance flag; False if there is no such node."""
+    result = connection.execute(
+        update(nodes_t).where(nodes_t.c.node_name == node).values(draining=draining)
+    )
+    return result.rowcount == 1

@@ -45,6 +45,7 @@ server_registry = Table(
     Column("draining", Boolean, nullable=False),
     Column("app_healthy", Boolean),
     Column("last_verdict", Text),
+    Column("rejected_side_effects", BigInteger, nullable=False),
 )
 
 service_status = Table(

@@ -2,27 +2,31 @@
 
 - `failover.heartbeat`: one heartbeat cycle (fired by the node's own beat).
 - `failover.takeover`: the database-locked change of owner that a heartbeat planned.
+- `failover.manual_failover`: move a service here, asked by an operator or a draining owner;
+  consuming it proves this node is alive and its worker consumes.
 - `failover.service_tick`: a service's due work, fenced by the epoch it was dispatched at.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from workers import store
 from workers.celery import app
 from workers.database import transaction
-from workers.decide import Acquire, Dispatch
+from workers.decide import Acquire, Dispatch, Handover
 from workers.fencing import Fence, record_tick, run_fenced
 from workers.heartbeat import run_cycle
 from workers.node import current_identity, current_settings
 from workers.routing import send_to_node
 
 log = logging.getLogger(__name__)
+MANUAL_FAILOVER = "failover.manual_failover"
 
 
 class CeleryTransport:
-    """Publishes the heartbeat's decisions on this node's own queue, each with an expiry."""
+    """Publishes the heartbeat's decisions on node queues, each with an expiry."""
 
     def __init__(self, node: str, expires: float) -> None:
         self.node = node
@@ -36,6 +40,10 @@ class CeleryTransport:
         args = (action.service, action.epoch)
         send_to_node(app, "failover.service_tick", self.node, args, self.expires)
 
+    def request_handover(self, action: Handover) -> None:
+        args = (action.service, f"node {self.node} (draining)", f"{self.node} is draining")
+        send_to_node(app, MANUAL_FAILOVER, action.to, args, self.expires)
+
 
 @app.task(name="failover.heartbeat", ignore_result=True)
 def heartbeat(node: str, incarnation: str) -> str:
@@ -43,12 +51,7 @@ def heartbeat(node: str, incarnation: str) -> str:
     settings = current_settings()
     me = current_identity()
     if (node, incarnation) != (me.name, me.incarnation):
-        log.info(
-            "node %s: dropped a heartbeat of %s/%s (another incarnation)",
-            me.name,
-            node,
-            incarnation,
-        )
+        log.info("node %s: dropped a heartbeat meant for %s/%s", me.name, node, incarnation)
         return "dropped"
     decision = run_cycle(settings, me, CeleryTransport(me.name, settings.heartbeat_interval))
     log.debug("node %s: %s", me.name, decision.verdict)
@@ -62,7 +65,7 @@ def takeover(service: str, from_node: str | None, epoch: int, reason: str, why: 
     me = current_identity()
     action = Acquire(service, from_node, epoch, reason, why)
     with transaction(settings) as connection:
-        refusal = store.acquire(connection, me, action, actor=f"node {me.name}")
+        refusal = store.acquire(connection, me, action, f"node {me.name}", settings.policy())
     if refusal:
         log.info("node %s: did not take %s: %s", me.name, service, refusal)
         return f"refused: {refusal}"
@@ -77,6 +80,29 @@ def takeover(service: str, from_node: str | None, epoch: int, reason: str, why: 
         why,
     )
     return f"took {service} at epoch {epoch + 1}"
+
+
+@app.task(name=MANUAL_FAILOVER, ignore_result=False)
+def manual_failover(service: str, actor: str, why: str) -> dict[str, Any]:
+    """Move `service` to this node (reason `manual`), under the same lock as a takeover."""
+    settings = current_settings()
+    me = current_identity()
+    with transaction(settings) as connection:
+        refusal, epoch = store.move_here(connection, me, service, actor, why)
+    if refusal:
+        log.warning(
+            "node %s: refused to take %s (asked by %s): %s", me.name, service, actor, refusal
+        )
+    else:
+        log.warning(
+            "node %s: took %s at epoch %d, reason manual, by %s: %s",
+            me.name,
+            service,
+            epoch,
+            actor,
+            why,
+        )
+    return {"service": service, "node": me.name, "epoch": epoch, "refusal": refusal}
 
 
 @app.task(name="failover.service_tick", ignore_result=True)

@@ -118,6 +118,24 @@ class Cluster:
         self.nodes.append(node)
         return node
 
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run `failover ARGS` as an operator would, with this cluster's settings."""
+        return subprocess.run(
+            [sys.executable, "-m", "workers", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+        )
+
+    def dump(self) -> list[Any]:
+        """What a refused command must leave untouched: ownership, history, maintenance flags."""
+        return [
+            self.query("SELECT * FROM service_status ORDER BY id"),
+            self.query("SELECT * FROM ownership_history ORDER BY id"),
+            self.query("SELECT node_name, draining, region FROM server_registry ORDER BY id"),
+        ]
+
     def start_live(self, name: str, region: str, *extra: str, **env: str) -> NodeProcess:
         """Start a node and wait until it has renewed its lease at least once."""
         node = self.start(name, region, *extra, **env)

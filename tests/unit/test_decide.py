@@ -19,6 +19,7 @@ from workers.snapshot import Node, Service, Snapshot
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LEASE = 3.0
 POLICY = Policy(cross_region_delay=1.0)
+TAKE_X_FROM_A = Acquire("x", "a", 7, "takeover", "lease expired")
 
 
 def at(seconds: float) -> datetime:
@@ -119,7 +120,7 @@ def test_same_region_goes_first_and_other_regions_wait_the_cross_region_delay():
     owners = {"folder_monitor": (1, 1)}
     early = decide(snapshot(3.5, nodes, owners), "c", POLICY)
     assert kinds(early, Acquire) == []
-    assert "b in r1 go first" in kinds(early, Wait)[0].why
+    assert "b placed better" in kinds(early, Wait)[0].why
     late = decide(snapshot(4.1, nodes, owners), "c", POLICY)
     assert kinds(late, Acquire)[0].from_node == "a"
     assert kinds(decide(snapshot(3.5, nodes, owners), "b", POLICY), Acquire)
@@ -154,14 +155,17 @@ def test_a_released_service_is_claimed_with_reason_takeover():
 def test_refusal_when_another_node_won_the_race():
     nodes = [node(1, "a", beat=0), node(2, "b", beat=3.4), node(3, "c", beat=3.4)]
     snap = snapshot(3.6, nodes, {"x": (3, 8)})
-    assert refusal_to_acquire(snap, "b", "x", "a", 7) == "already moved: owned by c at epoch 8"
+    assert (
+        refusal_to_acquire(snap, "b", TAKE_X_FROM_A, POLICY)
+        == "already moved: owned by c at epoch 8"
+    )
 
 
 def test_refusal_when_the_owner_came_back():
     snap = snapshot(3.6, [node(1, "a", beat=3.5), node(2, "b", beat=3.4)], {"x": (1, 7)})
-    assert "lease is fresh" in refusal_to_acquire(snap, "b", "x", "a", 7)
+    assert "lease is fresh" in refusal_to_acquire(snap, "b", TAKE_X_FROM_A, POLICY)
 
 
 def test_no_refusal_when_the_plan_still_holds():
     snap = snapshot(3.6, [node(1, "a", beat=0), node(2, "b", beat=3.4)], {"x": (1, 7)})
-    assert refusal_to_acquire(snap, "b", "x", "a", 7) is None
+    assert refusal_to_acquire(snap, "b", TAKE_X_FROM_A, POLICY) is None

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from workers.decide import Acquire, MarkInactive, Policy, decide, refusal_to_acquire
+from workers.placement import Placement
 from workers.snapshot import Node, Service, Snapshot
 
 LEASE = 3.0
@@ -22,6 +23,15 @@ NAMES = ("a", "b", "c", "d")
 REGIONS = {"a": "r1", "b": "r1", "c": "r2", "d": "r2"}
 SERVICES = ("folder_monitor", "app_script")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+FAILBACK_DWELL = 2.0
+POLICY = Policy(
+    cross_region_delay=1.0,
+    placements={
+        "app_script": Placement(
+            preferred_nodes=("c",), failback=True, failback_dwell=FAILBACK_DWELL
+        )
+    },
+)
 
 
 @dataclass
@@ -59,9 +69,7 @@ class ClusterModel(RuleBasedStateMachine):
         )
 
     def acquire(self, name: str, action: Acquire) -> None:
-        refusal = refusal_to_acquire(
-            self.snapshot(), name, action.service, action.from_node, action.epoch
-        )
+        refusal = refusal_to_acquire(self.snapshot(), name, action, POLICY)
         if refusal:
             return
         self.check_takeover_is_safe(name, action)
@@ -73,10 +81,15 @@ class ClusterModel(RuleBasedStateMachine):
     def check_takeover_is_safe(self, taker: str, action: Acquire) -> None:
         if action.from_node is None:
             return
+        me = self.rows[taker]
+        if action.reason == "failback":
+            assert taker == "c", "failback to a node that is not the preferred one"
+            dwell = (self.at(self.now) - me.lease_started_at).total_seconds()
+            assert dwell >= FAILBACK_DWELL, "failback before the dwell time"
+            return
         old = self.rows[action.from_node]
         if old.stopped_at is not None:
             return
-        me = self.rows[taker]
         start = max(old.last_heartbeat_at, me.lease_started_at)
         waited = (self.at(self.now) - start).total_seconds()
         assert waited > old.lease_timeout, "took a service before the owner's lease expired"
@@ -116,7 +129,7 @@ class ClusterModel(RuleBasedStateMachine):
         if not self.processes[name].running:
             return
         self.renew(name)
-        decision = decide(self.snapshot(), name, Policy(cross_region_delay=1.0))
+        decision = decide(self.snapshot(), name, POLICY)
         for action in decision.actions:
             if isinstance(action, MarkInactive):
                 row = self.rows[action.node]

@@ -1,0 +1,155 @@
+"""Operator requests: manual failover, drain and undrain, and reading the history.
+
+The CLI records a request and a node carries it out (as `patronictl` does): a move is a
+`failover.manual_failover` task on the target's queue, so only a live, consuming target can
+perform it, under the same row lock as an automatic takeover. Every refusal is decided
+before anything is written, so a refused command leaves the database as it was.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from workers import store
+from workers.database import transaction
+from workers.errors import ConfigError, Refused
+from workers.placement import best_candidate, move_refusal
+from workers.routing import send_to_node
+from workers.settings import Settings, require_service
+from workers.snapshot import Snapshot
+
+MANUAL_FAILOVER = "failover.manual_failover"
+
+
+@dataclass(frozen=True)
+class MoveOutcome:
+    service: str
+    node: str
+    epoch: int
+
+
+def operator() -> str:
+    """Who is asking: user@host, recorded as the actor of a manual change."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def require_node(snapshot: Snapshot, node: str) -> None:
+    if snapshot.node(node) is None:
+        known = ", ".join(n.name for n in snapshot.nodes) or "none registered"
+        raise ConfigError(f"unknown node {node!r} (known: {known})")
+
+
+def choose_target(settings: Settings, snapshot: Snapshot, service: str, to: str | None) -> str:
+    """The node a move goes to: the one asked for if it may receive it, else the best one."""
+    if to is not None:
+        require_node(snapshot, to)
+        refusal = move_refusal(snapshot, to, service)
+        if refusal:
+            raise Refused(f"cannot move {service} to {to}: {refusal}")
+        return to
+    best = best_candidate(snapshot, service, settings.policy().placement(service))
+    if best is None:
+        raise Refused(f"cannot move {service}: no other live node can take it")
+    return best.name
+
+
+def move(
+    settings: Settings, app: Any, service: str, to: str | None, why: str, timeout: float
+) -> MoveOutcome:
+    """Ask the target to take the service and wait for the outcome; raise `Refused` if not."""
+    require_service(service)
+    with transaction(settings) as connection:
+        snapshot = store.read_snapshot(connection)
+    target = choose_target(settings, snapshot, service, to)
+    before = snapshot.service(service)
+    args = (service, operator(), why)
+    result = send_to_node(app, MANUAL_FAILOVER, target, args, timeout)
+    try:
+        outcome = result.get(timeout=timeout + 1.0, disable_sync_subtasks=False)
+    except Exception:
+        outcome = None
+    finally:
+        result.forget()
+    if outcome is None:
+        return _settle_unanswered(settings, service, target, before.epoch if before else 0, timeout)
+    if outcome["refusal"]:
+        raise Refused(f"{target} refused {service}: {outcome['refusal']}")
+    return MoveOutcome(service, target, outcome["epoch"])
+
+
+def _settle_unanswered(
+    settings: Settings, service: str, target: str, epoch: int, timeout: float
+) -> MoveOutcome:
+    """No answer in time: the database says whether the move happened after all."""
+    with transaction(settings) as connection:
+        snapshot = store.read_snapshot(connection)
+    current = snapshot.service(service)
+    owner = snapshot.node_by_id(current.owner_id) if current else None
+    if current and owner and owner.name == target and current.epoch > epoch:
+        return MoveOutcome(service, target, current.epoch)
+    raise Refused(
+        f"{target} did not take {service} within {timeout:g} s "
+        "(the request expires unused; nothing changed)"
+    )
+
+
+def drain(settings: Settings, node: str, force: bool) -> list[str]:
+    """Mark `node` draining (its heartbeat then hands each service to the best candidate).
+
+    Returns the services nothing can take yet. Refused, with nothing written, when the node
+    is the last that can run one of its services, unless `force`.
+    """
+    with transaction(settings) as connection:
+        snapshot = store.read_snapshot(connection)
+        require_node(snapshot, node)
+        stuck = _services_without_successor(settings, snapshot, node)
+        if stuck and not force:
+            raise Refused(
+                f"{node} is the last live node that can run {', '.join(stuck)}: "
+                "use --force to drain it anyway (it keeps serving until another node can)"
+            )
+        store.set_draining(connection, node, True)
+    return stuck
+
+
+def _services_without_successor(settings: Settings, snapshot: Snapshot, node: str) -> list[str]:
+    me = snapshot.node(node)
+    owned = [s for s in snapshot.services if me is not None and s.owner_id == me.id]
+    policy = settings.policy()
+    return [
+        s.name
+        for s in owned
+        if best_candidate(snapshot, s.name, policy.placement(s.name), {node}) is None
+    ]
+
+
+def undrain(settings: Settings, node: str) -> None:
+    with transaction(settings) as connection:
+        require_node(store.read_snapshot(connection), node)
+        store.set_draining(connection, node, False)
+
+
+def watch_drain(
+    settings: Settings, node: str, timeout: float, report: Callable[[str], None]
+) -> list[str]:
+    """Report each service leaving `node` until it owns none; return those it still owns."""
+    deadline = time.monotonic() + timeout
+    seen: dict[str, int] = {}
+    while True:
+        with transaction(settings) as connection:
+            snapshot = store.read_snapshot(connection)
+        me = snapshot.node(node)
+        for service in snapshot.services:
+            owner = snapshot.node_by_id(service.owner_id)
+            if me and owner and owner.id != me.id and seen.get(service.name) != service.epoch:
+                report(f"{service.name}: {owner.name} at epoch {service.epoch}")
+            seen[service.name] = service.epoch
+        left = [s.name for s in snapshot.services if me is not None and s.owner_id == me.id]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)

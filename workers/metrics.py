@@ -1,0 +1,115 @@
+"""`failover metrics`: what Flower cannot know, for Prometheus, read from the database per scrape.
+
+One small server for the whole cluster (run it anywhere that reaches the database): per
+service its owner and epoch, per node its lease age, liveness and draining flag, and
+counters of ownership changes by reason and of side effects the epoch fence rejected.
+Counters come from append-only data (the history table, a per-node counter), so they only
+go up, as Prometheus expects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from workers import store
+from workers.database import transaction
+from workers.errors import FailoverError
+from workers.settings import Settings
+from workers.tables import ownership_history as history_t
+from workers.tables import server_registry as nodes_t
+
+log = logging.getLogger(__name__)
+
+
+class ClusterCollector(Collector):
+    """Reads one snapshot per scrape and turns it into metric families."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("failover_database_up", "1 if the database answered this scrape")
+        try:
+            families = self._read()
+        except FailoverError as error:
+            log.warning("metrics: %s", error)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _read(self) -> list[Metric]:
+        with transaction(self.settings) as connection:
+            snapshot = store.read_snapshot(connection)
+            changes = connection.execute(
+                select(history_t.c.service_type, history_t.c.reason, func.count()).group_by(
+                    history_t.c.service_type, history_t.c.reason
+                )
+            ).all()
+            rejected = connection.execute(
+                select(nodes_t.c.node_name, nodes_t.c.rejected_side_effects)
+            ).all()
+        return [
+            *_service_families(snapshot),
+            *_node_families(snapshot),
+            _counter(
+                "failover_ownership_changes",
+                "Changes of owner, by service and reason",
+                ["service", "reason"],
+                [([service, reason], count) for service, reason, count in changes],
+            ),
+            _counter(
+                "failover_rejected_side_effects",
+                "Side effects of service tasks rejected by the epoch fence, by node",
+                ["node"],
+                [([name], count) for name, count in rejected],
+            ),
+        ]
+
+
+def _counter(name: str, doc: str, labels: list[str], samples: list[Any]) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for values, count in samples:
+        family.add_metric(values, count)
+    return family
+
+
+def _service_families(snapshot: Any) -> list[Metric]:
+    epoch = GaugeMetricFamily(
+        "failover_service_epoch", "The service's fencing epoch", labels=["service"]
+    )
+    owner = GaugeMetricFamily(
+        "failover_service_owner", "1 for the node that owns the service", labels=["service", "node"]
+    )
+    for service in snapshot.services:
+        epoch.add_metric([service.name], service.epoch)
+        node = snapshot.node_by_id(service.owner_id)
+        owner.add_metric([service.name, node.name if node else ""], 1)
+    return [epoch, owner]
+
+
+def _node_families(snapshot: Any) -> list[Metric]:
+    labels = ["node", "region"]
+    age = GaugeMetricFamily(
+        "failover_node_lease_age_seconds", "Seconds since the last heartbeat", labels=labels
+    )
+    live = GaugeMetricFamily(
+        "failover_node_live", "1 while the node's lease is fresh", labels=labels
+    )
+    active = GaugeMetricFamily("failover_node_active", "The node's is_active flag", labels=labels)
+    draining = GaugeMetricFamily("failover_node_draining", "1 while the node drains", labels=labels)
+    for node in snapshot.nodes:
+        values = [node.name, node.region]
+        age.add_metric(values, (snapshot.now - node.last_heartbeat_at).total_seconds())
+        live.add_metric(values, int(node.is_live(snapshot.now)))
+        active.add_metric(values, int(node.is_active))
+        draining.add_metric(values, int(node.draining))
+    return [age, live, active, draining]
