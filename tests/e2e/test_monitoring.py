@@ -21,7 +21,9 @@ def free_port() -> int:
 
 
 def serve(cluster: Cluster, command: list[str], url: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(command, env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
     def answers() -> bool:
         try:
@@ -49,8 +51,17 @@ def test_flower_refuses_anonymous_requests_and_lists_every_node(cluster):
     base = f"http://127.0.0.1:{port}"
     flower = serve(
         cluster,
-        [sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={port}",
-         "--address=127.0.0.1", "--basic-auth=operator:s3cret"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "flower",
+            f"--port={port}",
+            "--address=127.0.0.1",
+            "--basic-auth=operator:s3cret",
+        ],
         base + "/healthcheck",
     )
     try:
@@ -58,12 +69,17 @@ def test_flower_refuses_anonymous_requests_and_lists_every_node(cluster):
         assert requests.get(base + "/api/workers", timeout=5).status_code == 401
 
         def workers() -> dict:
-            answer = requests.get(base + "/api/workers?refresh=1", auth=("operator", "s3cret"), timeout=20)
+            answer = requests.get(
+                base + "/api/workers?refresh=1", auth=("operator", "s3cret"), timeout=20
+            )
             listed = answer.json() if answer.ok else {}
             return listed if {name.split("@")[0] for name in listed} >= {"a", "b"} else {}
 
         listed = wait_until(workers, 60, "Flower to list both workers")
-        queues = {name.split("@")[0]: {q["name"] for q in info.get("active_queues") or []} for name, info in listed.items()}
+        queues = {
+            name.split("@")[0]: {q["name"] for q in info.get("active_queues") or []}
+            for name, info in listed.items()
+        }
         assert "node.a" in queues["a"] and "node.b" in queues["b"]
     finally:
         stop(flower)
@@ -85,7 +101,10 @@ def test_metrics_show_the_owner_before_and_after_a_takeover(cluster):
         wait_until(lambda: cluster.owned_by("b"), 30, "b to take over")
         after = requests.get(url, timeout=5).text
         assert 'failover_service_owner{node="b",service="folder_monitor"} 1.0' in after
-        assert 'failover_ownership_changes_total{reason="takeover",service="folder_monitor"} 1.0' in after
+        assert (
+            'failover_ownership_changes_total{reason="takeover",service="folder_monitor"} 1.0'
+            in after
+        )
         assert 'failover_node_live{node="a",region="r1"} 0.0' in after
     finally:
         stop(server)

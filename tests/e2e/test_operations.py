@@ -22,7 +22,11 @@ def one_line(result, code: int) -> str:
 def beats(cluster: Cluster, name: str, count: int = 3) -> None:
     for _ in range(count):
         before = cluster.node_row(name).last_heartbeat_at
-        wait_until(lambda before=before: cluster.node_row(name).last_heartbeat_at > before, 20, f"{name} to beat")
+        wait_until(
+            lambda before=before: cluster.node_row(name).last_heartbeat_at > before,
+            20,
+            f"{name} to beat",
+        )
 
 
 def three_nodes(cluster: Cluster):
@@ -32,7 +36,7 @@ def three_nodes(cluster: Cluster):
 
 
 def test_manual_move_refusals_change_nothing(cluster):
-    a, b, _c = three_nodes(cluster)
+    _a, b, _c = three_nodes(cluster)
     d = cluster.start_live("d", "r1")
     d.terminate()
     before = cluster.dump()
@@ -63,7 +67,12 @@ def test_manual_move_hands_over_and_fences_the_old_owner(cluster):
     assert moved.stdout.strip() == "moved folder_monitor to c at epoch 2"
     assert cluster.owners()["folder_monitor"] == ("c", 2)
     event = cluster.history()[-1]
-    assert (event.from_node, event.to_node, event.reason, event.detail) == ("a", "c", "manual", "patching a")
+    assert (event.from_node, event.to_node, event.reason, event.detail) == (
+        "a",
+        "c",
+        "manual",
+        "patching a",
+    )
     assert "@" in event.actor
     stopped_at = cluster.ticks("folder_monitor", 1)
     beats(cluster, "a", 4)
@@ -113,10 +122,14 @@ def test_drain_survives_a_restart_and_undrain_returns_the_node(cluster):
     assert cluster.owned_by("a")
 
 
-PREFER_A = json.dumps({"folder_monitor": {"preferred_nodes": ["a"], "failback": True, "failback_dwell": 4}})
+PREFER_A = json.dumps(
+    {"folder_monitor": {"preferred_nodes": ["a"], "failback": True, "failback_dwell": 4}}
+)
 
 
-def test_failback_waits_for_the_dwell_and_a_flapping_node_never_gets_it(tmp_path, database_url, broker_url):
+def test_failback_waits_for_the_dwell_and_a_flapping_node_never_gets_it(
+    tmp_path, database_url, broker_url
+):
     cluster = Cluster(tmp_path, database_url, broker_url, FAILOVER_PLACEMENT=PREFER_A)
     try:
         a = cluster.start_live("a", "r1")
@@ -136,11 +149,19 @@ def test_failback_waits_for_the_dwell_and_a_flapping_node_never_gets_it(tmp_path
         cluster.start_live("a", "r1")
         wait_until(lambda: cluster.owners()["folder_monitor"][0] == "a", 30, "failback to a")
         event = cluster.history()[-1]
-        assert (event.from_node, event.to_node, event.reason, event.epoch) == ("b", "a", "failback", 3)
+        assert (event.from_node, event.to_node, event.reason, event.epoch) == (
+            "b",
+            "a",
+            "failback",
+            3,
+        )
         # And app_script, which has no placement, stays where it is
         assert cluster.owners()["app_script"] == ("b", 2)
         placement = json.loads(cluster.cli("status", "--json").stdout)["services"]
-        assert "failback after 4 s" in {s["service"]: s for s in placement}["folder_monitor"]["placement"]
+        assert (
+            "failback after 4 s"
+            in {s["service"]: s for s in placement}["folder_monitor"]["placement"]
+        )
     finally:
         cluster.close()
 
@@ -151,7 +172,9 @@ def test_no_failback_outside_the_failback_window(tmp_path, database_url, broker_
     probe.close()
     start, end = (int(hour) + 2) % 24, (int(hour) + 3) % 24
     placement = json.loads(PREFER_A)
-    placement["folder_monitor"].update(failback_dwell=1, failback_window=f"{start:02d}:00-{end:02d}:00")
+    placement["folder_monitor"].update(
+        failback_dwell=1, failback_window=f"{start:02d}:00-{end:02d}:00"
+    )
     cluster = Cluster(tmp_path, database_url, broker_url, FAILOVER_PLACEMENT=json.dumps(placement))
     try:
         a = cluster.start_live("a", "r1")

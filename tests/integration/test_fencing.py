@@ -10,7 +10,7 @@ from sqlalchemy import text
 from tests.support.registry import add_node, give
 from workers import store
 from workers.database import transaction
-from workers.decide import Acquire
+from workers.decide import Acquire, Policy
 from workers.errors import StaleEpoch
 from workers.fencing import Fence, fenced, record_tick, run_fenced
 
@@ -77,7 +77,7 @@ def test_a_takeover_waits_for_an_open_side_effect_and_then_wins(settings):
     def take_over() -> None:
         action = Acquire(SERVICE, "a", epoch, "takeover", "lease expired")
         with transaction(settings.model_copy(update={"database_timeout": 5.0})) as connection:
-            refusal.append(store.acquire(connection, taker, action, actor="node b"))
+            refusal.append(store.acquire(connection, taker, action, "node b", Policy()))
         released.set()
 
     with fenced(settings, Fence(SERVICE, owner, epoch)) as connection:
@@ -97,3 +97,18 @@ def test_a_takeover_waits_for_an_open_side_effect_and_then_wins(settings):
     # and it goes through once the side effect committed: the two never interleave
     assert refusal == [None]
     assert ticks(settings, epoch) == 1
+
+
+def test_rejections_are_counted_per_node_for_metrics(settings):
+    old = add_node(settings, "a")
+    epoch = give(settings, SERVICE, "a")
+    add_node(settings, "b")
+    give(settings, SERVICE, "b", reason="takeover")
+    fence = Fence(SERVICE, old, epoch)
+    for _ in range(3):
+        run_fenced(settings, fence, lambda c: record_tick(c, fence))
+    with transaction(settings) as connection:
+        counted = connection.execute(
+            text("SELECT rejected_side_effects FROM server_registry WHERE node_name = 'a'")
+        ).scalar_one()
+    assert counted == 3

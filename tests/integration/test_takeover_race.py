@@ -8,7 +8,7 @@ import threading
 from tests.support.registry import add_node, give, history, owner_and_epoch
 from workers import store
 from workers.database import transaction
-from workers.decide import Acquire
+from workers.decide import Acquire, Policy
 from workers.settings import Settings, load_settings
 
 SERVICE = "folder_monitor"
@@ -18,7 +18,7 @@ CONTENDERS = 8
 def _attempt(settings: Settings, me: store.Identity, epoch: int) -> str | None:
     action = Acquire(SERVICE, "dead", epoch, "takeover", "lease expired")
     with transaction(settings) as connection:
-        return store.acquire(connection, me, action, actor=f"node {me.name}")
+        return store.acquire(connection, me, action, f"node {me.name}", Policy())
 
 
 def _dead_owner_and_contenders(
@@ -99,7 +99,7 @@ def test_takeover_is_refused_when_the_owner_renewed_after_it_was_planned(setting
         assert store.renew_lease(connection, owner)
     action = Acquire(SERVICE, "a", epoch, "takeover", "lease expired")
     with transaction(settings) as connection:
-        refusal = store.acquire(connection, taker, action, actor="node b")
+        refusal = store.acquire(connection, taker, action, "node b", Policy())
     # Then the locked re-check refuses, and nothing changed
     assert refusal is not None and "lease is fresh" in refusal
     assert owner_and_epoch(settings, SERVICE) == ("a", epoch)
@@ -111,7 +111,7 @@ def test_takeover_is_refused_to_a_node_whose_own_lease_lapsed(settings):
     stale = add_node(settings, "b", beat_age=5)
     action = Acquire(SERVICE, "a", epoch, "takeover", "lease expired")
     with transaction(settings) as connection:
-        refusal = store.acquire(connection, stale, action, actor="node b")
+        refusal = store.acquire(connection, stale, action, "node b", Policy())
     assert refusal is not None and "own lease expired" in refusal
     assert owner_and_epoch(settings, SERVICE) == ("a", epoch)
 
@@ -123,5 +123,5 @@ def test_a_replaced_incarnation_cannot_take_over(settings):
     ghost = store.Identity("b", store.new_incarnation())
     action = Acquire(SERVICE, "a", epoch, "takeover", "lease expired")
     with transaction(settings) as connection:
-        refusal = store.acquire(connection, ghost, action, actor="node b")
+        refusal = store.acquire(connection, ghost, action, "node b", Policy())
     assert refusal == "this process is no longer the node's current incarnation"

@@ -82,3 +82,53 @@ def test_passwords_are_masked_wherever_settings_are_shown():
     assert "s3cret" not in shown and "r3dis" not in shown
     assert mask_url("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
     assert mask_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_placement_from_toml_becomes_the_decision_policy(tmp_path):
+    config = tmp_path / "f.toml"
+    config.write_text(
+        '[placement.folder_monitor]\npreferred_nodes = ["a", "b"]\nfailback = true\n'
+        'failback_dwell = 60\nfailback_window = "22:00-04:00"\n'
+    )
+    placement = load_settings(config).policy().placement("folder_monitor")
+    assert placement.preferred_nodes == ("a", "b")
+    assert (placement.failback, placement.failback_dwell) == (True, 60)
+    assert placement.failback_window is not None
+    assert load_settings(config).policy().placement("app_script").failback is False
+
+
+@pytest.mark.parametrize(
+    ("placement", "named"),
+    [
+        ('{"nosuch": {}}', "unknown service"),
+        ('{"app_script": {"failback_window": "25:00-01:00"}}', "HH:MM-HH:MM"),
+        ('{"app_script": {"preferred_node": ["a"]}}', "PREFERRED_NODE"),
+    ],
+)
+def test_bad_placement_is_refused_at_load(monkeypatch, placement, named):
+    monkeypatch.setenv("FAILOVER_PLACEMENT", placement)
+    with pytest.raises(ConfigError, match=named):
+        load_settings()
+
+
+def test_region_lease_timeouts_obey_the_timing_rule_and_apply_to_their_region():
+    with pytest.raises(ConfigError, match=r"REGION_LEASE_TIMEOUT\[far\]"):
+        load_settings(region_lease_timeout={"far": 1.0})
+    far = load_settings(region="far", region_lease_timeout={"far": 6.0})
+    assert far.node_lease_timeout() == 6.0
+    assert (
+        load_settings(region="near", region_lease_timeout={"far": 6.0}).node_lease_timeout() == 3.0
+    )
+
+
+def test_since_accepts_durations_and_iso_times():
+    from datetime import UTC, datetime
+
+    from workers.status import parse_since
+
+    now = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
+    assert parse_since("90s", now) == datetime(2026, 1, 2, 11, 58, 30, tzinfo=UTC)
+    assert parse_since("2h", now) == datetime(2026, 1, 2, 10, 0, tzinfo=UTC)
+    assert parse_since("2026-01-01T00:00:00", now) == datetime(2026, 1, 1, tzinfo=UTC)
+    with pytest.raises(ConfigError):
+        parse_since("soon", now)
