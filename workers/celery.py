@@ -16,12 +16,14 @@ from workers.settings import Settings
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for a node: JSON only, early acks, bounded waits on the broker."""
-    broker_options = {
+    broker_options: dict[str, Any] = {
         "socket_timeout": 5.0,
         "socket_connect_timeout": 2.0,
         "retry_on_timeout": True,
         "visibility_timeout": 3600,
     }
+    if settings.sentinel_master:
+        broker_options["master_name"] = settings.sentinel_master
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend or _result_backend(settings.broker_url),
@@ -57,9 +59,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def _result_backend(broker_url: str) -> str | None:
     """Results (for `failover move` and `run-script --wait`) go to the broker's Redis."""
-    return (
-        broker_url if broker_url.startswith(("redis://", "rediss://", "redis+socket://")) else None
-    )
+    schemes = ("redis://", "rediss://", "redis+socket://", "sentinel://")
+    return broker_url if broker_url.startswith(schemes) else None
 
 
 app = Celery("workers", include=["workers.tasks"])

@@ -226,6 +226,24 @@ def metrics(ctx: click.Context, address: str, port: int) -> None:
     server.shutdown()
 
 
+@cli.command()
+@click.option("--headless", is_flag=True, help="No live view: run the script, print a summary.")
+@click.option("--duration", default=0.0, show_default=True, help="Keep watching this long (s).")
+def demo(headless: bool, duration: float) -> None:
+    """A local three-node cluster and a failover to watch; leaves nothing running."""
+    from workers.demo import Demo, summary
+
+    console = Console()
+    try:
+        story = Demo(console, headless, duration).run()
+    except KeyboardInterrupt:
+        console.print("demo stopped: every process it started is gone")
+        sys.exit(130)
+    except TimeoutError as error:
+        raise Refused(str(error)) from None
+    click.echo(summary(story))
+
+
 def main() -> None:
     """Entry point: run the CLI, turning every expected error into one line and an exit code."""
     try:
@@ -241,3 +259,13 @@ def main() -> None:
     except FailoverError as error:
         click.echo(f"failover: {error}", err=True)
         sys.exit(error.exit_code)
+    except Exception as error:
+        if os.environ.get("FAILOVER_DEBUG"):
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        click.echo(
+            f"failover: unexpected {type(error).__name__}: {first} "
+            "(set FAILOVER_DEBUG=1 for the traceback)",
+            err=True,
+        )
+        sys.exit(1)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from threading import Lock
 
-from psycopg.errors import UndefinedTable
+from psycopg.errors import UndefinedColumn, UndefinedTable
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
@@ -82,6 +82,11 @@ def transaction(settings: Settings, url: str | None = None) -> Iterator[Connecti
             raise DatabaseUnavailable(
                 f"no failover schema in {_shown(engine)}: run `failover db upgrade` first"
             ) from None
+        if isinstance(error.orig, UndefinedColumn):
+            raise DatabaseUnavailable(
+                f"the failover schema in {_shown(engine)} is older than this version: "
+                "run `failover db upgrade`"
+            ) from None
         raise
 
 
@@ -99,8 +104,8 @@ def migrations_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).parent.parent / "schema"
 
 
-def upgrade_schema(settings: Settings) -> str:
-    """Create or migrate the schema to the newest revision; return that revision."""
+def upgrade_schema(settings: Settings, revision: str = "head") -> str:
+    """Create or migrate the schema to `revision` (the newest by default); return it."""
     from alembic import command
     from alembic.config import Config
     from alembic.runtime.migration import MigrationContext
@@ -112,6 +117,6 @@ def upgrade_schema(settings: Settings) -> str:
         connection.execute(text("SET LOCAL statement_timeout = 0"))
         connection.execute(text("SET LOCAL lock_timeout = 0"))
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, revision)
         revision = MigrationContext.configure(connection).get_current_revision()
     return revision or "none"

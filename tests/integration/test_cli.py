@@ -80,6 +80,20 @@ def test_database_without_schema_says_to_upgrade(servers):
     assert "failover db upgrade" in assert_one_line_error(result, 2)
 
 
+def test_an_old_schema_says_to_upgrade(servers):
+    from tests.support.servers import fresh_database
+    from workers.database import upgrade_schema
+    from workers.settings import load_settings
+
+    with fresh_database(servers, revision="0001") as url:
+        result = failover("status", FAILOVER_DATABASE_URL=url)
+        assert "older than this version: run `failover db upgrade`" in assert_one_line_error(
+            result, 2
+        )
+        upgrade_schema(load_settings(database_url=url))
+        assert failover("status", FAILOVER_DATABASE_URL=url).returncode == 0
+
+
 @pytest.mark.parametrize(
     ("args", "env", "named"),
     [

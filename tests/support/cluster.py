@@ -1,24 +1,19 @@
-"""Real `failover worker` processes for end-to-end tests, and a view of what they did.
+"""The test view of a local cluster: `workers.local_cluster` plus fast timings and CLI helpers.
 
-Each node runs in its own process group, so a SIGKILL of the group is a node crash (the
-worker, its pool children and its beat thread all die), SIGSTOP of the group is a frozen
-node, and SIGTERM to the main process is an operator's graceful stop. Every process is
-killed when the test ends, pass or fail.
+Every process is killed when the test ends, pass or fail (the `cluster` fixture and each
+test's `finally` call `close()`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, text
+from workers.local_cluster import LocalCluster, LocalNode
+from workers.local_cluster import wait_until as wait_or_timeout
 
 T = TypeVar("T")
 
@@ -27,96 +22,27 @@ FAST_TIMING = {
     "FAILOVER_LEASE_TIMEOUT": "1.5",
     "FAILOVER_DATABASE_TIMEOUT": "0.3",
     "FAILOVER_CROSS_REGION_DELAY": "0.5",
+    "FAILOVER_LOG_LEVEL": "INFO",
 }
 
 
 def wait_until(check: Callable[[], T], timeout: float, what: str, every: float = 0.1) -> T:
     """Poll `check` until it returns something truthy; fail the test naming `what` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
+    try:
+        return wait_or_timeout(check, timeout, what, every)
+    except TimeoutError as error:
+        raise AssertionError(str(error)) from None
 
 
-class NodeProcess:
-    def __init__(self, name: str, region: str, popen: subprocess.Popen[bytes], log: Path):
-        self.name = name
-        self.region = region
-        self.popen = popen
-        self.log_path = log
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, sig)
-
-    def crash(self) -> None:
-        """SIGKILL the whole node: worker, pool children, beat; nothing gets to clean up."""
-        self.signal_group(signal.SIGKILL)
-        self.popen.wait(timeout=10)
-
-    def terminate(self, timeout: float = 30) -> int:
-        """SIGTERM to the worker's main process: Celery's warm shutdown."""
-        self.popen.send_signal(signal.SIGTERM)
-        return self.popen.wait(timeout=timeout)
-
-    def pause(self) -> None:
-        self.signal_group(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.signal_group(signal.SIGCONT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-
-class Cluster:
-    """Starts nodes against one database and broker, and reads the outcome from the database."""
-
+class Cluster(LocalCluster):
     def __init__(self, tmp_path: Path, database_url: str, broker_url: str, **env: str) -> None:
-        self.tmp_path = tmp_path
-        self.database_url = database_url
-        self.env = {
-            **os.environ,
-            "FAILOVER_DATABASE_URL": database_url,
-            "FAILOVER_BROKER_URL": broker_url,
-            "FAILOVER_LOG_LEVEL": "INFO",
-            **FAST_TIMING,
-            **env,
-        }
-        for key in ("FAILOVER_NODE_NAME", "FAILOVER_INCARNATION", "FAILOVER_CONFIG"):
-            self.env.pop(key, None)
-        self.nodes: list[NodeProcess] = []
-        self.engine = create_engine(database_url, pool_pre_ping=True)
+        super().__init__(tmp_path, database_url, broker_url, {**FAST_TIMING, **env})
 
-    def start(self, name: str, region: str, *extra: str, **env: str) -> NodeProcess:
-        """Start `failover worker --node NAME --region REGION` in a process group of its own."""
-        command = [sys.executable, "-m", "workers", "worker", "--node", name, "--region", region]
-        return self.spawn([*command, *extra], name, **env)
-
-    def spawn(self, command: list[str], name: str, **env: str) -> NodeProcess:
-        log = self.tmp_path / f"{name}-{len(self.nodes)}.log"
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**self.env, **env},
-                start_new_session=True,
-            )
-        node = NodeProcess(name, env.get("FAILOVER_REGION", ""), popen, log)
-        self.nodes.append(node)
-        return node
+    def start_live(self, name: str, region: str, *extra: str, **env: str) -> LocalNode:
+        try:
+            return super().start_live(name, region, *extra, **env)
+        except TimeoutError as error:
+            raise AssertionError(str(error)) from None
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run `failover ARGS` as an operator would, with this cluster's settings."""
@@ -135,56 +61,3 @@ class Cluster:
             self.query("SELECT * FROM ownership_history ORDER BY id"),
             self.query("SELECT node_name, draining, region FROM server_registry ORDER BY id"),
         ]
-
-    def start_live(self, name: str, region: str, *extra: str, **env: str) -> NodeProcess:
-        """Start a node and wait until it has renewed its lease at least once."""
-        node = self.start(name, region, *extra, **env)
-        wait_until(lambda: self.renewed_since_start(name), 30, f"{name} to beat")
-        return node
-
-    def close(self) -> None:
-        for node in self.nodes:
-            node.resume()
-            node.signal_group(signal.SIGKILL)
-        for node in self.nodes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                node.popen.wait(timeout=10)
-        self.engine.dispose()
-
-    def query(self, sql: str, **params: Any) -> list[Any]:
-        with self.engine.connect() as connection:
-            return list(connection.execute(text(sql), params))
-
-    def owners(self) -> dict[str, tuple[str | None, int]]:
-        rows = self.query(
-            "SELECT s.service_type, r.node_name, s.epoch FROM service_status s "
-            "LEFT JOIN server_registry r ON r.id = s.service_registry_id"
-        )
-        return {row.service_type: (row.node_name, row.epoch) for row in rows}
-
-    def owned_by(self, node: str) -> bool:
-        return all(owner == node for owner, _ in self.owners().values())
-
-    def history(self) -> list[Any]:
-        return self.query("SELECT * FROM ownership_history ORDER BY id")
-
-    def node_row(self, name: str) -> Any:
-        rows = self.query(
-            "SELECT *, clock_timestamp() AS db_now, "
-            "last_heartbeat_at + lease_timeout_s * interval '1 second' > clock_timestamp() "
-            "AS lease_fresh FROM server_registry WHERE node_name = :name",
-            name=name,
-        )
-        return rows[0] if rows else None
-
-    def renewed_since_start(self, name: str) -> bool:
-        row = self.node_row(name)
-        return bool(row and row.lease_fresh and row.last_heartbeat_at > row.started_at)
-
-    def ticks(self, service: str, epoch: int) -> int:
-        rows = self.query(
-            "SELECT tick_count FROM service_tick WHERE service_type = :s AND epoch = :e",
-            s=service,
-            e=epoch,
-        )
-        return int(rows[0].tick_count) if rows else 0

@@ -47,7 +47,7 @@ def start_servers(stack: ExitStack) -> Servers:
 
 
 @contextmanager
-def fresh_database(servers: Servers) -> Iterator[str]:
+def fresh_database(servers: Servers, revision: str = "head") -> Iterator[str]:
     """A new database with the schema migrated in; dropped (connections and all) afterwards."""
     name = f"failover_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(servers.admin_database_url, isolation_level="AUTOCOMMIT")
@@ -55,7 +55,7 @@ def fresh_database(servers: Servers) -> Iterator[str]:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(servers.admin_database_url).set(database=name)
     rendered = url.render_as_string(hide_password=False)
-    upgrade_schema(load_settings(database_url=rendered))
+    upgrade_schema(load_settings(database_url=rendered), revision)
     try:
         yield rendered
     finally:

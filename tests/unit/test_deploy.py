@@ -59,3 +59,9 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
             if path.name in line and "is not executable" not in line
         ]
         assert not problems, problems
+
+
+def test_the_shared_env_file_sets_every_required_setting():
+    shared = (DEPLOY / "env" / "common.env.example").read_text()
+    for required in ("FAILOVER_DATABASE_URL=", "FAILOVER_BROKER_URL="):
+        assert required in shared

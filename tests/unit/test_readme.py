@@ -18,5 +18,6 @@ def test_every_setting_is_documented_and_every_documented_setting_exists():
 
 def test_readme_install_and_test_commands_are_the_ones_ci_runs():
     ci = (Path(__file__).parents[2] / ".ci" / "run").read_text()
-    for command in ("python3 -m venv .venv", "pip install -e '.[test]'", "pytest"):
+    for command in ("python3 -m venv .venv && . .venv/bin/activate", "pip install -e '.[test]' &&"):
         assert command in README and command in ci
+    assert "pip install -e '.[demo]' && failover demo" in README

@@ -77,6 +77,7 @@ def test_passwords_are_masked_wherever_settings_are_shown():
     loaded = load_settings(
         database_url="postgresql+psycopg://app:s3cret@db:5432/failover",
         broker_url="sentinel://:r3dis@s1:26379;sentinel://:r3dis@s2:26379",
+        sentinel_master="mymaster",
     )
     shown = str(loaded.describe()) + repr(loaded)
     assert "s3cret" not in shown and "r3dis" not in shown
@@ -132,3 +133,14 @@ def test_since_accepts_durations_and_iso_times():
     assert parse_since("2026-01-01T00:00:00", now) == datetime(2026, 1, 1, tzinfo=UTC)
     with pytest.raises(ConfigError):
         parse_since("soon", now)
+
+
+def test_a_sentinel_broker_needs_its_master_name():
+    url = "sentinel://:pw@s1:26379;sentinel://:pw@s2:26379"
+    with pytest.raises(ConfigError, match="FAILOVER_SENTINEL_MASTER"):
+        load_settings(broker_url=url)
+    from workers.celery import celery_config
+
+    config = celery_config(load_settings(broker_url=url, sentinel_master="mymaster"))
+    assert config["broker_transport_options"]["master_name"] == "mymaster"
+    assert config["result_backend"] == url

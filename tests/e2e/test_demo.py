@@ -1,0 +1,78 @@
+"""`failover demo --headless`: a takeover with epoch + 1, and nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+def demo_folders() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("failover-demo-*"))
+
+
+def test_headless_demo_shows_a_takeover_and_leaves_nothing_running(database_url, broker_url):
+    before = demo_folders()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAILOVER_")}
+    env.update(FAILOVER_DATABASE_URL=database_url, FAILOVER_BROKER_URL=broker_url)
+    result = subprocess.run(
+        [sys.executable, "-m", "workers", "demo", "--headless", "--duration", "5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=280,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = result.stdout
+    took = re.search(
+        r"killed (\w+) \(SIGKILL\); (\w+) took folder_monitor at epoch (\d+) in ([\d.]+) s", summary
+    )
+    assert took, summary
+    start = re.search(r"start: (\w+) claimed folder_monitor at epoch (\d+)", summary)
+    assert start and int(took[3]) == int(start[2]) + 1
+    assert took[1] != took[2]
+    assert f"restart: {took[1]} came back as a standby" in summary
+    assert re.search(
+        rf"manual move: folder_monitor moved to {took[1]} at epoch {int(took[3]) + 1}", summary
+    )
+    assert "processes left running: none" in summary
+    # Nothing left: no worker process of the demo, no temporary folder
+    leftovers = [
+        p.info
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if "failover-demo-" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not leftovers
+    assert demo_folders() == before
+
+
+def test_demo_on_embedded_servers_needs_no_setup():
+    """The README's first command, as on a fresh machine: no server given at all."""
+    before = demo_folders()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAILOVER_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "workers", "demo", "--headless"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=280,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "servers: embedded PostgreSQL and Redis" in result.stdout
+    assert "took folder_monitor at epoch 2" in result.stdout
+    assert "processes left running: none" in result.stdout
+    leftovers = [
+        p.info
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if "failover-demo-" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not leftovers
+    assert demo_folders() == before
