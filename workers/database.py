@@ -118,5 +118,5 @@ def upgrade_schema(settings: Settings, revision: str = "head") -> str:
         connection.execute(text("SET LOCAL lock_timeout = 0"))
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
-        revision = MigrationContext.configure(connection).get_current_revision()
-    return revision or "none"
+        current = MigrationContext.configure(connection).get_current_revision()
+    return current or "none"
