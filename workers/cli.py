@@ -68,11 +68,15 @@ def db_upgrade(ctx: click.Context) -> None:
 def worker(ctx: click.Context, /, **flags: Any) -> None:
     """Run a node: its Celery worker on node.NAME and its own staggered heartbeat."""
     from workers import store
+    from workers.app_script import check_scripts
     from workers.database import transaction
+    from workers.folder_monitor import check_folders
 
     settings = _settings(ctx, **flags)
     _export(ctx, flags)
     name, _region = settings.require_node()
+    check_folders(settings)
+    check_scripts(settings)
     with transaction(settings) as connection:
         holder = store.name_holder(connection, name)
     if holder:
@@ -92,12 +96,13 @@ def _export(ctx: click.Context, flags: dict[str, Any]) -> None:
 def _run_worker(settings: Settings, name: str) -> int:
     from workers.celery import app
     from workers.node import adopt_node
-    from workers.routing import node_queue
+    from workers.routing import SHARED_QUEUE, node_queue
 
     adopt_node(name)
+    queues = [node_queue(name)] + ([SHARED_QUEUE] if settings.folder_dispatch == "shared" else [])
     celery_worker = app.Worker(
         hostname=f"{name}@{socket.gethostname()}",
-        queues=[node_queue(name)],
+        queues=queues,
         pool_cls=settings.pool,
         concurrency=settings.concurrency,
         loglevel=settings.log_level,
@@ -120,7 +125,7 @@ def status(ctx: click.Context, as_json: bool, events: int) -> None:
 
     settings = _settings(ctx)
     with transaction(settings) as connection:
-        report = cluster_status(connection, settings.policy(), events)
+        report = cluster_status(connection, settings, events)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -224,6 +229,31 @@ def metrics(ctx: click.Context, address: str, port: int) -> None:
     with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
     server.shutdown()
+
+
+@cli.command("run-script")
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="Wait for the run; print its exit code and output.")
+@click.option(
+    "--timeout", default=30.0, show_default=True, help="Seconds for the owner to start it."
+)
+@click.pass_context
+def run_script(ctx: click.Context, name: str, wait: bool, timeout: float) -> None:
+    """Run the allow-listed script NAME now, on the owner of app_script."""
+    from workers.celery import app
+    from workers.maintenance import run_script_now
+
+    settings = _settings(ctx)
+    outcome = run_script_now(settings, app, name, wait, timeout)
+    if not wait:
+        click.echo(f"queued {name} on {outcome['node']} (epoch {outcome['epoch']})")
+        return
+    click.echo(outcome["output_tail"].rstrip("\n"))
+    click.echo(
+        f"{name}: {outcome['status']}, exit code {outcome['exit_code']} on {outcome['node']}"
+    )
+    if outcome["status"] != "succeeded":
+        sys.exit(1)
 
 
 @cli.command()

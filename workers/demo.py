@@ -226,7 +226,7 @@ class Demo:
             return Group(Panel("starting the servers..."))
         settings = load_settings()
         with transaction(settings) as connection:
-            report = cluster_status(connection, settings.policy(), events=6)
+            report = cluster_status(connection, settings, events=6)
         owner, epoch = self._owner()
         work = self.cluster.ticks(SERVICE, epoch)
         steps = "\n".join(line for line in self.story.lines[-6:])

@@ -36,26 +36,34 @@ OWNER_JOIN = nodes_t.c.id == services_t.c.service_registry_id
 
 @dataclass(frozen=True)
 class Fence:
-    """The claim a service task makes: `me` owns `service` at `epoch`."""
+    """The claim a service task makes: `me` owns `service` at `epoch`.
+
+    With `owner_only=False` (work on a shared queue, run by any node), the claim is that
+    the service is still at `epoch` under an owner with a fresh lease.
+    """
 
     service: str
     me: Identity
     epoch: int
+    owner_only: bool = True
 
 
 def check_fence(connection: Connection, fence: Fence) -> None:
     """Raise `StaleEpoch` unless this incarnation owns the service at that epoch, lease fresh."""
+    condition = (
+        (services_t.c.service_type == fence.service)
+        & (services_t.c.epoch == fence.epoch)
+        & nodes_t.c.stopped_at.is_(None)
+        & (LEASE_EXPIRES > NOW)
+    )
+    if fence.owner_only:
+        condition &= (nodes_t.c.node_name == fence.me.name) & (
+            nodes_t.c.incarnation == uuid.UUID(fence.me.incarnation)
+        )
     held = connection.execute(
         select(services_t.c.id)
         .join(nodes_t, OWNER_JOIN)
-        .where(
-            (services_t.c.service_type == fence.service)
-            & (services_t.c.epoch == fence.epoch)
-            & (nodes_t.c.node_name == fence.me.name)
-            & (nodes_t.c.incarnation == uuid.UUID(fence.me.incarnation))
-            & nodes_t.c.stopped_at.is_(None)
-            & (LEASE_EXPIRES > NOW)
-        )
+        .where(condition)
         .with_for_update(read=True, of=services_t)
     ).first()
     if held is None:

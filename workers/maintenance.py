@@ -153,3 +153,30 @@ def watch_drain(
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.2)
+
+
+def run_script_now(
+    settings: Settings, app: Any, name: str, wait: bool, timeout: float
+) -> dict[str, Any]:
+    """Queue an on-demand run on the live owner of app_script; with `wait`, its outcome."""
+    script = settings.script(name)
+    with transaction(settings) as connection:
+        snapshot = store.read_snapshot(connection)
+    service = snapshot.service("app_script")
+    owner = snapshot.node_by_id(service.owner_id) if service else None
+    if service is None or owner is None:
+        raise Refused("no node owns app_script now: is any node running?")
+    if not owner.is_live(snapshot.now):
+        raise Refused(f"the owner of app_script, {owner.name}, is not live (no fresh lease)")
+    result = send_to_node(app, "failover.run_script", owner.name, (name, service.epoch), timeout)
+    queued = {"node": owner.name, "epoch": service.epoch}
+    if not wait:
+        result.forget()
+        return queued
+    try:
+        outcome = result.get(timeout=timeout + script.timeout, disable_sync_subtasks=False)
+    except Exception:
+        raise Refused(f"{owner.name} did not run {name} in time (the request expires)") from None
+    if outcome["status"] == "refused":
+        raise Refused(f"{owner.name} refused to run {name}: {outcome['output_tail']}")
+    return {**queued, **outcome}

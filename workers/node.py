@@ -28,7 +28,7 @@ from celery.signals import after_setup_logger, worker_process_init, worker_shutt
 from workers import store
 from workers.database import forget_inherited_engines, transaction
 from workers.errors import ConfigError, FailoverError
-from workers.routing import node_from_queue, node_queue, send_to_node
+from workers.routing import SHARED_QUEUE, node_from_queue, node_queue, send_to_node
 from workers.settings import ENV_PREFIX, Settings, load_settings
 from workers.store import Identity, Registration
 
@@ -129,8 +129,12 @@ class NodeLifecycle(bootsteps.StartStopStep):  # type: ignore[misc]
             return
         me = adopt_node(name, os.environ.get(INCARNATION_VAR))
         queues = worker.app.amqp.queues
-        if node_queue(me.name) not in (queues.consume_from or {}):
-            queues.select_add(node_queue(me.name))
+        wanted = [node_queue(me.name)]
+        if current_settings().folder_dispatch == "shared":
+            wanted.append(SHARED_QUEUE)
+        for queue in wanted:
+            if queue not in (queues.consume_from or {}):
+                queues.select_add(queue)
 
     def start(self, worker: Any) -> None:
         from celery.beat import EmbeddedService

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 QUEUE_PREFIX = "node."
+SHARED_QUEUE = "failover.processing"
 
 
 def node_queue(node: str) -> str:

@@ -61,6 +61,96 @@ class PlacementSettings(BaseModel):
         return time.fromisoformat(start), time.fromisoformat(end)
 
 
+class HotFolderSettings(BaseModel):
+    """One hot folder of the folder monitor: `[[hot_folders]]` in the TOML file."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    name: str
+    path: Path
+    patterns: list[str] = ["*"]
+    ignore: list[str] = ["*.tmp", "*.part", ".*"]
+    handler: str | None = None
+    command: list[str] | None = None
+    processed_dir: Path | None = None
+    failed_dir: Path | None = None
+    settle_seconds: float = Field(default=2.0, ge=0)
+    max_attempts: int = Field(default=3, ge=1)
+    retry_backoff: float = Field(default=1.0, ge=0)
+    handler_timeout: float = Field(default=300.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _check_folder_name(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid name (lowercase letters, digits, '_', '.', '-')"
+            )
+        return value
+
+    @field_validator("handler")
+    @classmethod
+    def _check_handler(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", value):
+            raise ValueError("must be package.module:function")
+        return value
+
+    @model_validator(mode="after")
+    def _one_handler(self) -> HotFolderSettings:
+        if (self.handler is None) == (self.command is None):
+            raise ValueError(f"hot folder {self.name}: set exactly one of handler or command")
+        if self.command is not None and not self.command:
+            raise ValueError(f"hot folder {self.name}: command must name a program")
+        return self
+
+    @property
+    def processed(self) -> Path:
+        return self.processed_dir or self.path / "processed"
+
+    @property
+    def failed(self) -> Path:
+        return self.failed_dir or self.path / "failed"
+
+    @property
+    def processing(self) -> Path:
+        return self.path / ".processing"
+
+
+class ScriptSettings(BaseModel):
+    """One allow-listed application script: `[scripts.<name>]` in the TOML file."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    argv: list[str]
+    cwd: Path | None = None
+    env: dict[str, str] = {}
+    timeout: float = Field(default=300.0, gt=0)
+    interval: float | None = Field(default=None, gt=0)
+    cron: str | None = None
+
+    @field_validator("argv")
+    @classmethod
+    def _check_argv(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name a program")
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, value: str | None) -> str | None:
+        from croniter import croniter
+
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a valid cron expression")
+        return value
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> ScriptSettings:
+        if self.interval is not None and self.cron is not None:
+            raise ValueError("set interval or cron, not both")
+        return self
+
+
 class Settings(BaseSettings):
     """A node's configuration; the field name is the TOML key, `FAILOVER_<NAME>` its variable."""
 
@@ -88,9 +178,15 @@ class Settings(BaseSettings):
     region_lease_timeout: dict[str, float] = {}
 
     pool: str = "prefork"
-    concurrency: int = Field(default=2, ge=1)
+    concurrency: int = Field(default=4, ge=3)
     log_level: str = "INFO"
     hot_folder: str | None = None
+    hot_folders: list[HotFolderSettings] = []
+    folder_parallelism: int = Field(default=2, ge=1)
+    folder_batch_size: int = Field(default=100, ge=1)
+    folder_dispatch: str = "owner"
+    scripts: dict[str, ScriptSettings] = {}
+    script_output_lines: int = Field(default=20, ge=1)
 
     @classmethod
     def settings_customise_sources(
@@ -142,6 +238,52 @@ class Settings(BaseSettings):
         if self.broker_url.startswith("sentinel") and not self.sentinel_master:
             raise ValueError(f"{ENV_PREFIX}SENTINEL_MASTER is required with a sentinel:// broker")
         return self
+
+    @field_validator("scripts")
+    @classmethod
+    def _check_script_names(cls, value: dict[str, ScriptSettings]) -> dict[str, ScriptSettings]:
+        for name in value:
+            if not NAME_PATTERN.match(name):
+                raise ValueError(f"script name {name!r}: lowercase letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("folder_dispatch")
+    @classmethod
+    def _check_dispatch(cls, value: str) -> str:
+        if value not in ("owner", "shared"):
+            raise ValueError("must be owner (handlers run on the owner) or shared")
+        return value
+
+    @model_validator(mode="after")
+    def _check_capacity(self) -> Settings:
+        """Leave a pool slot for heartbeats and one for scripts beside the folder handlers."""
+        if self.folder_parallelism + 2 > self.concurrency:
+            raise ValueError(
+                f"{ENV_PREFIX}CONCURRENCY ({self.concurrency}) must be at least "
+                f"{ENV_PREFIX}FOLDER_PARALLELISM ({self.folder_parallelism}) + 2, so that "
+                "heartbeats and scripts always find a free worker"
+            )
+        return self
+
+    def folders(self) -> list[HotFolderSettings]:
+        """The hot folders: `hot_folders`, plus `FAILOVER_HOT_FOLDER` as one named `default`."""
+        shorthand = []
+        if self.hot_folder:
+            shorthand = [
+                HotFolderSettings(
+                    name="default",
+                    path=Path(self.hot_folder),
+                    handler="workers.folder_monitor:accept",
+                )
+            ]
+        return [*self.hot_folders, *shorthand]
+
+    def script(self, name: str) -> ScriptSettings:
+        """An allow-listed script by name, or a usage error (exit 2)."""
+        if name not in self.scripts:
+            known = ", ".join(sorted(self.scripts)) or "none configured"
+            raise ConfigError(f"unknown script {name!r} (known: {known})")
+        return self.scripts[name]
 
     @field_validator("pool")
     @classmethod

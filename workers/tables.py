@@ -85,3 +85,46 @@ service_tick = Table(
     Column("first_tick_at", DateTime(timezone=True), nullable=False),
     Column("last_tick_at", DateTime(timezone=True), nullable=False),
 )
+
+folder_file = Table(
+    "folder_file",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("folder", String(63), nullable=False),
+    Column("rel_path", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("epoch", BigInteger),
+    Column("node", String(63)),
+    Column("attempts", Integer, nullable=False),
+    Column("first_seen_at", DateTime(timezone=True), nullable=False),
+    Column("claimed_at", DateTime(timezone=True)),
+    Column("dispatched_at", DateTime(timezone=True)),
+    Column("next_attempt_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("error", Text),
+)
+
+script_run = Table(
+    "script_run",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("script", String(63), nullable=False),
+    Column("node", String(63), nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("trigger", String(16), nullable=False),
+    Column("due_at", DateTime(timezone=True)),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("status", String(16), nullable=False),
+    Column("exit_code", Integer),
+    Column("output_tail", Text),
+)
+
+script_schedule = Table(
+    "script_schedule",
+    metadata,
+    Column("script", String(63), primary_key=True),
+    Column("last_due_at", DateTime(timezone=True), nullable=False),
+)

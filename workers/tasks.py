@@ -4,22 +4,26 @@
 - `failover.takeover`: the database-locked change of owner that a heartbeat planned.
 - `failover.manual_failover`: move a service here, asked by an operator or a draining owner;
   consuming it proves this node is alive and its worker consumes.
-- `failover.service_tick`: a service's due work, fenced by the epoch it was dispatched at.
+- `failover.service_tick`: a fenced, observable unit of each service's work per heartbeat.
+- `failover.folder_scan`, `failover.handle_files`: the folder monitor (claim, then handle).
+- `failover.script_tick`, `failover.run_script`: the application-script runner.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
-from workers import store
+from workers import app_script, folder_monitor, store
 from workers.celery import app
 from workers.database import transaction
 from workers.decide import Acquire, Dispatch, Handover
+from workers.errors import StaleEpoch
 from workers.fencing import Fence, record_tick, run_fenced
 from workers.heartbeat import run_cycle
 from workers.node import current_identity, current_settings
-from workers.routing import send_to_node
+from workers.routing import SHARED_QUEUE, node_queue, send_to_node
 
 log = logging.getLogger(__name__)
 MANUAL_FAILOVER = "failover.manual_failover"
@@ -39,6 +43,11 @@ class CeleryTransport:
     def dispatch_service(self, action: Dispatch) -> None:
         args = (action.service, action.epoch)
         send_to_node(app, "failover.service_tick", self.node, args, self.expires)
+        settings = current_settings()
+        if action.service == folder_monitor.SERVICE and settings.folders():
+            send_to_node(app, "failover.folder_scan", self.node, (action.epoch,), self.expires)
+        if action.service == app_script.SERVICE and settings.scripts:
+            send_to_node(app, "failover.script_tick", self.node, (action.epoch,), self.expires)
 
     def request_handover(self, action: Handover) -> None:
         args = (action.service, f"node {self.node} (draining)", f"{self.node} is draining")
@@ -111,3 +120,63 @@ def service_tick(service: str, epoch: int) -> int | None:
     settings = current_settings()
     fence = Fence(service, current_identity(), epoch)
     return run_fenced(settings, fence, lambda connection: record_tick(connection, fence))
+
+
+def _batch_sender(settings: Any, me: Any, epoch: int) -> Any:
+    """Where handler batches go: the owner's own queue, or the shared processing queue."""
+    queue = SHARED_QUEUE if settings.folder_dispatch == "shared" else node_queue(me.name)
+    expires = max(60.0, settings.lease_timeout * 20)
+
+    def send(folder: str, ids: list[int]) -> None:
+        app.send_task(
+            "failover.handle_files", args=(folder, ids, epoch), queue=queue, expires=expires
+        )
+
+    return send
+
+
+@app.task(name="failover.folder_scan", ignore_result=True)
+def folder_scan(epoch: int) -> dict[str, int]:
+    """Scan every hot folder: record arrivals, claim settled files, dispatch handler batches."""
+    settings = current_settings()
+    me = current_identity()
+    fence = Fence(folder_monitor.SERVICE, me, epoch)
+    try:
+        return folder_monitor.scan(settings, fence, _batch_sender(settings, me, epoch))
+    except StaleEpoch as refusal:
+        log.warning("node %s: rejected stale work on folder_monitor: %s", me.name, refusal)
+        return {}
+
+
+@app.task(name="failover.handle_files", ignore_result=True)
+def handle_files(folder: str, ids: list[int], epoch: int) -> int:
+    """Run the folder's handler on a batch of claimed files, then ask for more work."""
+    settings = current_settings()
+    me = current_identity()
+    shared = settings.folder_dispatch == "shared"
+    fence = Fence(folder_monitor.SERVICE, me, epoch, owner_only=not shared)
+    hot_folder = folder_monitor.folder_named(settings, folder)
+    handled = folder_monitor.handle_files(settings, hot_folder, ids, fence)
+    if not shared:
+        with contextlib.suppress(StaleEpoch):
+            folder_monitor.dispatch(settings, hot_folder, fence, _batch_sender(settings, me, epoch))
+    return handled
+
+
+@app.task(name="failover.script_tick", ignore_result=True)
+def script_tick(epoch: int) -> list[str]:
+    """Run the scripts whose scheduled time has come (each slot once)."""
+    settings = current_settings()
+    return app_script.tick(settings, Fence(app_script.SERVICE, current_identity(), epoch))
+
+
+@app.task(name="failover.run_script", ignore_result=False)
+def run_script(name: str, epoch: int) -> dict[str, Any]:
+    """An on-demand run of an allow-listed script, refused before it starts if stale."""
+    settings = current_settings()
+    me = current_identity()
+    try:
+        return app_script.run_now(settings, name, Fence(app_script.SERVICE, me, epoch))
+    except StaleEpoch as refusal:
+        log.warning("node %s: refused to run %s: %s", me.name, name, refusal)
+        return {"run": None, "status": "refused", "exit_code": None, "output_tail": str(refusal)}

@@ -1,0 +1,259 @@
+"""The application-script runner: allow-listed scripts, on a schedule or on demand, on the owner.
+
+Only scripts declared in the settings can run: a task carries a script's name, never a
+command. A run is recorded in `script_run` (fenced by the owner's epoch) before it starts,
+so a stale owner's run is refused before anything happens. Its whole process group is
+killed at its timeout. A scheduled slot runs once: the slot is taken in the same
+transaction that records the run; slots missed while no node owned the service run once
+(trigger `missed`), not once per missed tick.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import subprocess
+import threading
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from croniter import croniter
+from sqlalchemy import Connection, text
+
+from workers.errors import StaleEpoch
+from workers.fencing import Fence, fenced
+from workers.settings import ScriptSettings, Settings
+
+log = logging.getLogger(__name__)
+SERVICE = "app_script"
+
+
+@dataclass(frozen=True)
+class Due:
+    """The latest scheduled time that has passed, and how many slots passed since the last run."""
+
+    at: datetime
+    slots: int
+
+
+def due(script: ScriptSettings, last_due: datetime, now: datetime) -> Due | None:
+    """The slot to run now, if any: pure, from the last slot run and the database time."""
+    if script.interval is not None:
+        slots = math.floor((now - last_due).total_seconds() / script.interval)
+        if slots < 1:
+            return None
+        return Due(last_due + timedelta(seconds=slots * script.interval), slots)
+    if script.cron is not None:
+        schedule = croniter(script.cron, last_due)
+        latest, slots = None, 0
+        while slots < 10_000:
+            following = schedule.get_next(datetime)
+            if following > now:
+                break
+            latest, slots = following, slots + 1
+        return Due(latest, slots) if latest is not None else None
+    return None
+
+
+def next_due(script: ScriptSettings, last_due: datetime) -> datetime | None:
+    if script.interval is not None:
+        return last_due + timedelta(seconds=script.interval)
+    if script.cron is not None:
+        return croniter(script.cron, last_due).get_next(datetime)  # type: ignore[no-any-return]
+    return None
+
+
+def _now(connection: Connection) -> datetime:
+    return connection.execute(text("SELECT clock_timestamp()")).scalar_one()  # type: ignore[no-any-return]
+
+
+def take_due_run(
+    connection: Connection, name: str, script: ScriptSettings, fence: Fence, lease: float
+) -> int | None:
+    """Take the script's due slot and record its run as started; the run's id, or None."""
+    connection.execute(
+        text("SELECT pg_advisory_xact_lock(hashtext('app_script:' || :n))"), {"n": name}
+    )
+    now = _now(connection)
+    last = connection.execute(
+        text("SELECT last_due_at FROM script_schedule WHERE script = :n FOR UPDATE"), {"n": name}
+    ).scalar()
+    if last is None:
+        connection.execute(
+            text("INSERT INTO script_schedule (script, last_due_at) VALUES (:n, :now)"),
+            {"n": name, "now": now},
+        )
+        return None
+    slot = due(script, last, now)
+    if slot is None or _running(connection, name, fence.epoch):
+        return None
+    connection.execute(
+        text("UPDATE script_schedule SET last_due_at = :at WHERE script = :n"),
+        {"n": name, "at": slot.at},
+    )
+    late = (now - slot.at).total_seconds() > lease
+    trigger = "missed" if slot.slots > 1 or late else "schedule"
+    return record_start(connection, name, fence, trigger, slot.at)
+
+
+def _running(connection: Connection, name: str, epoch: int) -> bool:
+    return bool(
+        connection.execute(
+            text(
+                "SELECT 1 FROM script_run WHERE script = :n AND status = 'running' "
+                "AND epoch = :epoch LIMIT 1"
+            ),
+            {"n": name, "epoch": epoch},
+        ).first()
+    )
+
+
+def record_start(
+    connection: Connection, name: str, fence: Fence, trigger: str, due_at: datetime | None
+) -> int:
+    return int(
+        connection.execute(
+            text(
+                "INSERT INTO script_run (script, node, epoch, trigger, due_at, status) "
+                "VALUES (:n, :node, :epoch, :trigger, :due, 'running') RETURNING id"
+            ),
+            {
+                "n": name,
+                "node": fence.me.name,
+                "epoch": fence.epoch,
+                "trigger": trigger,
+                "due": due_at,
+            },
+        ).scalar_one()
+    )
+
+
+def close_orphans(connection: Connection, fence: Fence) -> None:
+    """Runs left 'running' by a previous owner ended with it: say so in the ledger."""
+    connection.execute(
+        text(
+            "UPDATE script_run SET status = 'failed', finished_at = clock_timestamp(), "
+            "output_tail = coalesce(output_tail, '') || '(its node stopped during the run)' "
+            "WHERE status = 'running' AND epoch < :epoch"
+        ),
+        {"epoch": fence.epoch},
+    )
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: str
+    exit_code: int | None
+    output_tail: str
+
+
+def execute(script: ScriptSettings, lines: int) -> RunResult:
+    """Run the script's argv (no shell) in a process group of its own, killed at the timeout."""
+    process = subprocess.Popen(
+        script.argv,
+        cwd=script.cwd,
+        env={**os.environ, **script.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+    tail: deque[str] = deque(maxlen=lines)
+    reader = threading.Thread(target=lambda: tail.extend(process.stdout or []), daemon=True)
+    reader.start()
+    try:
+        code = process.wait(timeout=script.timeout)
+        status = "succeeded" if code == 0 else "failed"
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        code = process.wait()
+        status = "timeout"
+    reader.join(timeout=2)
+    return RunResult(status, code, "".join(tail)[-8000:])
+
+
+def record_end(connection: Connection, run_id: int, result: RunResult) -> None:
+    connection.execute(
+        text(
+            "UPDATE script_run SET status = :status, exit_code = :code, output_tail = :tail, "
+            "finished_at = clock_timestamp() WHERE id = :id"
+        ),
+        {
+            "id": run_id,
+            "status": result.status,
+            "code": result.exit_code,
+            "tail": result.output_tail,
+        },
+    )
+
+
+def run_recorded(settings: Settings, name: str, fence: Fence, run_id: int) -> RunResult:
+    """Execute a run whose start is already recorded, and record its end."""
+    script = settings.script(name)
+    log.warning(
+        "node %s: running script %s (run %d) at epoch %d", fence.me.name, name, run_id, fence.epoch
+    )
+    result = execute(script, settings.script_output_lines)
+    with fenced(settings, Fence(SERVICE, fence.me, fence.epoch, owner_only=False)) as connection:
+        record_end(connection, run_id, result)
+    log.warning(
+        "node %s: script %s (run %d) %s, exit code %s",
+        fence.me.name,
+        name,
+        run_id,
+        result.status,
+        result.exit_code,
+    )
+    return result
+
+
+def tick(settings: Settings, fence: Fence) -> list[str]:
+    """Run each due script once (on the owner); returns the names run."""
+    ran: list[str] = []
+    for name, script in sorted(settings.scripts.items()):
+        try:
+            with fenced(settings, fence) as connection:
+                close_orphans(connection, fence)
+                run_id = take_due_run(connection, name, script, fence, settings.lease_timeout)
+        except StaleEpoch as refusal:
+            log.warning("node %s: rejected stale work on %s: %s", fence.me.name, SERVICE, refusal)
+            return ran
+        if run_id is not None:
+            run_recorded(settings, name, fence, run_id)
+            ran.append(name)
+    return ran
+
+
+def run_now(settings: Settings, name: str, fence: Fence) -> dict[str, Any]:
+    """An on-demand run (trigger `manual`), refused before it starts if the fence fails."""
+    settings.script(name)
+    with fenced(settings, fence) as connection:
+        run_id = record_start(connection, name, fence, "manual", None)
+    result = run_recorded(settings, name, fence, run_id)
+    return {
+        "run": run_id,
+        "status": result.status,
+        "exit_code": result.exit_code,
+        "output_tail": result.output_tail,
+    }
+
+
+def check_scripts(settings: Settings) -> None:
+    """At node start: each script's program and working folder exist (one line if not)."""
+    import shutil
+
+    from workers.errors import ConfigError
+
+    for name, script in settings.scripts.items():
+        if shutil.which(script.argv[0]) is None:
+            raise ConfigError(f"script {name}: {script.argv[0]} is not an executable program")
+        if script.cwd is not None and not script.cwd.is_dir():
+            raise ConfigError(f"script {name}: cwd {script.cwd} is not a directory")

@@ -1,0 +1,426 @@
+"""The folder monitor: picks up each file dropped in a hot folder exactly once.
+
+A scan (on the owner of `folder_monitor`, at every heartbeat) lists each folder with
+`os.scandir` (inotify does not fire on NFS or SMB) and, in one fenced transaction per
+folder, records every arrival (folder, name, size, mtime) as `seen` and claims those that
+have stayed the same for the folder's settle time: `INSERT ... ON CONFLICT DO NOTHING` on
+the arrival's unique key, then one `UPDATE` to `processing` under the owner's epoch. Only
+then is each claimed file renamed into the folder's processing area (same filesystem, so
+atomic). Handlers run in batches of files (`handle_files`), at most `folder_parallelism`
+batches at once; each file ends in `processed/` or, after `max_attempts`, in `failed/` with
+the error in the ledger. A node that lost ownership claims nothing and starts no handler.
+
+Every file is at any time in the hot folder, in processing under a live claim, processed,
+or failed: a new owner adopts the claims of a dead one (the ledger counts the attempts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import importlib
+import logging
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from workers.errors import ConfigError, StaleEpoch
+from workers.fencing import Fence, fenced
+from workers.settings import HotFolderSettings, Settings
+
+log = logging.getLogger(__name__)
+SERVICE = "folder_monitor"
+
+
+@dataclass(frozen=True)
+class Arrival:
+    name: str
+    size: int
+    mtime_ns: int
+
+
+class FolderUnavailable(Exception):
+    """The hot folder cannot be listed (a share that went away): retried at the next scan."""
+
+
+def accept(path: Path) -> None:
+    """The default handler of `FAILOVER_HOT_FOLDER`: take the file as it is."""
+
+
+def wanted(name: str, folder: HotFolderSettings) -> bool:
+    taken = any(fnmatch.fnmatchcase(name, pattern) for pattern in folder.patterns)
+    return taken and not any(fnmatch.fnmatchcase(name, pattern) for pattern in folder.ignore)
+
+
+def list_folder(folder: HotFolderSettings) -> tuple[list[Arrival], list[str]]:
+    """The wanted regular files in the folder, and the names refused (symlinks, escapes)."""
+    arrivals: list[Arrival] = []
+    refused: list[str] = []
+    try:
+        root = os.path.realpath(folder.path)
+        with os.scandir(folder.path) as entries:
+            for entry in entries:
+                if not wanted(entry.name, folder):
+                    continue
+                if entry.is_symlink() or os.path.dirname(os.path.realpath(entry.path)) != root:
+                    refused.append(entry.name)
+                elif entry.is_file(follow_symlinks=False):
+                    stat = entry.stat(follow_symlinks=False)
+                    arrivals.append(Arrival(entry.name, stat.st_size, stat.st_mtime_ns))
+    except OSError as error:
+        raise FolderUnavailable(f"{folder.path}: {error.strerror or error}") from None
+    return arrivals, refused
+
+
+def _arrays(arrivals: list[Arrival]) -> dict[str, list[Any]]:
+    return {
+        "names": [a.name for a in arrivals],
+        "sizes": [a.size for a in arrivals],
+        "mtimes": [a.mtime_ns for a in arrivals],
+    }
+
+
+LISTED = "unnest(CAST(:names AS text[]), CAST(:sizes AS bigint[]), CAST(:mtimes AS bigint[]))"
+
+
+def record_and_claim(
+    connection: Connection, folder: HotFolderSettings, arrivals: list[Arrival], fence: Fence
+) -> list[tuple[int, str]]:
+    """Record sightings, forget vanished ones, claim the settled ones; return (id, name) claimed."""
+    params = {"folder": folder.name, **_arrays(arrivals)}
+    connection.execute(
+        text(
+            "INSERT INTO folder_file (folder, rel_path, size, mtime_ns, state) "
+            "SELECT :folder, l.name, l.size, l.mtime, 'seen' "
+            f"FROM {LISTED} AS l(name, size, mtime) "
+            "ON CONFLICT ON CONSTRAINT folder_file_arrival_key DO NOTHING"
+        ),
+        params,
+    )
+    connection.execute(
+        text(
+            "DELETE FROM folder_file f WHERE f.folder = :folder AND f.state = 'seen' "
+            f"AND NOT EXISTS (SELECT 1 FROM {LISTED} AS l(name, size, mtime) "
+            "WHERE l.name = f.rel_path AND l.size = f.size AND l.mtime = f.mtime_ns)"
+        ),
+        params,
+    )
+    claimed = connection.execute(
+        text(
+            "UPDATE folder_file SET state = 'processing', epoch = :epoch, node = :node, "
+            "claimed_at = clock_timestamp() "
+            "WHERE folder = :folder AND state = 'seen' "
+            "AND first_seen_at <= clock_timestamp() - make_interval(secs => :settle) "
+            "RETURNING id, rel_path"
+        ),
+        {**params, "epoch": fence.epoch, "node": fence.me.name, "settle": folder.settle_seconds},
+    ).all()
+    return [(row.id, row.rel_path) for row in claimed]
+
+
+def record_refusals(
+    connection: Connection, folder: HotFolderSettings, names: list[str]
+) -> list[str]:
+    """Record refused names once (symlinks, escapes); return those not refused before."""
+    rows = connection.execute(
+        text(
+            "INSERT INTO folder_file (folder, rel_path, size, mtime_ns, state, error, finished_at) "
+            "SELECT :folder, name, 0, 0, 'refused', 'a symlink or a path outside the folder', "
+            "clock_timestamp() FROM unnest(CAST(:names AS text[])) AS name "
+            "ON CONFLICT ON CONSTRAINT folder_file_arrival_key DO NOTHING RETURNING rel_path"
+        ),
+        {"folder": folder.name, "names": names},
+    ).scalars()
+    return list(rows)
+
+
+def adopt_orphans(connection: Connection, folder: HotFolderSettings, fence: Fence) -> int:
+    """Take over the claims of a previous owner (a dead node's files in processing)."""
+    result = connection.execute(
+        text(
+            "UPDATE folder_file SET epoch = :epoch, node = :node, dispatched_at = NULL "
+            "WHERE folder = :folder AND state IN ('claimed', 'processing') AND epoch < :epoch"
+        ),
+        {"folder": folder.name, "epoch": fence.epoch, "node": fence.me.name},
+    )
+    return int(result.rowcount)
+
+
+def processing_path(folder: HotFolderSettings, file_id: int, name: str) -> Path:
+    return folder.processing / f"{file_id}__{name}"
+
+
+def move_into_processing(folder: HotFolderSettings, claimed: list[tuple[int, str]]) -> None:
+    """Rename each claimed file into the processing area (the handler finds it either way)."""
+    folder.processing.mkdir(parents=True, exist_ok=True)
+    for file_id, name in claimed:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(folder.path / name, processing_path(folder, file_id, name))
+
+
+def take_batches(
+    connection: Connection, folder: HotFolderSettings, settings: Settings, fence: Fence
+) -> list[list[int]]:
+    """Mark due files dispatched, up to the parallelism, and return them in batches."""
+    size = settings.folder_batch_size
+    ttl = folder.handler_timeout * size
+    in_flight = connection.execute(
+        text(
+            "SELECT count(*) FROM folder_file WHERE folder = :folder AND state = 'processing' "
+            "AND dispatched_at > clock_timestamp() - make_interval(secs => :ttl)"
+        ),
+        {"folder": folder.name, "ttl": ttl},
+    ).scalar_one()
+    room = settings.folder_parallelism * size - in_flight
+    if room <= 0:
+        return []
+    ids = connection.execute(
+        text(
+            "UPDATE folder_file SET dispatched_at = clock_timestamp() WHERE id IN ("
+            " SELECT id FROM folder_file WHERE folder = :folder AND state = 'processing'"
+            " AND epoch = :epoch"
+            " AND (dispatched_at IS NULL"
+            "      OR dispatched_at <= clock_timestamp() - make_interval(secs => :ttl))"
+            " AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp())"
+            " ORDER BY id LIMIT :room FOR UPDATE SKIP LOCKED) RETURNING id"
+        ),
+        {"folder": folder.name, "epoch": fence.epoch, "ttl": ttl, "room": room},
+    ).scalars()
+    ordered = sorted(ids)
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def scan(
+    settings: Settings, fence: Fence, send_batch: Callable[[str, list[int]], None]
+) -> dict[str, int]:
+    """One scan of every hot folder; returns how many files each newly claimed."""
+    claimed_per_folder = {}
+    for folder in settings.folders():
+        claimed_per_folder[folder.name] = _scan_folder(settings, folder, fence, send_batch)
+    return claimed_per_folder
+
+
+def _scan_folder(
+    settings: Settings,
+    folder: HotFolderSettings,
+    fence: Fence,
+    send_batch: Callable[[str, list[int]], None],
+) -> int:
+    try:
+        arrivals, refused = list_folder(folder)
+    except FolderUnavailable as error:
+        log.warning(
+            "node %s: hot folder %s unavailable, retrying at the next scan: %s",
+            fence.me.name,
+            folder.name,
+            error,
+        )
+        return 0
+    with fenced(settings, fence) as connection:
+        if not _folder_lock(connection, folder):
+            return 0
+        for name in record_refusals(connection, folder, refused):
+            log.warning(
+                "node %s: refused %s/%s: a symlink or a path outside the folder",
+                fence.me.name,
+                folder.name,
+                name,
+            )
+        adopted = adopt_orphans(connection, folder, fence)
+        claimed = record_and_claim(connection, folder, arrivals, fence)
+    if adopted:
+        log.warning(
+            "node %s: adopted %d unfinished files of %s at epoch %d (previous owner gone)",
+            fence.me.name,
+            adopted,
+            folder.name,
+            fence.epoch,
+        )
+    if claimed:
+        log.info(
+            "node %s: claimed %d files in %s at epoch %d",
+            fence.me.name,
+            len(claimed),
+            folder.name,
+            fence.epoch,
+        )
+    move_into_processing(folder, claimed)
+    dispatch(settings, folder, fence, send_batch)
+    return len(claimed)
+
+
+def _folder_lock(connection: Connection, folder: HotFolderSettings) -> bool:
+    """One scan of a folder at a time (an overlapping scan simply skips)."""
+    return bool(
+        connection.execute(
+            text("SELECT pg_try_advisory_xact_lock(hashtext('folder_monitor:' || :folder))"),
+            {"folder": folder.name},
+        ).scalar_one()
+    )
+
+
+def dispatch(
+    settings: Settings,
+    folder: HotFolderSettings,
+    fence: Fence,
+    send_batch: Callable[[str, list[int]], None],
+) -> None:
+    with fenced(settings, fence) as connection:
+        batches = take_batches(connection, folder, settings, fence)
+    for batch in batches:
+        send_batch(folder.name, batch)
+
+
+def folder_named(settings: Settings, name: str) -> HotFolderSettings:
+    for folder in settings.folders():
+        if folder.name == name:
+            return folder
+    raise ConfigError(f"unknown hot folder {name!r}")
+
+
+def handle_files(
+    settings: Settings, folder: HotFolderSettings, ids: list[int], fence: Fence
+) -> int:
+    """Run the handler on each file of a batch; returns how many were handled."""
+    handled = 0
+    for file_id in ids:
+        try:
+            handled += _handle_one(settings, folder, file_id, fence)
+        except StaleEpoch as refusal:
+            log.warning("node %s: rejected stale work on %s: %s", fence.me.name, SERVICE, refusal)
+            return handled
+    return handled
+
+
+def _start(connection: Connection, file_id: int, epoch: int) -> Any:
+    return connection.execute(
+        text(
+            "UPDATE folder_file SET attempts = attempts + 1, dispatched_at = clock_timestamp() "
+            "WHERE id = :id AND state = 'processing' AND epoch = :epoch "
+            "AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp()) "
+            "RETURNING id, rel_path, attempts"
+        ),
+        {"id": file_id, "epoch": epoch},
+    ).first()
+
+
+def _handle_one(settings: Settings, folder: HotFolderSettings, file_id: int, fence: Fence) -> int:
+    with fenced(settings, fence) as connection:
+        row = _start(connection, file_id, fence.epoch)
+    if row is None:
+        return 0
+    path = _locate(folder, file_id, row.rel_path)
+    error: str | None = "the file is missing from the processing area"
+    if path is not None:
+        error = run_handler(folder, path)
+    with fenced(settings, fence) as connection:
+        _finish(connection, folder, row, path, error, fence)
+    return 1
+
+
+def _locate(folder: HotFolderSettings, file_id: int, name: str) -> Path | None:
+    """Where the claimed file is now: in processing, or still in the hot folder (moved in)."""
+    target = processing_path(folder, file_id, name)
+    if target.exists():
+        return target
+    try:
+        folder.processing.mkdir(parents=True, exist_ok=True)
+        os.rename(folder.path / name, target)
+        return target
+    except FileNotFoundError:
+        return None
+
+
+def run_handler(folder: HotFolderSettings, path: Path) -> str | None:
+    """Run the folder's handler on `path`; return the error, or None on success."""
+    try:
+        if folder.handler:
+            load_handler(folder.handler)(path)
+            return None
+        assert folder.command is not None
+        argv = [part.replace("{path}", str(path)) for part in folder.command]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=folder.handler_timeout)
+        if done.returncode != 0:
+            last = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
+            return f"exit {done.returncode}: {last[0]}"
+        return None
+    except subprocess.TimeoutExpired:
+        return f"timed out after {folder.handler_timeout:g} s"
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+
+
+def load_handler(spec: str) -> Callable[[Path], Any]:
+    """`package.module:function`, imported; a configuration error if it cannot be."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        handler = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"handler {spec!r} cannot be imported: {error}") from None
+    if not callable(handler):
+        raise ConfigError(f"handler {spec!r} is not callable")
+    return handler  # type: ignore[no-any-return]
+
+
+def _destination(directory: Path, name: str, file_id: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    return target if not target.exists() else directory / f"{name}.{file_id}"
+
+
+def _finish(
+    connection: Connection,
+    folder: HotFolderSettings,
+    row: Any,
+    path: Path | None,
+    error: str | None,
+    fence: Fence,
+) -> None:
+    who = (
+        f"node {fence.me.name}: {folder.name}/{row.rel_path} "
+        f"(epoch {fence.epoch}, attempt {row.attempts})"
+    )
+    if error is None:
+        if path is not None:
+            os.rename(path, _destination(folder.processed, row.rel_path, row.id))
+        _set_state(connection, row.id, "processed", None)
+        return
+    if row.attempts >= folder.max_attempts or path is None:
+        if path is not None:
+            os.rename(path, _destination(folder.failed, row.rel_path, row.id))
+        _set_state(connection, row.id, "failed", error)
+        log.error("%s failed for good: %s", who, error)
+        return
+    delay = folder.retry_backoff * 2 ** (row.attempts - 1)
+    connection.execute(
+        text(
+            "UPDATE folder_file SET dispatched_at = NULL, error = :error, "
+            "next_attempt_at = clock_timestamp() + make_interval(secs => :delay) WHERE id = :id"
+        ),
+        {"id": row.id, "error": error, "delay": delay},
+    )
+    log.warning("%s handler failed, retrying in %.1f s: %s", who, delay, error)
+
+
+def _set_state(connection: Connection, file_id: int, state: str, error: str | None) -> None:
+    connection.execute(
+        text(
+            "UPDATE folder_file SET state = :state, error = :error, "
+            "finished_at = clock_timestamp() WHERE id = :id"
+        ),
+        {"id": file_id, "state": state, "error": error},
+    )
+
+
+def check_folders(settings: Settings) -> None:
+    """At node start: every folder exists and every handler imports (one line if not)."""
+    for folder in settings.folders():
+        if not folder.path.is_dir():
+            raise ConfigError(f"hot folder {folder.name}: {folder.path} is not a directory")
+        if folder.handler:
+            load_handler(folder.handler)
