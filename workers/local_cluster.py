@@ -80,14 +80,13 @@ class LocalCluster:
         self, folder: Path, database_url: str, broker_url: str, env: Mapping[str, str] | None = None
     ) -> None:
         self.folder = folder
+        inherited = {k: v for k, v in os.environ.items() if k not in RESET_VARIABLES}
         self.env = {
-            **os.environ,
+            **inherited,
             "FAILOVER_DATABASE_URL": database_url,
             "FAILOVER_BROKER_URL": broker_url,
             **(env or {}),
         }
-        for key in RESET_VARIABLES:
-            self.env.pop(key, None)
         self.nodes: list[LocalNode] = []
         self.engine = create_engine(database_url, pool_pre_ping=True)
 

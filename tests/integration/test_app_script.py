@@ -1,0 +1,101 @@
+"""The script runner on real PostgreSQL and real processes: slots, timeouts, fencing."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import psutil
+import pytest
+from sqlalchemy import text
+
+from tests.support.registry import add_node, give
+from workers import app_script
+from workers.database import transaction
+from workers.errors import ConfigError, StaleEpoch
+from workers.fencing import Fence
+from workers.settings import ScriptSettings, Settings
+
+SERVICE = "app_script"
+
+
+def runs(settings: Settings) -> list:
+    with transaction(settings) as connection:
+        return list(connection.execute(text("SELECT * FROM script_run ORDER BY id")))
+
+
+def owner(settings: Settings, name: str = "a") -> Fence:
+    me = add_node(settings, name, lease=30)
+    return Fence(SERVICE, me, give(settings, SERVICE, name))
+
+
+def with_scripts(settings: Settings, **scripts: ScriptSettings) -> Settings:
+    return settings.model_copy(update={"scripts": scripts})
+
+
+def test_a_scheduled_slot_runs_once_and_slots_missed_while_away_run_once(settings, tmp_path):
+    marker = tmp_path / "ran.log"
+    script = ScriptSettings(
+        argv=[sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x')"], interval=0.5
+    )
+    settings = with_scripts(settings, report=script)
+    fence = owner(settings)
+    assert app_script.tick(settings, fence) == []  # first sight: the schedule starts now
+    time.sleep(0.6)
+    assert app_script.tick(settings, fence) == ["report"]
+    assert app_script.tick(settings, fence) == []  # the same slot never runs twice
+    time.sleep(2.1)  # four slots pass with nobody running them
+    assert app_script.tick(settings, fence) == ["report"]
+    assert marker.read_text() == "xx"
+    assert [(r.trigger, r.status, r.exit_code) for r in runs(settings)] == [
+        ("schedule", "succeeded", 0),
+        ("missed", "succeeded", 0),
+    ]
+
+
+def test_a_hanging_script_is_killed_at_its_timeout_with_its_children(settings, tmp_path):
+    pid_file = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid)); print('started', flush=True); time.sleep(60)"
+    )
+    settings = with_scripts(
+        settings, hang=ScriptSettings(argv=[sys.executable, "-c", code], timeout=1.5)
+    )
+    outcome = app_script.run_now(settings, "hang", owner(settings))
+    assert outcome["status"] == "timeout"
+    assert "started" in outcome["output_tail"]
+    child = int(pid_file.read_text())
+    time.sleep(0.2)
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    assert [(r.status, r.trigger) for r in runs(settings)] == [("timeout", "manual")]
+
+
+def test_a_stale_owners_run_is_refused_before_it_starts(settings, tmp_path):
+    marker = tmp_path / "ran"
+    script = ScriptSettings(argv=[sys.executable, "-c", f"open({str(marker)!r}, 'w')"])
+    settings = with_scripts(settings, touch=script)
+    stale = owner(settings, "a")
+    add_node(settings, "b", lease=30)
+    give(settings, SERVICE, "b", reason="takeover")
+    with pytest.raises(StaleEpoch):
+        app_script.run_now(settings, "touch", stale)
+    assert not marker.exists() and runs(settings) == []
+
+
+def test_output_tail_and_exit_code_are_recorded(settings):
+    code = "import sys\nfor i in range(50): print(f'line {i}')\nsys.exit(3)"
+    settings = with_scripts(settings, noisy=ScriptSettings(argv=[sys.executable, "-c", code]))
+    settings = settings.model_copy(update={"script_output_lines": 5})
+    outcome = app_script.run_now(settings, "noisy", owner(settings))
+    assert (outcome["status"], outcome["exit_code"]) == ("failed", 3)
+    assert outcome["output_tail"].splitlines() == [f"line {i}" for i in range(45, 50)]
+
+
+def test_unknown_script_names_and_bad_scripts_are_configuration_errors(settings, tmp_path):
+    with pytest.raises(ConfigError, match="unknown script 'nosuch'"):
+        settings.script("nosuch")
+    broken = with_scripts(settings, x=ScriptSettings(argv=["/no/such/program"]))
+    with pytest.raises(ConfigError, match="script x"):
+        app_script.check_scripts(broken)

@@ -1,0 +1,212 @@
+"""The folder monitor on real PostgreSQL and real files, in process: claim, settle, fence."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from tests.support.handlers import handled
+from tests.support.registry import add_node, give
+from workers import folder_monitor
+from workers.database import transaction
+from workers.errors import ConfigError, StaleEpoch
+from workers.fencing import Fence
+from workers.settings import HotFolderSettings, Settings
+
+SERVICE = "folder_monitor"
+
+
+@pytest.fixture
+def handler_log(tmp_path, monkeypatch) -> Path:
+    log = tmp_path / "handled.log"
+    monkeypatch.setenv("FAILOVER_TEST_HANDLER_LOG", str(log))
+    return log
+
+
+def with_folder(settings: Settings, path: Path, **options) -> Settings:
+    folder = HotFolderSettings(
+        name="inbox",
+        path=path,
+        handler="tests.support.handlers:record",
+        **{"settle_seconds": 0, **options},
+    )
+    return settings.model_copy(update={"hot_folders": [folder]})
+
+
+def owner(settings: Settings, name: str = "a") -> Fence:
+    me = add_node(settings, name)
+    return Fence(SERVICE, me, give(settings, SERVICE, name))
+
+
+def run_until_idle(settings: Settings, fence: Fence) -> None:
+    """Scan, then run every dispatched batch, until nothing is left to do."""
+    folder = settings.folders()[0]
+    for _ in range(20):
+        batches: list[list[int]] = []
+        folder_monitor.scan(settings, fence, lambda name, ids, found=batches: found.append(ids))
+        for ids in batches:
+            folder_monitor.handle_files(settings, folder, ids, fence)
+        if not batches:
+            return
+
+
+def ledger(settings: Settings) -> list:
+    with transaction(settings) as connection:
+        return list(connection.execute(text("SELECT * FROM folder_file ORDER BY id")))
+
+
+def test_each_file_is_claimed_once_handled_once_and_moved_to_processed(
+    settings, tmp_path, handler_log
+):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(25):
+        (inbox / f"f{i:03}.dat").write_text(str(i))
+    (inbox / "partial.tmp").write_text("ignored")
+    (inbox / ".hidden").write_text("ignored")
+    settings = with_folder(settings, inbox)
+    fence = owner(settings)
+    run_until_idle(settings, fence)
+    run_until_idle(settings, fence)
+    assert sorted(p.name for p in (inbox / "processed").iterdir()) == [
+        f"f{i:03}.dat" for i in range(25)
+    ]
+    assert handled(handler_log) == {f"f{i:03}.dat": 1 for i in range(25)}
+    rows = ledger(settings)
+    assert len(rows) == 25 and {r.state for r in rows} == {"processed"}
+    assert {(r.epoch, r.node, r.attempts) for r in rows} == {(fence.epoch, "a", 1)}
+    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == [".hidden", "partial.tmp"]
+
+
+def test_a_file_still_being_written_is_not_taken_before_it_settles(settings, tmp_path, handler_log):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    settings = with_folder(settings, inbox, settle_seconds=0.6)
+    fence = owner(settings)
+    growing = inbox / "big.dat"
+    growing.write_text("part 1")
+    run_until_idle(settings, fence)
+    with growing.open("a") as out:
+        out.write(" part 2")
+    run_until_idle(settings, fence)
+    assert growing.exists() and handled(handler_log) == {}
+    assert [r.state for r in ledger(settings)] == ["seen"]
+    time.sleep(0.7)
+    run_until_idle(settings, fence)
+    assert (inbox / "processed" / "big.dat").read_text() == "part 1 part 2"
+    assert handled(handler_log) == {"big.dat": 1}
+
+
+def test_symlinks_are_refused_and_never_followed(settings, tmp_path, handler_log):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside")
+    (inbox / "link.dat").symlink_to(secret)
+    settings = with_folder(settings, inbox)
+    run_until_idle(settings, owner(settings))
+    assert handled(handler_log) == {}
+    assert secret.read_text() == "outside" and (inbox / "link.dat").is_symlink()
+    assert [(r.rel_path, r.state) for r in ledger(settings)] == [("link.dat", "refused")]
+
+
+def test_a_node_that_lost_ownership_claims_nothing_and_starts_no_handler(
+    settings, tmp_path, handler_log
+):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "x.dat").write_text("x")
+    settings = with_folder(settings, inbox)
+    stale = owner(settings, "a")
+    add_node(settings, "b")
+    give(settings, SERVICE, "b", reason="takeover")
+    with pytest.raises(StaleEpoch):
+        folder_monitor.scan(settings, stale, lambda name, ids: None)
+    assert ledger(settings) == [] and (inbox / "x.dat").exists()
+
+
+def test_a_new_owner_adopts_the_files_a_dead_owner_claimed(settings, tmp_path, handler_log):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name in ("a.dat", "b.dat"):
+        (inbox / name).write_text(name)
+    settings = with_folder(settings, inbox)
+    first = owner(settings, "a")
+    folder_monitor.scan(settings, first, lambda name, ids: None)  # claimed, never handled
+    assert {r.state for r in ledger(settings)} == {"processing"}
+    second = owner(settings, "b")
+    run_until_idle(settings, second)
+    rows = ledger(settings)
+    assert {(r.state, r.node, r.epoch) for r in rows} == {("processed", "b", second.epoch)}
+    assert handled(handler_log) == {"a.dat": 1, "b.dat": 1}
+
+
+def test_a_failing_handler_is_retried_then_the_file_goes_to_failed(settings, tmp_path, handler_log):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "bad.dat").write_text("bad")
+    folder = HotFolderSettings(
+        name="inbox",
+        path=inbox,
+        handler="tests.support.handlers:fail",
+        settle_seconds=0,
+        max_attempts=3,
+        retry_backoff=0,
+    )
+    settings = settings.model_copy(update={"hot_folders": [folder]})
+    run_until_idle(settings, owner(settings))
+    assert (inbox / "failed" / "bad.dat").exists()
+    (row,) = ledger(settings)
+    assert (row.state, row.attempts) == ("failed", 3)
+    assert "failing on purpose" in row.error
+    assert handled(handler_log) == {"bad.dat": 3}
+
+
+def test_a_command_handler_gets_the_path_as_an_argument(settings, tmp_path, handler_log):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "c.dat").write_text("payload")
+    copy = tmp_path / "copy.dat"
+    command = [
+        sys.executable,
+        "-c",
+        "import shutil, sys; shutil.copy(sys.argv[1], sys.argv[2])",
+        "{path}",
+        str(copy),
+    ]
+    folder = HotFolderSettings(name="inbox", path=inbox, command=command, settle_seconds=0)
+    settings = settings.model_copy(update={"hot_folders": [folder]})
+    run_until_idle(settings, owner(settings))
+    assert copy.read_text() == "payload"
+    assert (inbox / "processed" / "c.dat").exists()
+
+
+def test_a_folder_that_disappears_and_comes_back_is_survived(
+    settings, tmp_path, handler_log, caplog
+):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    settings = with_folder(settings, inbox)
+    fence = owner(settings)
+    os.rename(inbox, tmp_path / "away")
+    assert folder_monitor.scan(settings, fence, lambda name, ids: None) == {"inbox": 0}
+    assert "hot folder inbox unavailable" in caplog.text
+    os.rename(tmp_path / "away", inbox)
+    (inbox / "back.dat").write_text("x")
+    run_until_idle(settings, fence)
+    assert handled(handler_log) == {"back.dat": 1}
+
+
+def test_bad_folder_configuration_is_one_clear_error(settings, tmp_path):
+    missing = with_folder(settings, tmp_path / "nope")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        folder_monitor.check_folders(missing)
+    (tmp_path / "in").mkdir()
+    folder = HotFolderSettings(name="inbox", path=tmp_path / "in", handler="no.such.module:handle")
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        folder_monitor.check_folders(settings.model_copy(update={"hot_folders": [folder]}))

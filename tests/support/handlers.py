@@ -1,0 +1,40 @@
+"""Handlers for hot-folder tests: each call is appended, one line, to $FAILOVER_TEST_HANDLER_LOG."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def record(path: Path) -> None:
+    """Log `<original name> <pid>`: a file handled twice shows up twice."""
+    name = path.name.split("__", 1)[1]
+    line = f"{name} {os.getpid()}\n".encode()
+    descriptor = os.open(
+        os.environ["FAILOVER_TEST_HANDLER_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    )
+    try:
+        os.write(descriptor, line)
+    finally:
+        os.close(descriptor)
+
+
+def slow(path: Path) -> None:
+    time.sleep(float(os.environ.get("FAILOVER_TEST_HANDLER_SECONDS", "0.005")))
+    record(path)
+
+
+def fail(path: Path) -> None:
+    record(path)
+    raise RuntimeError("failing on purpose")
+
+
+def handled(log: Path) -> dict[str, int]:
+    """How many times each file name was handled, from the log."""
+    counts: dict[str, int] = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            name = line.rsplit(" ", 1)[0]
+            counts[name] = counts.get(name, 0) + 1
+    return counts

@@ -1,0 +1,31 @@
+"""Script schedules: which slot is due, and how many passed (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from workers.app_script import due, next_due
+from workers.settings import ScriptSettings
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def test_interval_is_due_once_per_slot_and_missed_slots_collapse_into_one():
+    every_minute = ScriptSettings(argv=["true"], interval=60)
+    assert due(every_minute, T0, T0 + timedelta(seconds=59)) is None
+    one = due(every_minute, T0, T0 + timedelta(seconds=61))
+    assert (one.at, one.slots) == (T0 + timedelta(seconds=60), 1)
+    many = due(every_minute, T0, T0 + timedelta(minutes=10, seconds=5))
+    assert (many.at, many.slots) == (T0 + timedelta(minutes=10), 10)
+
+
+def test_cron_finds_the_latest_passed_slot():
+    hourly = ScriptSettings(argv=["true"], cron="0 * * * *")
+    assert due(hourly, T0, T0 + timedelta(minutes=59)) is None
+    late = due(hourly, T0, T0 + timedelta(hours=3, minutes=1))
+    assert (late.at, late.slots) == (T0 + timedelta(hours=3), 3)
+    assert next_due(hourly, T0) == T0 + timedelta(hours=1)
+
+
+def test_a_script_without_schedule_runs_only_on_demand():
+    assert due(ScriptSettings(argv=["true"]), T0, T0 + timedelta(days=9)) is None
