@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import importlib
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, text
 
@@ -37,11 +38,15 @@ log = logging.getLogger(__name__)
 SERVICE = "folder_monitor"
 
 
-@dataclass(frozen=True)
-class Arrival:
+class Arrival(NamedTuple):
     name: str
     size: int
     mtime_ns: int
+
+
+# Listings this process has already recorded, as (folder, epoch, hash of the listing): a scan
+# that finds the very same files again only needs to claim the ones that have now settled.
+_recorded_listings: set[tuple[str, int, int]] = set()
 
 
 class FolderUnavailable(Exception):
@@ -52,22 +57,29 @@ def accept(path: Path) -> None:
     """The default handler of `FAILOVER_HOT_FOLDER`: take the file as it is."""
 
 
-def wanted(name: str, folder: HotFolderSettings) -> bool:
-    taken = any(fnmatch.fnmatchcase(name, pattern) for pattern in folder.patterns)
-    return taken and not any(fnmatch.fnmatchcase(name, pattern) for pattern in folder.ignore)
+@functools.cache
+def _matcher(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One compiled regex for a list of glob patterns (fnmatch's own translation)."""
+    if not patterns:
+        return re.compile(r"(?!)")
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
 
 
 def list_folder(folder: HotFolderSettings) -> tuple[list[Arrival], list[str]]:
-    """The wanted regular files in the folder, and the names refused (symlinks, escapes)."""
+    """The wanted regular files in the folder, and the names refused (symlinks).
+
+    Entries of one `scandir` are the folder's direct children, so only a symlink can
+    resolve outside it; symlinks are refused without being followed.
+    """
     arrivals: list[Arrival] = []
     refused: list[str] = []
+    take, skip = _matcher(tuple(folder.patterns)).match, _matcher(tuple(folder.ignore)).match
     try:
-        root = os.path.realpath(folder.path)
         with os.scandir(folder.path) as entries:
             for entry in entries:
-                if not wanted(entry.name, folder):
+                if not take(entry.name) or skip(entry.name):
                     continue
-                if entry.is_symlink() or os.path.dirname(os.path.realpath(entry.path)) != root:
+                if entry.is_symlink():
                     refused.append(entry.name)
                 elif entry.is_file(follow_symlinks=False):
                     stat = entry.stat(follow_symlinks=False)
@@ -85,31 +97,54 @@ def _arrays(arrivals: list[Arrival]) -> dict[str, list[Any]]:
     }
 
 
-LISTED = "unnest(CAST(:names AS text[]), CAST(:sizes AS bigint[]), CAST(:mtimes AS bigint[]))"
+def _load_listing(connection: Connection, arrivals: list[Arrival]) -> None:
+    """The folder's listing as a temporary table with statistics, so the planner can hash-join."""
+    connection.execute(
+        text(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS listing "
+            "(name text, size bigint, mtime bigint) ON COMMIT DELETE ROWS"
+        )
+    )
+    connection.execute(
+        text(
+            "INSERT INTO listing SELECT * FROM unnest("
+            "CAST(:names AS text[]), CAST(:sizes AS bigint[]), CAST(:mtimes AS bigint[]))"
+        ),
+        _arrays(arrivals),
+    )
+    connection.execute(text("ANALYZE listing"))
 
 
 def record_and_claim(
     connection: Connection, folder: HotFolderSettings, arrivals: list[Arrival], fence: Fence
 ) -> list[tuple[int, str]]:
     """Record sightings, forget vanished ones, claim the settled ones; return (id, name) claimed."""
-    params = {"folder": folder.name, **_arrays(arrivals)}
+    _load_listing(connection, arrivals)
+    params = {"folder": folder.name}
     connection.execute(
         text(
             "INSERT INTO folder_file (folder, rel_path, size, mtime_ns, state) "
-            "SELECT :folder, l.name, l.size, l.mtime, 'seen' "
-            f"FROM {LISTED} AS l(name, size, mtime) "
+            "SELECT CAST(:folder AS varchar), l.name, l.size, l.mtime, 'seen' FROM listing l "
+            "WHERE NOT EXISTS (SELECT 1 FROM folder_file f WHERE f.folder = :folder "
+            "AND f.rel_path = l.name AND f.size = l.size AND f.mtime_ns = l.mtime) "
             "ON CONFLICT ON CONSTRAINT folder_file_arrival_key DO NOTHING"
         ),
         params,
     )
     connection.execute(
         text(
-            "DELETE FROM folder_file f WHERE f.folder = :folder AND f.state = 'seen' "
-            f"AND NOT EXISTS (SELECT 1 FROM {LISTED} AS l(name, size, mtime) "
-            "WHERE l.name = f.rel_path AND l.size = f.size AND l.mtime = f.mtime_ns)"
+            "DELETE FROM folder_file WHERE folder = :folder AND state = 'seen' "
+            "AND (rel_path, size, mtime_ns) NOT IN (SELECT name, size, mtime FROM listing)"
         ),
         params,
     )
+    return claim_settled(connection, folder, fence)
+
+
+def claim_settled(
+    connection: Connection, folder: HotFolderSettings, fence: Fence
+) -> list[tuple[int, str]]:
+    """Claim, under the epoch, every sighting unchanged for the settle time; (id, name) each."""
     claimed = connection.execute(
         text(
             "UPDATE folder_file SET state = 'processing', epoch = :epoch, node = :node, "
@@ -118,7 +153,12 @@ def record_and_claim(
             "AND first_seen_at <= clock_timestamp() - make_interval(secs => :settle) "
             "RETURNING id, rel_path"
         ),
-        {**params, "epoch": fence.epoch, "node": fence.me.name, "settle": folder.settle_seconds},
+        {
+            "folder": folder.name,
+            "epoch": fence.epoch,
+            "node": fence.me.name,
+            "settle": folder.settle_seconds,
+        },
     ).all()
     return [(row.id, row.rel_path) for row in claimed]
 
@@ -221,18 +261,27 @@ def _scan_folder(
             error,
         )
         return 0
+    listing = (folder.name, fence.epoch, hash((tuple(arrivals), tuple(refused))))
+    unchanged = listing in _recorded_listings
+    adopted = 0
     with fenced(settings, fence) as connection:
         if not _folder_lock(connection, folder):
             return 0
-        for name in record_refusals(connection, folder, refused):
-            log.warning(
-                "node %s: refused %s/%s: a symlink or a path outside the folder",
-                fence.me.name,
-                folder.name,
-                name,
-            )
-        adopted = adopt_orphans(connection, folder, fence)
-        claimed = record_and_claim(connection, folder, arrivals, fence)
+        if unchanged:
+            claimed = claim_settled(connection, folder, fence)
+        else:
+            for name in record_refusals(connection, folder, refused):
+                log.warning(
+                    "node %s: refused %s/%s: a symlink or a path outside the folder",
+                    fence.me.name,
+                    folder.name,
+                    name,
+                )
+            adopted = adopt_orphans(connection, folder, fence)
+            claimed = record_and_claim(connection, folder, arrivals, fence)
+    _recorded_listings.discard(listing)
+    if not claimed:
+        _recorded_listings.add(listing)
     if adopted:
         log.warning(
             "node %s: adopted %d unfinished files of %s at epoch %d (previous owner gone)",
@@ -241,14 +290,16 @@ def _scan_folder(
             folder.name,
             fence.epoch,
         )
-    if claimed:
+    for _file_id, name in claimed:
         log.info(
-            "node %s: claimed %d files in %s at epoch %d",
+            "node %s: claimed %s/%s at epoch %d: unchanged for %g s",
             fence.me.name,
-            len(claimed),
             folder.name,
+            name,
             fence.epoch,
+            folder.settle_seconds,
         )
+
     move_into_processing(folder, claimed)
     dispatch(settings, folder, fence, send_batch)
     return len(claimed)

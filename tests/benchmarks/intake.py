@@ -36,9 +36,9 @@ def settings_for(database_url: str, folder: Path, settle: float) -> Settings:
     hot = HotFolderSettings(
         name="bench", path=folder, handler="workers.folder_monitor:accept", settle_seconds=settle
     )
-    return load_settings(database_url=database_url, database_timeout=30.0, lease_timeout=600.0).model_copy(
-        update={"hot_folders": [hot], "folder_batch_size": 500, "folder_parallelism": 2}
-    )
+    return load_settings(
+        database_url=database_url, database_timeout=30.0, lease_timeout=600.0
+    ).model_copy(update={"hot_folders": [hot], "folder_batch_size": 500, "folder_parallelism": 2})
 
 
 def burst(database_url: str, root: Path, count: int) -> tuple[float, float]:
@@ -55,7 +55,11 @@ def burst(database_url: str, root: Path, count: int) -> tuple[float, float]:
     with ThreadPoolExecutor(max_workers=2) as pool:
         while batches:
             current, batches[:] = list(batches), []
-            list(pool.map(lambda ids: folder_monitor.handle_files(settings, hot, ids, fence), current))
+            list(
+                pool.map(
+                    lambda ids: folder_monitor.handle_files(settings, hot, ids, fence), current
+                )
+            )
             folder_monitor.dispatch(settings, hot, fence, lambda name, ids: batches.append(ids))
     handled = time.perf_counter() - started
     assert len(list((folder / "processed").iterdir())) == count
@@ -105,8 +109,12 @@ def main() -> None:
     print("| measure | files | seconds | files/s |")
     print("| --- | --- | --- | --- |")
     print(f"| burst: all claimed | {args.burst} | {claimed:.2f} | {args.burst / claimed:,.0f} |")
-    print(f"| burst: all handled (no-op handler) | {args.burst} | {handled:.2f} | {args.burst / handled:,.0f} |")
-    print(f"| floor: list + rename each file | {args.burst} | {moved:.2f} | {args.burst / moved:,.0f} |")
+    print(
+        f"| burst: all handled (no-op handler) | {args.burst} | {handled:.2f} | {args.burst / handled:,.0f} |"
+    )
+    print(
+        f"| floor: list + rename each file | {args.burst} | {moved:.2f} | {args.burst / moved:,.0f} |"
+    )
     print(f"| idle scan, nothing new | {args.idle} | {idle:.3f} | - |")
 
 

@@ -210,3 +210,27 @@ def test_bad_folder_configuration_is_one_clear_error(settings, tmp_path):
     folder = HotFolderSettings(name="inbox", path=tmp_path / "in", handler="no.such.module:handle")
     with pytest.raises(ConfigError, match="cannot be imported"):
         folder_monitor.check_folders(settings.model_copy(update={"hot_folders": [folder]}))
+
+
+def test_shared_processing_may_run_on_any_node_but_only_at_the_current_epoch(
+    settings, tmp_path, handler_log
+):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name in ("one.dat", "two.dat"):
+        (inbox / name).write_text(name)
+    settings = with_folder(settings, inbox).model_copy(
+        update={"folder_dispatch": "shared", "folder_batch_size": 1}
+    )
+    fence = owner(settings, "a")
+    batches: list[list[int]] = []
+    folder_monitor.scan(settings, fence, lambda name, ids: batches.append(ids))
+    helper = add_node(settings, "b")
+    folder = settings.folders()[0]
+    # A helper node handles a batch while the owner's epoch holds
+    shared = Fence(SERVICE, helper, fence.epoch, owner_only=False)
+    assert folder_monitor.handle_files(settings, folder, batches[0], shared) == 1
+    # After a change of owner, the helper's work for the old epoch is refused
+    give(settings, SERVICE, "b", reason="takeover")
+    assert folder_monitor.handle_files(settings, folder, batches[1], shared) == 0
+    assert sum(handled(handler_log).values()) == 1
