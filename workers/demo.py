@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -71,6 +72,7 @@ class Demo:
         self.story = Story()
         self.cluster: LocalCluster | None = None
         self.live: Live | None = None
+        self.inbox = Path()
 
     def run(self) -> Story:
         folder = Path(tempfile.mkdtemp(prefix="failover-demo-"))
@@ -84,9 +86,15 @@ class Demo:
                     self.live = stack.enter_context(
                         Live(self._view(), console=self.console, refresh_per_second=4)
                     )
-                self._script()
-                self._refresh()
-                self._watch(max(0.0, self.duration - (time.monotonic() - started)))
+                producer = FileProducer(self.inbox)
+                producer.start()
+                try:
+                    self._script()
+                    self._refresh()
+                    self._watch(max(0.0, self.duration - (time.monotonic() - started)))
+                finally:
+                    producer.stop()
+                self._account_for_files(producer.dropped)
         finally:
             if self.cluster is not None:
                 self.cluster.close()
@@ -99,10 +107,17 @@ class Demo:
         from workers.database import upgrade_schema
         from workers.node import current_settings
 
-        os.environ.update(FAILOVER_DATABASE_URL=database_url, FAILOVER_BROKER_URL=broker_url)
+        config = write_demo_config(folder)
+        self.inbox = folder / "inbox"
+        os.environ.update(
+            FAILOVER_DATABASE_URL=database_url,
+            FAILOVER_BROKER_URL=broker_url,
+            FAILOVER_CONFIG=str(config),
+        )
         current_settings.cache_clear()
         upgrade_schema(load_settings(database_url=database_url))
-        self.cluster = LocalCluster(folder, database_url, broker_url, DEMO_TIMING)
+        env = {**DEMO_TIMING, "FAILOVER_CONFIG": str(config)}
+        self.cluster = LocalCluster(folder, database_url, broker_url, env)
 
     # -- the script ---------------------------------------------------------------------
     def _script(self) -> None:
@@ -130,6 +145,24 @@ class Demo:
         owner, _epoch = self._owner()
         self.story.add(f"restart: {victim} came back as a standby ({owner} still owns {SERVICE})")
         self._move_back(victim)
+
+    def _account_for_files(self, dropped: int) -> None:
+        """Let the last files through, then check that each was processed exactly once."""
+        processed = self.inbox / "processed"
+
+        def done() -> bool:
+            return processed.is_dir() and len(list(processed.iterdir())) >= dropped
+
+        self._wait(done, 60, "the last files to be processed")
+        rows = self._cluster().query(
+            "SELECT count(*) AS n, count(DISTINCT rel_path) AS names FROM folder_file "
+            "WHERE state = 'processed'"
+        )[0]
+        runs = self._cluster().query("SELECT count(*) AS n FROM script_run")[0].n
+        self.story.add(
+            f"files: {dropped} dropped in the hot folder, {len(list(processed.iterdir()))} "
+            f"processed, {rows.n - rows.names} twice; {runs} script runs"
+        )
 
     def _choose_victim(self, owner: str) -> str:
         if self.headless or not sys.stdin.isatty():
@@ -232,6 +265,52 @@ class Demo:
         steps = "\n".join(line for line in self.story.lines[-6:])
         footer = f"{SERVICE} on {owner} at epoch {epoch}: {work} units of work done\n{steps}"
         return Group(render(report), Panel(footer, title="demo"))
+
+
+def write_demo_config(folder: Path) -> Path:
+    """A hot folder and a sample script for the demo's nodes."""
+    inbox = folder / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    config = folder / "demo.toml"
+    config.write_text(
+        f"""
+[[hot_folders]]
+name = "inbox"
+path = "{inbox}"
+handler = "workers.folder_monitor:accept"
+settle_seconds = 0.2
+
+[scripts.hello]
+argv = ["{sys.executable}", "-c", "import socket; print('hello from', socket.gethostname())"]
+interval = 3
+timeout = 10
+"""
+    )
+    return config
+
+
+class FileProducer:
+    """Drops a file in the hot folder every few tenths of a second, as a scanner would."""
+
+    def __init__(self, inbox: Path) -> None:
+        self.inbox = inbox
+        self.dropped = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.3):
+            temporary = self.inbox / f"scan-{self.dropped:05}.pdf.tmp"
+            temporary.write_text(f"document {self.dropped}")
+            temporary.rename(temporary.with_suffix(""))
+            self.dropped += 1
 
 
 def summary(story: Story) -> str:

@@ -44,6 +44,8 @@ def test_headless_demo_shows_a_takeover_and_leaves_nothing_running(database_url,
         rf"manual move: folder_monitor moved to {took[1]} at epoch {int(took[3]) + 1}", summary
     )
     assert "processes left running: none" in summary
+    files = re.search(r"files: (\d+) dropped in the hot folder, (\d+) processed, 0 twice; (\d+) script runs", summary)
+    assert files and int(files[1]) == int(files[2]) > 0, summary
     # Nothing left: no worker process of the demo, no temporary folder
     leftovers = [
         p.info
