@@ -19,6 +19,17 @@ def demo_folders() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("failover-demo-*"))
 
 
+def assert_nothing_left(folders_before: set[Path]) -> None:
+    """No process of the demo is running and no temporary folder of it remains."""
+    leftovers = [
+        p.info
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if "failover-demo-" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert not leftovers
+    assert demo_folders() == folders_before
+
+
 def test_headless_demo_shows_a_takeover_and_leaves_nothing_running(database_url, broker_url):
     before = demo_folders()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAILOVER_")}
@@ -44,16 +55,13 @@ def test_headless_demo_shows_a_takeover_and_leaves_nothing_running(database_url,
         rf"manual move: folder_monitor moved to {took[1]} at epoch {int(took[3]) + 1}", summary
     )
     assert "processes left running: none" in summary
-    files = re.search(r"files: (\d+) dropped in the hot folder, (\d+) processed, 0 twice; (\d+) script runs", summary)
+    files = re.search(
+        r"files: (\d+) dropped in the hot folder, (\d+) processed, 0 twice; (\d+) script runs",
+        summary,
+    )
     assert files and int(files[1]) == int(files[2]) > 0, summary
     # Nothing left: no worker process of the demo, no temporary folder
-    leftovers = [
-        p.info
-        for p in psutil.process_iter(["pid", "cmdline"])
-        if "failover-demo-" in " ".join(p.info["cmdline"] or [])
-    ]
-    assert not leftovers
-    assert demo_folders() == before
+    assert_nothing_left(before)
 
 
 def test_demo_on_embedded_servers_needs_no_setup():
@@ -71,10 +79,4 @@ def test_demo_on_embedded_servers_needs_no_setup():
     assert "servers: embedded PostgreSQL and Redis" in result.stdout
     assert "took folder_monitor at epoch 2" in result.stdout
     assert "processes left running: none" in result.stdout
-    leftovers = [
-        p.info
-        for p in psutil.process_iter(["pid", "cmdline"])
-        if "failover-demo-" in " ".join(p.info["cmdline"] or [])
-    ]
-    assert not leftovers
-    assert demo_folders() == before
+    assert_nothing_left(before)

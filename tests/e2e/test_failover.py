@@ -16,17 +16,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 SERVICES = {"folder_monitor", "app_script"}
 
 
-def beats_seen(cluster: Cluster, name: str, count: int = 3) -> None:
-    """Let `name` beat `count` more times (seen in the database, not on a clock)."""
-    for _ in range(count):
-        before = cluster.node_row(name).last_heartbeat_at
-        wait_until(
-            lambda before=before: cluster.node_row(name).last_heartbeat_at > before,
-            20,
-            f"{name} to beat",
-        )
-
-
 def test_first_node_up_owns_everything_and_later_nodes_stay_standby(cluster):
     # Given node a starts first
     cluster.start_live("a", "r1")
@@ -34,8 +23,8 @@ def test_first_node_up_owns_everything_and_later_nodes_stay_standby(cluster):
     # When b and c join and beat a few times
     cluster.start_live("b", "r1")
     cluster.start_live("c", "r2")
-    beats_seen(cluster, "b")
-    beats_seen(cluster, "c")
+    cluster.beats("b")
+    cluster.beats("c")
     # Then a still owns both at epoch 1, claimed first come first served
     assert cluster.owners() == {service: ("a", 1) for service in SERVICES}
     assert {(h.to_node, h.reason) for h in cluster.history()} == {("a", "startup")}
@@ -73,7 +62,7 @@ def test_sigkill_of_the_owner_moves_its_services_same_region_first(
         assert cluster.owners() == {service: ("c", 3) for service in SERVICES}
         # And a restarted a comes back as a standby: it does not take its services back
         cluster.start_live("a", "r1")
-        beats_seen(cluster, "a", 5)
+        cluster.beats("a", 5)
         assert cluster.owners() == {service: ("c", 3) for service in SERVICES}
         assert cluster.node_row("a").last_verdict.startswith("standby")
     finally:
@@ -125,7 +114,7 @@ def test_a_paused_owner_wakes_up_and_all_its_side_effects_are_rejected(cluster, 
     broker = redis_client(broker_url)
     wait_until(lambda: broker.llen("node.a") == 0, 30, "a to drain its queue")
     wait_until(lambda: a.log().count("rejected stale work on app_script") >= 5, 30, "rejections")
-    beats_seen(cluster, "a", 3)
+    cluster.beats("a", 3)
     # Then not one of its side effects was applied, and it stands by
     assert cluster.ticks("app_script", 1) == applied_before_wake
     assert cluster.owners() == {service: ("b", 2) for service in SERVICES}

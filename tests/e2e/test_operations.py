@@ -19,16 +19,6 @@ def one_line(result, code: int) -> str:
     return result.stderr
 
 
-def beats(cluster: Cluster, name: str, count: int = 3) -> None:
-    for _ in range(count):
-        before = cluster.node_row(name).last_heartbeat_at
-        wait_until(
-            lambda before=before: cluster.node_row(name).last_heartbeat_at > before,
-            20,
-            f"{name} to beat",
-        )
-
-
 def three_nodes(cluster: Cluster):
     a = cluster.start_live("a", "r1")
     wait_until(lambda: cluster.owned_by("a"), 20, "a to claim")
@@ -52,7 +42,7 @@ def test_manual_move_refusals_change_nothing(cluster):
     finally:
         b.resume()
     assert "did not take folder_monitor within 2 s" in one_line(refused, 1)
-    beats(cluster, "b", 4)
+    cluster.beats("b", 4)
     assert cluster.dump() == before
     assert "took folder_monitor" not in b.log()
 
@@ -75,7 +65,7 @@ def test_manual_move_hands_over_and_fences_the_old_owner(cluster):
     )
     assert "@" in event.actor
     stopped_at = cluster.ticks("folder_monitor", 1)
-    beats(cluster, "a", 4)
+    cluster.beats("a", 4)
     assert cluster.ticks("folder_monitor", 1) == stopped_at
     wait_until(lambda: cluster.ticks("folder_monitor", 2) > 2, 20, "c to work at epoch 2")
     # And a move with no target goes to the best candidate: a's region first
@@ -105,7 +95,7 @@ def test_drain_survives_a_restart_and_undrain_returns_the_node(cluster):
     assert {n["name"]: n["draining"] for n in status["nodes"]}["a"] is True
     b.crash()
     wait_until(lambda: cluster.owned_by("c"), 30, "c to take over from b")
-    beats(cluster, "a", 3)
+    cluster.beats("a", 3)
     assert cluster.owned_by("c")
     # When c is the last node that can run them, draining c is refused and changes nothing
     before = cluster.dump()
@@ -114,12 +104,21 @@ def test_drain_survives_a_restart_and_undrain_returns_the_node(cluster):
     # When a is undrained, it is a normal standby again (no failback by default)
     assert cluster.cli("undrain", "a").returncode == 0
     assert cluster.node_row("a").draining is False
-    beats(cluster, "a", 3)
+    cluster.beats("a", 3)
     assert cluster.owned_by("c")
     # And a forced drain of c keeps nothing from moving: a can take them now
     forced = cluster.cli("drain", "c", "--force")
     assert forced.returncode == 0, forced.stderr
     assert cluster.owned_by("a")
+
+
+def fail_over_from_a_to_b(cluster: Cluster) -> None:
+    """a claims everything, b joins, a crashes and b takes over."""
+    a = cluster.start_live("a", "r1")
+    wait_until(lambda: cluster.owned_by("a"), 20, "a to claim")
+    cluster.start_live("b", "r1")
+    a.crash()
+    wait_until(lambda: cluster.owned_by("b"), 30, "b to take over")
 
 
 PREFER_A = json.dumps(
@@ -132,20 +131,16 @@ def test_failback_waits_for_the_dwell_and_a_flapping_node_never_gets_it(
 ):
     cluster = Cluster(tmp_path, database_url, broker_url, FAILOVER_PLACEMENT=PREFER_A)
     try:
-        a = cluster.start_live("a", "r1")
-        wait_until(lambda: cluster.owned_by("a"), 20, "a to claim")
-        cluster.start_live("b", "r1")
-        a.crash()
-        wait_until(lambda: cluster.owned_by("b"), 30, "b to take over")
+        fail_over_from_a_to_b(cluster)
         # When a flaps: it comes back, lives for less than the dwell, and dies again
         for _ in range(2):
-            wait_until(lambda: not cluster.node_row("a").lease_fresh, 10, "a's lease to lapse")
+            cluster.lapsed("a")
             flapper = cluster.start_live("a", "r1")
-            beats(cluster, "a", 2)
+            cluster.beats("a", 2)
             flapper.crash()
             assert cluster.owners()["folder_monitor"] == ("b", 2)
         # When a comes back for good, after the dwell it takes folder_monitor back
-        wait_until(lambda: not cluster.node_row("a").lease_fresh, 10, "a's lease to lapse")
+        cluster.lapsed("a")
         cluster.start_live("a", "r1")
         wait_until(lambda: cluster.owners()["folder_monitor"][0] == "a", 30, "failback to a")
         event = cluster.history()[-1]
@@ -177,14 +172,10 @@ def test_no_failback_outside_the_failback_window(tmp_path, database_url, broker_
     )
     cluster = Cluster(tmp_path, database_url, broker_url, FAILOVER_PLACEMENT=json.dumps(placement))
     try:
-        a = cluster.start_live("a", "r1")
-        wait_until(lambda: cluster.owned_by("a"), 20, "a to claim")
-        cluster.start_live("b", "r1")
-        a.crash()
-        wait_until(lambda: cluster.owned_by("b"), 30, "b to take over")
-        wait_until(lambda: not cluster.node_row("a").lease_fresh, 10, "a's lease to lapse")
+        fail_over_from_a_to_b(cluster)
+        cluster.lapsed("a")
         cluster.start_live("a", "r1")
-        beats(cluster, "a", 10)
+        cluster.beats("a", 10)
         assert cluster.owners()["folder_monitor"] == ("b", 2)
     finally:
         cluster.close()

@@ -44,6 +44,20 @@ class Cluster(LocalCluster):
         except TimeoutError as error:
             raise AssertionError(str(error)) from None
 
+    def beats(self, name: str, count: int = 3) -> None:
+        """Let `name` beat `count` more times (seen in the database, not on a clock)."""
+        for _ in range(count):
+            before = self.node_row(name).last_heartbeat_at
+            wait_until(
+                lambda before=before: self.node_row(name).last_heartbeat_at > before,
+                20,
+                f"{name} to beat",
+            )
+
+    def lapsed(self, name: str) -> None:
+        """Wait until `name`'s lease has run out (so the name may be registered again)."""
+        wait_until(lambda: not self.node_row(name).lease_fresh, 10, f"{name}'s lease to lapse")
+
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run `failover ARGS` as an operator would, with this cluster's settings."""
         return subprocess.run(
