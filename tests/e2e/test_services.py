@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import Cluster, wait_until
-from tests.support.handlers import handled
+from tests.support.handlers import handled, workers_that_handled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 FILES = 2000
@@ -36,15 +36,13 @@ retry_backoff = 0.1
 def services_cluster(
     tmp_path: Path, database_url: str, broker_url: str, toml: Path, **env: str
 ) -> Cluster:
-    return Cluster(
-        tmp_path,
-        database_url,
-        broker_url,
-        FAILOVER_CONFIG=str(toml),
-        FAILOVER_TEST_HANDLER_LOG=str(tmp_path / "handled.log"),
-        FAILOVER_FOLDER_BATCH_SIZE="50",
+    settings = {
+        "FAILOVER_CONFIG": str(toml),
+        "FAILOVER_TEST_HANDLER_LOG": str(tmp_path / "handled.log"),
+        "FAILOVER_FOLDER_BATCH_SIZE": "50",
         **env,
-    )
+    }
+    return Cluster(tmp_path, database_url, broker_url, **settings)
 
 
 def write_files(inbox: Path, count: int, seconds: float) -> None:
@@ -238,5 +236,72 @@ def test_bad_service_configuration_stops_the_node_at_start(
         assert node.popen.wait(timeout=60) == 2
         output = node.log().strip()
         assert named in output and len(output.splitlines()) == 1, output
+    finally:
+        cluster.close()
+
+
+def test_shared_processing_queue_spreads_handlers_over_the_nodes(
+    tmp_path, database_url, broker_url
+):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    toml = config(tmp_path, inbox, settle=0)
+    cluster = services_cluster(
+        tmp_path,
+        database_url,
+        broker_url,
+        toml,
+        FAILOVER_FOLDER_DISPATCH="shared",
+        FAILOVER_FOLDER_BATCH_SIZE="5",
+        FAILOVER_TEST_HANDLER_SECONDS="0.02",
+    )
+    try:
+        a = cluster.start_live("a", "r1")
+        wait_until(lambda: cluster.owned_by("a"), 20, "a to claim")
+        b = cluster.start_live("b", "r1")
+        for i in range(200):
+            (inbox / f"shared-{i:03}.dat").write_text("x")
+        processed = inbox / "processed"
+        wait_until(
+            lambda: processed.exists() and len(list(processed.iterdir())) == 200,
+            60,
+            "all files processed",
+        )
+        # Claims stay with the owner; the handlers ran on more than one node
+        assert [r.node for r in cluster.query("SELECT DISTINCT node FROM folder_file")] == ["a"]
+        assert workers_that_handled(tmp_path / "handled.log") == {a.pid, b.pid}
+    finally:
+        cluster.close()
+
+
+def test_a_scheduled_run_missed_during_a_failover_runs_once_afterwards(
+    tmp_path, database_url, broker_url
+):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    every_second = SCRIPT.replace("interval = 0.5", "interval = 1.0")
+    cluster = services_cluster(
+        tmp_path, database_url, broker_url, config(tmp_path, inbox, every_second)
+    )
+    try:
+        a = cluster.start_live("a", "r1")
+        wait_until(
+            lambda: cluster.query("SELECT 1 FROM script_run WHERE node = 'a'"), 20, "a to run stamp"
+        )
+        # When the owner dies and nobody runs the service for several scheduled slots
+        a.crash()
+        time.sleep(4.0)
+        cluster.start_live("b", "r1")
+        wait_until(
+            lambda: cluster.query("SELECT 1 FROM script_run WHERE node = 'b'"), 30, "b to run stamp"
+        )
+        time.sleep(2.5)
+        # Then the new owner ran the missed slots once, then went on with the schedule
+        runs = cluster.query(
+            "SELECT trigger FROM script_run WHERE node = 'b' AND script = 'stamp' ORDER BY id"
+        )
+        triggers = [r.trigger for r in runs]
+        assert triggers[0] == "missed" and triggers.count("missed") == 1, triggers
+        assert "schedule" in triggers[1:], triggers
     finally:
         cluster.close()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 
 def record(path: Path) -> None:
-    """Log `<original name> <pid>`: a file handled twice shows up twice."""
+    """Log `<original name> <pid> <parent pid>`: a file handled twice shows up twice."""
     name = path.name.split("__", 1)[1]
-    line = f"{name} {os.getpid()}\n".encode()
+    line = f"{name} {os.getpid()} {os.getppid()}\n".encode()
     descriptor = os.open(
         os.environ["FAILOVER_TEST_HANDLER_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT
     )
@@ -30,11 +30,18 @@ def fail(path: Path) -> None:
     raise RuntimeError("failing on purpose")
 
 
+def workers_that_handled(log: Path) -> set[int]:
+    """The worker main processes (parents of the pool children) that ran the handler."""
+    return (
+        {int(line.split()[2]) for line in log.read_text().splitlines()} if log.exists() else set()
+    )
+
+
 def handled(log: Path) -> dict[str, int]:
     """How many times each file name was handled, from the log."""
     counts: dict[str, int] = {}
     if log.exists():
         for line in log.read_text().splitlines():
-            name = line.rsplit(" ", 1)[0]
+            name = line.split(" ", 1)[0]
             counts[name] = counts.get(name, 0) + 1
     return counts
