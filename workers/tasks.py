@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from workers import app_script, folder_monitor, store
@@ -24,6 +25,8 @@ from workers.fencing import Fence, record_tick, run_fenced
 from workers.heartbeat import run_cycle
 from workers.node import current_identity, current_settings
 from workers.routing import SHARED_QUEUE, node_queue, send_to_node
+from workers.settings import Settings
+from workers.store import Identity
 
 log = logging.getLogger(__name__)
 MANUAL_FAILOVER = "failover.manual_failover"
@@ -122,7 +125,7 @@ def service_tick(service: str, epoch: int) -> int | None:
     return run_fenced(settings, fence, lambda connection: record_tick(connection, fence))
 
 
-def _batch_sender(settings: Any, me: Any, epoch: int) -> Any:
+def _batch_sender(settings: Settings, me: Identity, epoch: int) -> Callable[[str, list[int]], None]:
     """Where handler batches go: the owner's own queue, or the shared processing queue."""
     queue = SHARED_QUEUE if settings.folder_dispatch == "shared" else node_queue(me.name)
     expires = max(60.0, settings.lease_timeout * 20)
