@@ -261,8 +261,15 @@ def run_script(ctx: click.Context, name: str, wait: bool, timeout: float) -> Non
 @click.option("--duration", default=0.0, show_default=True, help="Keep watching this long (s).")
 def demo(headless: bool, duration: float) -> None:
     """A local three-node cluster and a failover to watch; leaves nothing running."""
+    import signal
+
     from workers.demo import Demo, summary
 
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for closing in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(closing, interrupt)
     console = Console()
     try:
         story = Demo(console, headless, duration).run()

@@ -19,13 +19,19 @@ def demo_folders() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("failover-demo-*"))
 
 
+def _of_a_demo(process: psutil.Process) -> bool:
+    """A server or node a demo started: its command line or its settings point into one."""
+    if "failover-demo-" in " ".join(process.info["cmdline"] or []):
+        return True
+    try:
+        return "failover-demo-" in process.environ().get("FAILOVER_CONFIG", "")
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+
+
 def assert_nothing_left(folders_before: set[Path]) -> None:
     """No process of the demo is running and no temporary folder of it remains."""
-    leftovers = [
-        p.info
-        for p in psutil.process_iter(["pid", "cmdline"])
-        if "failover-demo-" in " ".join(p.info["cmdline"] or [])
-    ]
+    leftovers = [p.info for p in psutil.process_iter(["pid", "cmdline"]) if _of_a_demo(p)]
     assert not leftovers
     assert demo_folders() == folders_before
 
@@ -79,4 +85,31 @@ def test_demo_on_embedded_servers_needs_no_setup():
     assert "servers: embedded PostgreSQL and Redis" in result.stdout
     assert "took folder_monitor at epoch 2" in result.stdout
     assert "processes left running: none" in result.stdout
+    assert_nothing_left(before)
+
+
+def test_a_demo_stopped_by_a_signal_leaves_nothing_behind(database_url, broker_url):
+    """Closing the terminal (SIGHUP) or a kill (SIGTERM) cleans up like Ctrl-C does."""
+    import signal
+    import time
+
+    before = demo_folders()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAILOVER_")}
+    env.update(FAILOVER_DATABASE_URL=database_url, FAILOVER_BROKER_URL=broker_url)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "workers", "demo", "--headless", "--duration", "120"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    assert demo.stdout is not None
+    for line in demo.stdout:
+        if "killing" in line or time.monotonic() > deadline:
+            break
+    demo.send_signal(signal.SIGHUP)
+    output = demo.communicate(timeout=60)[0]
+    assert demo.returncode == 130, output
+    assert "every process it started is gone" in output
     assert_nothing_left(before)
