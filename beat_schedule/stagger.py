@@ -16,9 +16,8 @@ from typing import Any
 
 from celery.schedules import BaseSchedule, schedstate
 
+from workers.routing import HEARTBEAT as HEARTBEAT_TASK
 from workers.routing import node_queue
-
-HEARTBEAT_TASK = "failover.heartbeat"
 
 
 def stagger_phase(node: str, interval: float) -> float:

@@ -19,11 +19,9 @@ from workers import store
 from workers.database import transaction
 from workers.errors import ConfigError, Refused
 from workers.placement import best_candidate, move_refusal
-from workers.routing import send_to_node
+from workers.routing import MANUAL_FAILOVER, RUN_SCRIPT, send_to_node
 from workers.settings import Settings, require_service
 from workers.snapshot import Snapshot
-
-MANUAL_FAILOVER = "failover.manual_failover"
 
 
 @dataclass(frozen=True)
@@ -168,7 +166,7 @@ def run_script_now(
         raise Refused("no node owns app_script now: is any node running?")
     if not owner.is_live(snapshot.now):
         raise Refused(f"the owner of app_script, {owner.name}, is not live (no fresh lease)")
-    result = send_to_node(app, "failover.run_script", owner.name, (name, service.epoch), timeout)
+    result = send_to_node(app, RUN_SCRIPT, owner.name, (name, service.epoch), timeout)
     queued = {"node": owner.name, "epoch": service.epoch}
     if not wait:
         result.forget()

@@ -28,7 +28,7 @@ from celery.signals import after_setup_logger, worker_process_init, worker_shutt
 from workers import store
 from workers.database import forget_inherited_engines, transaction
 from workers.errors import ConfigError, FailoverError
-from workers.routing import SHARED_QUEUE, node_from_queue, node_queue, send_to_node
+from workers.routing import HEARTBEAT, SHARED_QUEUE, node_from_queue, node_queue, send_to_node
 from workers.settings import ENV_PREFIX, Settings, load_settings
 from workers.store import Identity, Registration
 
@@ -101,7 +101,7 @@ def register_death(app: Any, settings: Settings, me: Identity) -> None:
     for peer in peers:
         if peer.is_live(now):
             args = (peer.name, peer.incarnation)
-            send_to_node(app, "failover.heartbeat", peer.name, args, settings.heartbeat_interval)
+            send_to_node(app, HEARTBEAT, peer.name, args, settings.heartbeat_interval)
 
 
 def _node_of_worker(worker: Any) -> str | None:

@@ -12,6 +12,16 @@ from typing import Any
 QUEUE_PREFIX = "node."
 SHARED_QUEUE = "failover.processing"
 
+# Task names, as Flower shows them: one definition for the tasks and all who send them.
+HEARTBEAT = "failover.heartbeat"
+TAKEOVER = "failover.takeover"
+MANUAL_FAILOVER = "failover.manual_failover"
+SERVICE_TICK = "failover.service_tick"
+FOLDER_SCAN = "failover.folder_scan"
+HANDLE_FILES = "failover.handle_files"
+SCRIPT_TICK = "failover.script_tick"
+RUN_SCRIPT = "failover.run_script"
+
 
 def node_queue(node: str) -> str:
     return f"{QUEUE_PREFIX}{node}"

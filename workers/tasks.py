@@ -24,12 +24,23 @@ from workers.errors import StaleEpoch
 from workers.fencing import Fence, record_tick, run_fenced
 from workers.heartbeat import run_cycle
 from workers.node import current_identity, current_settings
-from workers.routing import SHARED_QUEUE, node_queue, send_to_node
+from workers.routing import (
+    FOLDER_SCAN,
+    HANDLE_FILES,
+    HEARTBEAT,
+    MANUAL_FAILOVER,
+    RUN_SCRIPT,
+    SCRIPT_TICK,
+    SERVICE_TICK,
+    SHARED_QUEUE,
+    TAKEOVER,
+    node_queue,
+    send_to_node,
+)
 from workers.settings import Settings
 from workers.store import Identity
 
 log = logging.getLogger(__name__)
-MANUAL_FAILOVER = "failover.manual_failover"
 
 
 class CeleryTransport:
@@ -41,23 +52,23 @@ class CeleryTransport:
 
     def enqueue_takeover(self, action: Acquire) -> None:
         args = (action.service, action.from_node, action.epoch, action.reason, action.why)
-        send_to_node(app, "failover.takeover", self.node, args, self.expires)
+        send_to_node(app, TAKEOVER, self.node, args, self.expires)
 
     def dispatch_service(self, action: Dispatch) -> None:
         args = (action.service, action.epoch)
-        send_to_node(app, "failover.service_tick", self.node, args, self.expires)
+        send_to_node(app, SERVICE_TICK, self.node, args, self.expires)
         settings = current_settings()
         if action.service == folder_monitor.SERVICE and settings.folders():
-            send_to_node(app, "failover.folder_scan", self.node, (action.epoch,), self.expires)
+            send_to_node(app, FOLDER_SCAN, self.node, (action.epoch,), self.expires)
         if action.service == app_script.SERVICE and settings.scripts:
-            send_to_node(app, "failover.script_tick", self.node, (action.epoch,), self.expires)
+            send_to_node(app, SCRIPT_TICK, self.node, (action.epoch,), self.expires)
 
     def request_handover(self, action: Handover) -> None:
         args = (action.service, f"node {self.node} (draining)", f"{self.node} is draining")
         send_to_node(app, MANUAL_FAILOVER, action.to, args, self.expires)
 
 
-@app.task(name="failover.heartbeat", ignore_result=True)
+@app.task(name=HEARTBEAT, ignore_result=True)
 def heartbeat(node: str, incarnation: str) -> str:
     """Renew this node's lease and act on the cluster snapshot; returns the verdict."""
     settings = current_settings()
@@ -70,7 +81,7 @@ def heartbeat(node: str, incarnation: str) -> str:
     return decision.verdict
 
 
-@app.task(name="failover.takeover", ignore_result=True)
+@app.task(name=TAKEOVER, ignore_result=True)
 def takeover(service: str, from_node: str | None, epoch: int, reason: str, why: str) -> str:
     """Invariant 2: move `service` to this node under the row lock, if the facts still hold."""
     settings = current_settings()
@@ -117,7 +128,7 @@ def manual_failover(service: str, actor: str, why: str) -> dict[str, Any]:
     return {"service": service, "node": me.name, "epoch": epoch, "refusal": refusal}
 
 
-@app.task(name="failover.service_tick", ignore_result=True)
+@app.task(name=SERVICE_TICK, ignore_result=True)
 def service_tick(service: str, epoch: int) -> int | None:
     """A service's due work: here, one fenced tick that tests and operators can observe."""
     settings = current_settings()
@@ -131,14 +142,12 @@ def _batch_sender(settings: Settings, me: Identity, epoch: int) -> Callable[[str
     expires = max(60.0, settings.lease_timeout * 20)
 
     def send(folder: str, ids: list[int]) -> None:
-        app.send_task(
-            "failover.handle_files", args=(folder, ids, epoch), queue=queue, expires=expires
-        )
+        app.send_task(HANDLE_FILES, args=(folder, ids, epoch), queue=queue, expires=expires)
 
     return send
 
 
-@app.task(name="failover.folder_scan", ignore_result=True)
+@app.task(name=FOLDER_SCAN, ignore_result=True)
 def folder_scan(epoch: int) -> dict[str, int]:
     """Scan every hot folder: record arrivals, claim settled files, dispatch handler batches."""
     settings = current_settings()
@@ -151,7 +160,7 @@ def folder_scan(epoch: int) -> dict[str, int]:
         return {}
 
 
-@app.task(name="failover.handle_files", ignore_result=True)
+@app.task(name=HANDLE_FILES, ignore_result=True)
 def handle_files(folder: str, ids: list[int], epoch: int) -> int:
     """Run the folder's handler on a batch of claimed files, then ask for more work."""
     settings = current_settings()
@@ -166,14 +175,14 @@ def handle_files(folder: str, ids: list[int], epoch: int) -> int:
     return handled
 
 
-@app.task(name="failover.script_tick", ignore_result=True)
+@app.task(name=SCRIPT_TICK, ignore_result=True)
 def script_tick(epoch: int) -> list[str]:
     """Run the scripts whose scheduled time has come (each slot once)."""
     settings = current_settings()
     return app_script.tick(settings, Fence(app_script.SERVICE, current_identity(), epoch))
 
 
-@app.task(name="failover.run_script", ignore_result=False)
+@app.task(name=RUN_SCRIPT, ignore_result=False)
 def run_script(name: str, epoch: int) -> dict[str, Any]:
     """An on-demand run of an allow-listed script, refused before it starts if stale."""
     settings = current_settings()

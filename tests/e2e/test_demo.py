@@ -19,6 +19,12 @@ def demo_folders() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("failover-demo-*"))
 
 
+def demo_env(**settings: str) -> dict[str, str]:
+    """This environment without any FAILOVER_ setting of the caller's, plus `settings`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FAILOVER_")}
+    return {**clean, **settings}
+
+
 def _of_a_demo(process: psutil.Process) -> bool:
     """A server or node a demo started: its command line or its settings point into one."""
     if "failover-demo-" in " ".join(process.info["cmdline"] or []):
@@ -38,8 +44,7 @@ def assert_nothing_left(folders_before: set[Path]) -> None:
 
 def test_headless_demo_shows_a_takeover_and_leaves_nothing_running(database_url, broker_url):
     before = demo_folders()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAILOVER_")}
-    env.update(FAILOVER_DATABASE_URL=database_url, FAILOVER_BROKER_URL=broker_url)
+    env = demo_env(FAILOVER_DATABASE_URL=database_url, FAILOVER_BROKER_URL=broker_url)
     result = subprocess.run(
         [sys.executable, "-m", "workers", "demo", "--headless", "--duration", "5"],
         capture_output=True,
@@ -73,7 +78,7 @@ def test_headless_demo_shows_a_takeover_and_leaves_nothing_running(database_url,
 def test_demo_on_embedded_servers_needs_no_setup():
     """The README's first command, as on a fresh machine: no server given at all."""
     before = demo_folders()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAILOVER_")}
+    env = demo_env()
     result = subprocess.run(
         [sys.executable, "-m", "workers", "demo", "--headless"],
         capture_output=True,
@@ -94,8 +99,7 @@ def test_a_demo_stopped_by_a_signal_leaves_nothing_behind(database_url, broker_u
     import time
 
     before = demo_folders()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAILOVER_")}
-    env.update(FAILOVER_DATABASE_URL=database_url, FAILOVER_BROKER_URL=broker_url)
+    env = demo_env(FAILOVER_DATABASE_URL=database_url, FAILOVER_BROKER_URL=broker_url)
     demo = subprocess.Popen(
         [sys.executable, "-m", "workers", "demo", "--headless", "--duration", "120"],
         stdout=subprocess.PIPE,
