@@ -93,6 +93,10 @@ class FaultProxy:
         """Reset every connection and refuse new ones, like a server that went away."""
         listener, self._listener = self._listener, None
         if listener is not None:
+            # close() alone leaves it listening until the accept loop's accept() times out,
+            # and a client connecting meanwhile would be let through; shutdown() stops it now.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         with self._lock:
             pairs = list(self._pairs)
