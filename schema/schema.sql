@@ -25,7 +25,11 @@ CREATE TABLE server_registry (
     app_healthy BOOLEAN,
     last_verdict TEXT,
     -- side effects of this node's service tasks that the epoch fence rejected (a counter)
-    rejected_side_effects BIGINT NOT NULL DEFAULT 0
+    rejected_side_effects BIGINT NOT NULL DEFAULT 0,
+    -- what the node measured of its distance to the stores (milliseconds)
+    db_round_trip_ms REAL,
+    broker_round_trip_ms REAL,
+    heartbeat_cycle_ms REAL
 );
 
 -- The seed's service_status (id, service_registry_id, service_type): one row, one owner,
@@ -39,7 +43,9 @@ CREATE TABLE service_status (
     acquired_reason VARCHAR(32)
         CHECK (acquired_reason IN ('startup', 'takeover', 'manual', 'release', 'failback')),
     acquired_by VARCHAR(255),
-    acquired_detail TEXT
+    acquired_detail TEXT,
+    -- the region of the owner it last left: that region's nodes may claim it first
+    home_region VARCHAR(63)
 );
 
 -- Append-only: every change of owner, written by the trigger below and never by hand.
@@ -130,6 +136,10 @@ BEGIN
         RAISE EXCEPTION 'service %: a change of owner must raise the epoch by one (% -> %)',
             OLD.service_type, OLD.epoch, NEW.epoch;
     END IF;
+    NEW.home_region := COALESCE(
+        (SELECT region FROM server_registry WHERE id = OLD.service_registry_id),
+        OLD.home_region
+    );
     INSERT INTO ownership_history
         (service_type, from_node, to_node, epoch, reason, actor, detail, changed_at)
     VALUES (
@@ -157,5 +167,55 @@ $$;
 CREATE TRIGGER ownership_history_append_only
     BEFORE UPDATE OR DELETE ON ownership_history
     FOR EACH ROW EXECUTE FUNCTION ownership_history_append_only();
+
+-- One heartbeat in one statement (one round trip): renew this incarnation's lease (only
+-- while its application is healthy), store its measured latencies, and return what the
+-- node decides on: the database time, the registry and the services, as JSON.
+-- The judging window (lease_started_at) starts again when the lease had lapsed, the node
+-- was marked inactive, or its previous renewal is older than 1.5 heartbeat intervals: a
+-- node whose own beats were interrupted (an outage, a pause, a slow far link) gives its
+-- peers a whole lease again before it judges them.
+CREATE FUNCTION failover_heartbeat(
+    p_node TEXT,
+    p_incarnation UUID,
+    p_healthy BOOLEAN,
+    p_db_round_trip_ms REAL,
+    p_broker_round_trip_ms REAL,
+    p_heartbeat_cycle_ms REAL
+) RETURNS JSON
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now TIMESTAMPTZ := clock_timestamp();
+    v_renewed BOOLEAN;
+BEGIN
+    UPDATE server_registry SET
+        lease_started_at = CASE
+            WHEN p_healthy AND (
+                NOT is_active
+                OR last_heartbeat_at + lease_timeout_s * interval '1 second' < v_now
+                OR last_heartbeat_at + 1.5 * heartbeat_interval_s * interval '1 second' < v_now)
+            THEN v_now ELSE lease_started_at END,
+        last_heartbeat_at = CASE WHEN p_healthy THEN v_now ELSE last_heartbeat_at END,
+        is_active = is_active OR p_healthy,
+        app_healthy = p_healthy,
+        db_round_trip_ms = COALESCE(p_db_round_trip_ms, db_round_trip_ms),
+        broker_round_trip_ms = COALESCE(p_broker_round_trip_ms, broker_round_trip_ms),
+        heartbeat_cycle_ms = COALESCE(p_heartbeat_cycle_ms, heartbeat_cycle_ms)
+    WHERE node_name = p_node AND incarnation = p_incarnation AND stopped_at IS NULL;
+    v_renewed := FOUND;
+    RETURN json_build_object(
+        'renewed', v_renewed,
+        'nodes', (SELECT COALESCE(json_agg(n ORDER BY n.node_name), '[]'::json) FROM (
+            SELECT id, node_name, region, is_active, last_heartbeat_at, lease_started_at,
+                   lease_timeout_s, draining, stopped_at, incarnation, app_healthy,
+                   last_verdict
+            FROM server_registry) AS n),
+        'services', (SELECT COALESCE(json_agg(s ORDER BY s.service_type), '[]'::json) FROM (
+            SELECT service_type, service_registry_id, epoch, acquired_at, acquired_reason,
+                   home_region
+            FROM service_status) AS s),
+        'now', clock_timestamp());
+END
+$$;
 
 INSERT INTO service_status (service_type, epoch) VALUES ('folder_monitor', 0), ('app_script', 0);

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from threading import Lock
+from typing import Any
 
-from psycopg.errors import UndefinedColumn, UndefinedTable
+import psycopg
+from psycopg.errors import UndefinedColumn, UndefinedFunction, UndefinedTable
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
@@ -45,7 +47,6 @@ def _create_engine(settings: Settings, url: str) -> Engine:
     )
     return create_engine(
         url,
-        pool_pre_ping=True,
         pool_size=2,
         max_overflow=4,
         pool_recycle=300,
@@ -53,6 +54,7 @@ def _create_engine(settings: Settings, url: str) -> Engine:
             "options": options,
             "connect_timeout": max(2, math.ceil(settings.database_timeout * 2)),
             "application_name": f"failover:{settings.node_name or 'cli'}:{os.getpid()}",
+            "prepare_threshold": None,
         },
     )
 
@@ -88,6 +90,64 @@ def transaction(settings: Settings, url: str | None = None) -> Iterator[Connecti
                 "run `failover db upgrade`"
             ) from None
         raise
+
+
+def bounded(settings: Settings) -> str:
+    """The `SET LOCAL`s that bound one transaction's waits: carried in the transaction itself,
+    not in connect-time options, so they cost no round trip and survive PgBouncer."""
+    timeout_ms = int(settings.database_timeout * 1000)
+    return f"SET LOCAL statement_timeout = {timeout_ms}; SET LOCAL lock_timeout = {timeout_ms}; "
+
+
+def one_round_trip(settings: Settings, statement: str, params: Mapping[str, object]) -> object:
+    """Run `statement` as its own transaction in one message: one network round trip.
+
+    The parameters are bound on the client and sent with the bounds of `bounded` as one
+    simple query, which PostgreSQL runs as one implicit transaction (committed at its end,
+    rolled back on any error). Returns the first column of the statement's first row.
+    A connection found dead (the database restarted or failed over) is dropped and the
+    statement is tried once more on a new one: no ping before every use (a round trip each).
+    """
+    engine = engine_for(settings)
+    for attempt in (1, 2):
+        with engine.connect() as connection:
+            driver = connection.connection.driver_connection
+            assert isinstance(driver, psycopg.Connection)
+            try:
+                return _send(driver, bounded(settings), statement, params)
+            except psycopg.OperationalError as error:
+                connection.invalidate()
+                if attempt == 2 or not driver.broken:
+                    raise DatabaseUnavailable(
+                        f"database unavailable at {_shown(engine)}: {_first_line_of(error)}"
+                    ) from None
+            except UndefinedFunction:
+                raise DatabaseUnavailable(
+                    f"the failover schema in {_shown(engine)} is older than this version: "
+                    "run `failover db upgrade`"
+                ) from None
+    raise AssertionError("unreachable")
+
+
+def _send(
+    driver: psycopg.Connection[Any], bounds: str, statement: str, params: Mapping[str, object]
+) -> object:
+    driver.autocommit = True
+    try:
+        query = bounds + psycopg.ClientCursor(driver).mogrify(statement, params)
+        cursor = driver.execute(query)
+        while cursor.description is None and cursor.nextset():
+            pass
+        row = cursor.fetchone()
+        return row[0] if row else None
+    finally:
+        if not driver.broken and not driver.closed:
+            driver.autocommit = False
+
+
+def _first_line_of(error: Exception) -> str:
+    text_ = str(error).strip()
+    return text_.splitlines()[0] if text_ else type(error).__name__
 
 
 def _shown(engine: Engine) -> str:

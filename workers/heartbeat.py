@@ -1,24 +1,27 @@
 """One heartbeat of a node, as a sequence of short named phases.
 
 1. check the node's own application over HTTP (when an address is registered);
-2. renew the lease from the database clock (only while the application is healthy);
-3. read one snapshot and `decide` on it (pure);
-4. apply: mark dead peers inactive, enqueue takeover tasks, dispatch owned services' work;
-5. store the verdict and log each decision as one line.
+2. in one statement (one round trip): renew the lease from the database clock (only while
+   the application is healthy), store the node's measured latencies, read the snapshot;
+3. `decide` on the snapshot (pure);
+4. apply: mark dead peers inactive and store a changed verdict (one more round trip, only
+   then), enqueue takeover tasks, send the owned services' work as one message; log each
+   decision as one line.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import requests
 
-from workers import store
-from workers.database import transaction
+from workers import local_state, store
 from workers.decide import Acquire, Decision, Dispatch, Handover, MarkInactive, Wait, decide
 from workers.settings import Settings
+from workers.snapshot import Snapshot
 from workers.store import Identity
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ class Transport(Protocol):
 
     def enqueue_takeover(self, action: Acquire) -> None: ...
 
-    def dispatch_service(self, action: Dispatch) -> None: ...
+    def dispatch_services(self, actions: list[Dispatch]) -> None: ...
 
     def request_handover(self, action: Handover) -> None: ...
 
@@ -57,37 +60,82 @@ def application_problem(settings: Settings) -> str | None:
     return None
 
 
-def run_cycle(settings: Settings, me: Identity, transport: Transport) -> Decision:
-    """Run one heartbeat and return what it decided."""
+@dataclass(frozen=True)
+class Beat:
+    """What the beat knows of the heartbeat it sent: its scheduled tick (Unix time on this
+    host) and how long the previous publish to the broker took (one round trip)."""
+
+    tick: float | None = None
+    broker_round_trip_ms: float | None = None
+
+
+CYCLE_WARN_FRACTION = 1 / 3
+
+
+def run_cycle(settings: Settings, me: Identity, transport: Transport, beat: Beat) -> Decision:
+    """Run one heartbeat and return what it decided: one database round trip when nothing
+    changes, two when it marks a dead peer or its verdict changes."""
     problem = application_problem(settings)
-    with transaction(settings) as connection:
-        if problem:
-            store.record_unhealthy(connection, me)
-        elif not store.renew_lease(connection, me):
-            return Decision((), "this incarnation is stopped or replaced")
-        snapshot = store.read_snapshot(connection)
+    latency = store.Latency(
+        local_state.recall(me.incarnation, "db_round_trip_ms"),
+        beat.broker_round_trip_ms,
+        local_state.recall(me.incarnation, "heartbeat_cycle_ms"),
+    )
+    sent = time.perf_counter()
+    snapshot = store.heartbeat(settings, me, problem is None, latency)
+    _measure(settings, me, (time.perf_counter() - sent) * 1000, beat)
+    if snapshot is None:
+        return Decision((), "this incarnation is stopped or replaced")
     decision = decide(snapshot, me.name, settings.policy())
     if problem:
         log.warning("node %s: not renewing its lease: %s", me.name, problem)
         decision = replace(decision, verdict=f"not renewing: {problem}; {decision.verdict}")
-    _apply(settings, me, decision, transport)
+    _apply(settings, me, snapshot, decision, transport)
     return decision
 
 
-def _apply(settings: Settings, me: Identity, decision: Decision, transport: Transport) -> None:
-    with transaction(settings) as connection:
-        for action in decision.actions:
-            if isinstance(action, MarkInactive) and store.mark_inactive(connection, action):
-                log.warning("node %s: %s", me.name, action.describe())
-        store.record_verdict(connection, me, decision.verdict)
+def _measure(settings: Settings, me: Identity, db_ms: float, beat: Beat) -> None:
+    """Keep the round trip and the cycle (tick to renewal) for the next beat to store, and
+    warn once when the cycle eats more than a third of the lease."""
+    local_state.remember(me.incarnation, "db_round_trip_ms", db_ms)
+    if beat.tick is None:
+        return
+    cycle_ms = max(0.0, (time.time() - beat.tick) * 1000)
+    previous = local_state.recall(me.incarnation, "heartbeat_cycle_ms") or 0.0
+    local_state.remember(me.incarnation, "heartbeat_cycle_ms", cycle_ms)
+    limit_ms = settings.node_lease_timeout() * CYCLE_WARN_FRACTION * 1000
+    if cycle_ms > limit_ms >= previous:
+        log.warning(
+            "node %s: heartbeat cycle %.0f ms (database round trip %.0f ms) is over a third "
+            "of its %g s lease: raise FAILOVER_REGION_LEASE_TIMEOUT for region %s (see the "
+            "README, far regions)",
+            me.name,
+            cycle_ms,
+            db_ms,
+            settings.node_lease_timeout(),
+            settings.region,
+        )
+
+
+def _apply(
+    settings: Settings, me: Identity, snapshot: Snapshot, decision: Decision, transport: Transport
+) -> None:
+    marks = [action for action in decision.actions if isinstance(action, MarkInactive)]
+    mine = snapshot.node(me.name)
+    if marks or (mine is not None and mine.last_verdict != decision.verdict):
+        marked = set(store.apply_marks_and_verdict(settings, me, marks, decision.verdict))
+        for mark in marks:
+            if mark.node in marked:
+                log.warning("node %s: %s", me.name, mark.describe())
     for action in decision.actions:
         if isinstance(action, Acquire):
             log.info("node %s: %s", me.name, action.describe())
             transport.enqueue_takeover(action)
-        elif isinstance(action, Dispatch):
-            transport.dispatch_service(action)
         elif isinstance(action, Handover):
             log.info("node %s: %s", me.name, action.describe())
             transport.request_handover(action)
         elif isinstance(action, Wait):
             log.info("node %s: %s", me.name, action.describe())
+    dispatches = [action for action in decision.actions if isinstance(action, Dispatch)]
+    if dispatches:
+        transport.dispatch_services(dispatches)

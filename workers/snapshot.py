@@ -25,6 +25,7 @@ class Node:
     stopped_at: datetime | None = None
     incarnation: str = ""
     app_healthy: bool | None = None
+    last_verdict: str | None = None
 
     @property
     def lease_expires_at(self) -> datetime:
@@ -48,6 +49,7 @@ class Service:
     epoch: int
     acquired_at: datetime | None = None
     reason: str | None = None
+    home_region: str | None = None
 
 
 @dataclass(frozen=True)

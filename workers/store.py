@@ -8,17 +8,20 @@ the history row, so no code path can change an owner silently.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, case, func, literal_column, select, update
+from sqlalchemy import Connection, Row, func, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert
 
+from workers.database import one_round_trip
 from workers.decide import Acquire, MarkInactive, Policy, refusal_to_acquire
 from workers.errors import Refused
 from workers.placement import move_refusal
+from workers.settings import Settings
 from workers.snapshot import Node, Service, Snapshot
 from workers.tables import server_registry as nodes_t
 from workers.tables import service_status as services_t
@@ -74,6 +77,7 @@ def _node(row: Row[Any]) -> Node:
         stopped_at=row.stopped_at,
         incarnation=str(row.incarnation),
         app_healthy=row.app_healthy,
+        last_verdict=row.last_verdict,
     )
 
 
@@ -84,12 +88,117 @@ def _service(row: Row[Any]) -> Service:
         epoch=row.epoch,
         acquired_at=row.acquired_at,
         reason=row.acquired_reason,
+        home_region=row.home_region,
     )
 
 
 def read_nodes(connection: Connection) -> tuple[Node, ...]:
     rows = connection.execute(select(nodes_t).order_by(nodes_t.c.node_name))
     return tuple(_node(row) for row in rows)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """What a node measured of its distance to the stores, in milliseconds (None: unknown)."""
+
+    db_round_trip_ms: float | None = None
+    broker_round_trip_ms: float | None = None
+    heartbeat_cycle_ms: float | None = None
+
+
+HEARTBEAT_SQL = (
+    "SELECT failover_heartbeat(%(node)s, %(incarnation)s, %(healthy)s, "
+    "%(db)s::real, %(broker)s::real, %(cycle)s::real)"
+)
+
+
+def heartbeat(settings: Settings, me: Identity, healthy: bool, latency: Latency) -> Snapshot | None:
+    """One heartbeat's database work in one round trip: renew (if healthy) and read.
+
+    Returns the snapshot to decide on, or None when this incarnation is stopped or replaced.
+    """
+    params = {
+        "node": me.name,
+        "incarnation": uuid.UUID(me.incarnation),
+        "healthy": healthy,
+        "db": latency.db_round_trip_ms,
+        "broker": latency.broker_round_trip_ms,
+        "cycle": latency.heartbeat_cycle_ms,
+    }
+    found = one_round_trip(settings, HEARTBEAT_SQL, params)
+    answer = json.loads(found) if isinstance(found, str) else found
+    if not isinstance(answer, dict) or not answer["renewed"]:
+        return None
+    return snapshot_from_json(answer)
+
+
+def snapshot_from_json(answer: dict[str, Any]) -> Snapshot:
+    """The snapshot `failover_heartbeat` returns, as the decision code sees it."""
+    nodes = tuple(
+        Node(
+            id=row["id"],
+            name=row["node_name"],
+            region=row["region"],
+            is_active=row["is_active"],
+            last_heartbeat_at=_time(row["last_heartbeat_at"]),
+            lease_started_at=_time(row["lease_started_at"]),
+            lease_timeout=row["lease_timeout_s"],
+            draining=row["draining"],
+            stopped_at=_time(row["stopped_at"]) if row["stopped_at"] else None,
+            incarnation=str(row["incarnation"]),
+            app_healthy=row["app_healthy"],
+            last_verdict=row["last_verdict"],
+        )
+        for row in answer["nodes"]
+    )
+    services = tuple(
+        Service(
+            name=row["service_type"],
+            owner_id=row["service_registry_id"],
+            epoch=row["epoch"],
+            acquired_at=_time(row["acquired_at"]) if row["acquired_at"] else None,
+            reason=row["acquired_reason"],
+            home_region=row["home_region"],
+        )
+        for row in answer["services"]
+    )
+    return Snapshot(_time(answer["now"]), nodes, services)
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+APPLY_SQL = """
+WITH marked AS (
+    UPDATE server_registry AS s SET is_active = false
+    FROM json_to_recordset(%(marks)s::json) AS m(node TEXT, last_heartbeat_at TIMESTAMPTZ)
+    WHERE s.node_name = m.node AND s.is_active AND s.last_heartbeat_at = m.last_heartbeat_at
+    RETURNING s.node_name
+), verdict AS (
+    UPDATE server_registry SET last_verdict = %(verdict)s
+    WHERE node_name = %(node)s AND incarnation = %(incarnation)s AND stopped_at IS NULL
+)
+SELECT COALESCE(json_agg(node_name), '[]'::json) FROM marked
+"""
+
+
+def apply_marks_and_verdict(
+    settings: Settings, me: Identity, marks: list[MarkInactive], verdict: str
+) -> list[str]:
+    """Mark dead peers inactive (unless they renewed since) and store the verdict, in one
+    round trip; returns the names actually marked."""
+    params = {
+        "marks": json.dumps(
+            [{"node": m.node, "last_heartbeat_at": m.last_heartbeat_at.isoformat()} for m in marks]
+        ),
+        "verdict": verdict,
+        "node": me.name,
+        "incarnation": uuid.UUID(me.incarnation),
+    }
+    found = one_round_trip(settings, APPLY_SQL, params)
+    marked = json.loads(found) if isinstance(found, str) else found
+    return [str(name) for name in marked] if isinstance(marked, list) else []
 
 
 def read_snapshot(connection: Connection) -> Snapshot:
@@ -154,49 +263,6 @@ def _mine(me: Identity) -> Any:
         & (nodes_t.c.incarnation == uuid.UUID(me.incarnation))
         & nodes_t.c.stopped_at.is_(None)
     )
-
-
-def renew_lease(connection: Connection, me: Identity) -> bool:
-    """Extend this node's lease from the database clock; False if this incarnation is gone.
-
-    A lease that had lapsed (or a node marked inactive) starts a new unbroken lease now:
-    that start time is what the outage rule in `decide` measures from.
-    """
-    lapsed = (LEASE_EXPIRES < NOW) | ~nodes_t.c.is_active
-    result = connection.execute(
-        update(nodes_t)
-        .where(_mine(me))
-        .values(
-            lease_started_at=case((lapsed, NOW), else_=nodes_t.c.lease_started_at),
-            last_heartbeat_at=NOW,
-            is_active=True,
-            app_healthy=True,
-        )
-    )
-    return result.rowcount == 1
-
-
-def record_unhealthy(connection: Connection, me: Identity) -> None:
-    """Note that the node's own application failed its check: the lease is not renewed."""
-    connection.execute(update(nodes_t).where(_mine(me)).values(app_healthy=False))
-
-
-def record_verdict(connection: Connection, me: Identity, verdict: str) -> None:
-    connection.execute(update(nodes_t).where(_mine(me)).values(last_verdict=verdict))
-
-
-def mark_inactive(connection: Connection, action: MarkInactive) -> bool:
-    """Mark a dead peer inactive, unless it renewed its lease since the snapshot saw it."""
-    result = connection.execute(
-        update(nodes_t)
-        .where(
-            (nodes_t.c.node_name == action.node)
-            & nodes_t.c.is_active
-            & (nodes_t.c.last_heartbeat_at == action.last_heartbeat_at)
-        )
-        .values(is_active=False)
-    )
-    return result.rowcount == 1
 
 
 def _lock_service(connection: Connection, service: str) -> tuple[Row[Any], Snapshot]:

@@ -46,6 +46,9 @@ server_registry = Table(
     Column("app_healthy", Boolean),
     Column("last_verdict", Text),
     Column("rejected_side_effects", BigInteger, nullable=False),
+    Column("db_round_trip_ms", Float),
+    Column("broker_round_trip_ms", Float),
+    Column("heartbeat_cycle_ms", Float),
 )
 
 service_status = Table(
@@ -59,6 +62,7 @@ service_status = Table(
     Column("acquired_reason", String(32)),
     Column("acquired_by", String(255)),
     Column("acquired_detail", Text),
+    Column("home_region", String(63)),
 )
 
 ownership_history = Table(

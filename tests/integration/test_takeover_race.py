@@ -95,8 +95,7 @@ def test_takeover_is_refused_when_the_owner_renewed_after_it_was_planned(setting
     epoch = give(settings, SERVICE, "a")
     taker = add_node(settings, "b")
     # When a renews its lease before the takeover task runs
-    with transaction(settings) as connection:
-        assert store.renew_lease(connection, owner)
+    assert store.heartbeat(settings, owner, True, store.Latency()) is not None
     action = Acquire(SERVICE, "a", epoch, "takeover", "lease expired")
     with transaction(settings) as connection:
         refusal = store.acquire(connection, taker, action, "node b", Policy())
