@@ -2,26 +2,55 @@
 
 No schedule file: a node's beat lives and dies with its worker, and an interval entry is
 sent once after a gap rather than replayed, so there is nothing worth persisting.
+
+Each heartbeat it sends carries its scheduled tick and how long the previous publish took
+(one broker round trip), and none is sent while the previous one still waits in the
+node's queue: a node that falls behind skips beats instead of queueing expired ones.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from typing import Any
 
-from celery.beat import Scheduler
+from celery.beat import ScheduleEntry, Scheduler
 
-from beat_schedule.stagger import build_schedule
+from beat_schedule.stagger import Staggered, build_schedule
+from workers import local_state
+from workers.routing import HEARTBEAT
 
 
 class NodeScheduler(Scheduler):  # type: ignore[misc]
     """Schedules the heartbeat of the node named by `FAILOVER_NODE_NAME` in this process."""
+
+    broker_round_trip_ms: float | None = None
 
     def setup_schedule(self) -> None:
         from workers.node import current_identity, current_settings
 
         me = current_identity()
         interval = current_settings().heartbeat_interval
+        self.incarnation = me.incarnation
         self.merge_inplace(build_schedule(me.name, me.incarnation, interval))
+
+    def apply_async(
+        self, entry: ScheduleEntry, producer: Any = None, advance: bool = True, **kwargs: Any
+    ) -> Any:
+        """Send the heartbeat with its tick and the last publish time, unless one waits."""
+        schedule = entry.schedule
+        if not isinstance(schedule, Staggered):
+            return super().apply_async(entry, producer, advance, **kwargs)
+        if not local_state.reserve(self.incarnation, HEARTBEAT, schedule.interval):
+            return None
+        entry.kwargs = {
+            "tick": schedule.last_slot(time.time()),
+            "broker_round_trip_ms": self.broker_round_trip_ms,
+        }
+        started = time.perf_counter()
+        result = super().apply_async(entry, producer, advance, **kwargs)
+        self.broker_round_trip_ms = (time.perf_counter() - started) * 1000
+        return result
 
     def sync(self) -> None:
         """Nothing to save: the schedule is rebuilt from settings at every start."""

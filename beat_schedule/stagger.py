@@ -40,6 +40,10 @@ class Staggered(BaseSchedule):  # type: ignore[misc]
         k = math.floor((after - self.phase) / self.interval) + 1
         return self.phase + k * self.interval
 
+    def last_slot(self, at: float) -> float:
+        """The latest tick at or before the Unix time `at`."""
+        return self.next_slot(at) - self.interval
+
     def is_due(self, last_run_at: datetime) -> schedstate:
         now = time.time()
         due_at = self.next_slot(last_run_at.timestamp())

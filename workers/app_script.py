@@ -25,7 +25,6 @@ from typing import Any
 from croniter import croniter
 from sqlalchemy import Connection, text
 
-from workers.errors import StaleEpoch
 from workers.fencing import Fence, fenced
 from workers.settings import ScriptSettings, Settings
 
@@ -215,21 +214,28 @@ def run_recorded(settings: Settings, name: str, fence: Fence, run_id: int) -> Ru
     return result
 
 
-def tick(settings: Settings, fence: Fence) -> list[str]:
-    """Run each due script once (on the owner); returns the names run."""
-    ran: list[str] = []
+def take_due_runs(
+    connection: Connection, settings: Settings, fence: Fence
+) -> list[tuple[str, int]]:
+    """In the owner's fenced transaction: close orphaned runs, then record each due script's
+    run as started; returns (script, run id) for each run to execute."""
+    close_orphans(connection, fence)
+    rows = connection.execute(
+        text(
+            "SELECT clock_timestamp(), s.script, s.last_due_at FROM (SELECT 1) AS one "
+            "LEFT JOIN script_schedule AS s ON true"
+        )
+    ).all()
+    now = rows[0][0]
+    last_due = {row.script: row.last_due_at for row in rows if row.script is not None}
+    runs = []
     for name, script in sorted(settings.scripts.items()):
-        try:
-            with fenced(settings, fence) as connection:
-                close_orphans(connection, fence)
-                run_id = take_due_run(connection, name, script, fence, settings.lease_timeout)
-        except StaleEpoch as refusal:
-            log.warning("node %s: rejected stale work on %s: %s", fence.me.name, SERVICE, refusal)
-            return ran
+        if name in last_due and due(script, last_due[name], now) is None:
+            continue
+        run_id = take_due_run(connection, name, script, fence, settings.lease_timeout)
         if run_id is not None:
-            run_recorded(settings, name, fence, run_id)
-            ran.append(name)
-    return ran
+            runs.append((name, run_id))
+    return runs
 
 
 def run_now(settings: Settings, name: str, fence: Fence) -> dict[str, Any]:

@@ -15,12 +15,20 @@ from workers.settings import Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings for a node: JSON only, early acks, bounded waits on the broker."""
+    """Celery settings for a node: JSON only, early acks, bounded waits on the broker.
+
+    Every message costs round trips to Redis, and a far region pays 100-250 ms for each, so
+    a node keeps only those that earn their cost (measured: tests/benchmarks/far_regions.py):
+    no ack emulation (the Redis transport's unacked bookkeeping: a hash and a sorted set per
+    message, to redeliver after an hour what the database already re-decides within a
+    lease) and no task events unless `FAILOVER_TASK_EVENTS` asks for them (a publish per
+    task state; Flower still sees every worker through its worker heartbeats).
+    """
     broker_options: dict[str, Any] = {
         "socket_timeout": 5.0,
         "socket_connect_timeout": 2.0,
         "retry_on_timeout": True,
-        "visibility_timeout": 3600,
+        "ack_emulation": False,
     }
     if settings.sentinel_master:
         broker_options["master_name"] = settings.sentinel_master
@@ -47,8 +55,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "interval_max": 0.5,
         },
         "task_default_queue": "failover.unrouted",
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "timezone": "UTC",
         "enable_utc": True,

@@ -225,13 +225,14 @@ def _better_placed_wait(
 ) -> str | None:
     """A reason to leave the service to better-placed live nodes for now, or None to go ahead.
 
-    Better placed: preferred by the service's placement, or in the region it is leaving.
+    Better placed: preferred by the service's placement, or in the region it is leaving (its
+    dead owner's, or for an unowned service the region of the owner that released it).
     They get `cross_region_delay` seconds to act first.
     """
     if waited >= policy.cross_region_delay:
         return None
     placement = policy.placement(service.name)
-    home = owner.region if owner else None
+    home = owner.region if owner else service.home_region
     mine = rank(me, placement, home)
     exclude = {me.name} | ({owner.name} if owner else set())
     better = [

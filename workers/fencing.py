@@ -99,10 +99,15 @@ def run_fenced(settings: Settings, fence: Fence, effect: Callable[[Connection], 
         with fenced(settings, fence) as connection:
             return effect(connection)
     except StaleEpoch as refusal:
-        log.warning("node %s: rejected stale work on %s: %s", fence.me.name, fence.service, refusal)
-        with transaction(settings) as connection:
-            record_rejection(connection, fence.me)
+        reject(settings, fence, refusal)
         return None
+
+
+def reject(settings: Settings, fence: Fence, refusal: StaleEpoch) -> None:
+    """The one path for stale work: log it and count it against this node."""
+    log.warning("node %s: rejected stale work on %s: %s", fence.me.name, fence.service, refusal)
+    with transaction(settings) as connection:
+        record_rejection(connection, fence.me)
 
 
 def record_tick(connection: Connection, fence: Fence) -> int:

@@ -10,7 +10,7 @@ go up, as Prometheus expects.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -54,9 +54,7 @@ class ClusterCollector(Collector):
                     history_t.c.service_type, history_t.c.reason
                 )
             ).all()
-            rejected = connection.execute(
-                select(nodes_t.c.node_name, nodes_t.c.rejected_side_effects)
-            ).all()
+            rows = connection.execute(select(nodes_t)).all()
         return [
             *_service_families(snapshot),
             *_node_families(snapshot),
@@ -70,9 +68,38 @@ class ClusterCollector(Collector):
                 "failover_rejected_side_effects",
                 "Side effects of service tasks rejected by the epoch fence, by node",
                 ["node"],
-                [([name], count) for name, count in rejected],
+                [([row.node_name], row.rejected_side_effects) for row in rows],
             ),
+            *_latency_families(rows),
         ]
+
+
+LATENCIES = (
+    ("db_round_trip_ms", "failover_node_db_round_trip_seconds", "The node's database round trip"),
+    (
+        "broker_round_trip_ms",
+        "failover_node_broker_round_trip_seconds",
+        "The node's broker round trip (one publish)",
+    ),
+    (
+        "heartbeat_cycle_ms",
+        "failover_node_heartbeat_cycle_seconds",
+        "From the beat's scheduled tick to the renewed lease",
+    ),
+)
+
+
+def _latency_families(rows: Sequence[Any]) -> list[Metric]:
+    """What each node measured of its distance to the stores, as it last stored it."""
+    families: list[Metric] = []
+    for column, name, doc in LATENCIES:
+        family = GaugeMetricFamily(name, doc, labels=["node", "region"])
+        for row in rows:
+            value = getattr(row, column)
+            if value is not None:
+                family.add_metric([row.node_name, row.region], value / 1000)
+        families.append(family)
+    return families
 
 
 def _counter(name: str, doc: str, labels: list[str], samples: list[Any]) -> Metric:

@@ -25,7 +25,7 @@ from typing import Any
 from celery import bootsteps
 from celery.signals import after_setup_logger, worker_process_init, worker_shutting_down
 
-from workers import store
+from workers import local_state, store
 from workers.database import forget_inherited_engines, transaction
 from workers.errors import ConfigError, FailoverError
 from workers.routing import HEARTBEAT, SHARED_QUEUE, node_from_queue, node_queue, send_to_node
@@ -93,6 +93,7 @@ def register_death(app: Any, settings: Settings, me: Identity) -> None:
         released = store.release_services(connection, me)
         peers = [node for node in store.read_snapshot(connection).nodes if node.name != me.name]
         now = store.database_now(connection)
+    local_state.forget(me.incarnation)
     for service, epoch in released:
         log.warning("node %s: released %s at epoch %d: graceful stop", me.name, service, epoch)
     if not released:

@@ -16,10 +16,9 @@ SHARED_QUEUE = "failover.processing"
 HEARTBEAT = "failover.heartbeat"
 TAKEOVER = "failover.takeover"
 MANUAL_FAILOVER = "failover.manual_failover"
-SERVICE_TICK = "failover.service_tick"
-FOLDER_SCAN = "failover.folder_scan"
+SERVICE_WORK = "failover.service_work"
 HANDLE_FILES = "failover.handle_files"
-SCRIPT_TICK = "failover.script_tick"
+SCHEDULED_RUN = "failover.scheduled_run"
 RUN_SCRIPT = "failover.run_script"
 
 

@@ -161,6 +161,7 @@ class Settings(BaseSettings):
     broker_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
     result_backend: str | None = Field(default=None, repr=False)
     sentinel_master: str | None = None
+    task_events: bool = False
 
     node_name: str | None = None
     region: str = "default"

@@ -58,7 +58,20 @@ def _node_entry(snapshot: Snapshot, node: Node, row: Any) -> dict[str, Any]:
         "started_at": _iso(row.started_at),
         "verdict": row.last_verdict,
         "rejected_side_effects": row.rejected_side_effects,
+        "db_round_trip_ms": _ms(row.db_round_trip_ms),
+        "broker_round_trip_ms": _ms(row.broker_round_trip_ms),
+        "heartbeat_cycle_ms": _ms(row.heartbeat_cycle_ms),
     }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _latency(node: dict[str, Any]) -> str:
+    """`db / broker / cycle` in milliseconds, as the node measured them."""
+    parts = (node["db_round_trip_ms"], node["broker_round_trip_ms"], node["heartbeat_cycle_ms"])
+    return " / ".join("-" if part is None else f"{part:.0f}" for part in parts)
 
 
 def _service_entry(snapshot: Snapshot, row: Any, policy: Policy) -> dict[str, Any]:
@@ -219,6 +232,7 @@ def _node_row(node: dict[str, Any]) -> tuple[str, ...]:
         _node_state(node),
         f"{node['last_heartbeat_age_s']:.1f} s",
         f"{max(node['lease_left_s'], 0):.1f} s",
+        _latency(node),
         node["verdict"] or "",
     )
 
@@ -256,7 +270,16 @@ def render(status: dict[str, Any]) -> RenderableType:
     return Group(
         _table(
             "Nodes",
-            ("node", "region", "address", "state", "heartbeat age", "lease left", "verdict"),
+            (
+                "node",
+                "region",
+                "address",
+                "state",
+                "heartbeat age",
+                "lease left",
+                "db / broker / cycle ms",
+                "verdict",
+            ),
             [_node_row(node) for node in status["nodes"]],
         ),
         _table(

@@ -4,9 +4,10 @@
 - `failover.takeover`: the database-locked change of owner that a heartbeat planned.
 - `failover.manual_failover`: move a service here, asked by an operator or a draining owner;
   consuming it proves this node is alive and its worker consumes.
-- `failover.service_tick`: a fenced, observable unit of each service's work per heartbeat.
-- `failover.folder_scan`, `failover.handle_files`: the folder monitor (claim, then handle).
-- `failover.script_tick`, `failover.run_script`: the application-script runner.
+- `failover.service_work`: the work of every service this node owns, one message per beat:
+  a fenced, observable tick of each, the folder monitor's scan (claim, then dispatch
+  `failover.handle_files` batches) and the script runner's due runs
+  (`failover.scheduled_run`); `failover.run_script` runs a script on demand.
 """
 
 from __future__ import annotations
@@ -16,22 +17,21 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from workers import app_script, folder_monitor, store
+from workers import app_script, folder_monitor, local_state, store
 from workers.celery import app
 from workers.database import transaction
 from workers.decide import Acquire, Dispatch, Handover
 from workers.errors import StaleEpoch
-from workers.fencing import Fence, record_tick, run_fenced
-from workers.heartbeat import run_cycle
+from workers.fencing import Fence, fenced, record_tick, reject
+from workers.heartbeat import Beat, run_cycle
 from workers.node import current_identity, current_settings
 from workers.routing import (
-    FOLDER_SCAN,
     HANDLE_FILES,
     HEARTBEAT,
     MANUAL_FAILOVER,
     RUN_SCRIPT,
-    SCRIPT_TICK,
-    SERVICE_TICK,
+    SCHEDULED_RUN,
+    SERVICE_WORK,
     SHARED_QUEUE,
     TAKEOVER,
     node_queue,
@@ -54,14 +54,12 @@ class CeleryTransport:
         args = (action.service, action.from_node, action.epoch, action.reason, action.why)
         send_to_node(app, TAKEOVER, self.node, args, self.expires)
 
-    def dispatch_service(self, action: Dispatch) -> None:
-        args = (action.service, action.epoch)
-        send_to_node(app, SERVICE_TICK, self.node, args, self.expires)
-        settings = current_settings()
-        if action.service == folder_monitor.SERVICE and settings.folders():
-            send_to_node(app, FOLDER_SCAN, self.node, (action.epoch,), self.expires)
-        if action.service == app_script.SERVICE and settings.scripts:
-            send_to_node(app, SCRIPT_TICK, self.node, (action.epoch,), self.expires)
+    def dispatch_services(self, actions: list[Dispatch]) -> None:
+        """One message for all the services this node owns, unless one is still waiting."""
+        me = current_identity()
+        if local_state.reserve(me.incarnation, SERVICE_WORK, self.expires):
+            owned = [(action.service, action.epoch) for action in actions]
+            send_to_node(app, SERVICE_WORK, self.node, (owned,), self.expires)
 
     def request_handover(self, action: Handover) -> None:
         args = (action.service, f"node {self.node} (draining)", f"{self.node} is draining")
@@ -69,14 +67,25 @@ class CeleryTransport:
 
 
 @app.task(name=HEARTBEAT, ignore_result=True)
-def heartbeat(node: str, incarnation: str) -> str:
-    """Renew this node's lease and act on the cluster snapshot; returns the verdict."""
+def heartbeat(
+    node: str,
+    incarnation: str,
+    tick: float | None = None,
+    broker_round_trip_ms: float | None = None,
+) -> str:
+    """Renew this node's lease and act on the cluster snapshot; returns the verdict.
+
+    `tick` and `broker_round_trip_ms` come from the node's own beat (same host): the
+    scheduled time of this beat and how long its previous publish took.
+    """
     settings = current_settings()
     me = current_identity()
     if (node, incarnation) != (me.name, me.incarnation):
         log.info("node %s: dropped a heartbeat meant for %s/%s", me.name, node, incarnation)
         return "dropped"
-    decision = run_cycle(settings, me, CeleryTransport(me.name, settings.heartbeat_interval))
+    local_state.started(me.incarnation, HEARTBEAT)
+    transport = CeleryTransport(me.name, settings.heartbeat_interval)
+    decision = run_cycle(settings, me, transport, Beat(tick, broker_round_trip_ms))
     log.debug("node %s: %s", me.name, decision.verdict)
     return decision.verdict
 
@@ -128,12 +137,36 @@ def manual_failover(service: str, actor: str, why: str) -> dict[str, Any]:
     return {"service": service, "node": me.name, "epoch": epoch, "refusal": refusal}
 
 
-@app.task(name=SERVICE_TICK, ignore_result=True)
-def service_tick(service: str, epoch: int) -> int | None:
-    """A service's due work: here, one fenced tick that tests and operators can observe."""
+@app.task(name=SERVICE_WORK, ignore_result=True)
+def service_work(owned: list[tuple[str, int]]) -> dict[str, Any]:
+    """The due work of each service this node owns at the given epoch, each fenced."""
     settings = current_settings()
-    fence = Fence(service, current_identity(), epoch)
-    return run_fenced(settings, fence, lambda connection: record_tick(connection, fence))
+    me = current_identity()
+    local_state.started(me.incarnation, SERVICE_WORK)
+    done: dict[str, Any] = {}
+    for service, epoch in owned:
+        fence = Fence(service, me, epoch)
+        try:
+            done[service] = _one_service(settings, fence)
+        except StaleEpoch as refusal:
+            reject(settings, fence, refusal)
+    return done
+
+
+def _one_service(settings: Settings, fence: Fence) -> Any:
+    """A service's fenced tick and its own work (the built-ins have work of their own)."""
+    with fenced(settings, fence) as connection:
+        record_tick(connection, fence)
+        runs = (
+            app_script.take_due_runs(connection, settings, fence)
+            if (fence.service == app_script.SERVICE and settings.scripts)
+            else []
+        )
+    for name, run_id in runs:
+        send_to_node(app, SCHEDULED_RUN, fence.me.name, (name, run_id, fence.epoch), 3600.0)
+    if fence.service == folder_monitor.SERVICE and settings.folders():
+        return folder_monitor.scan(settings, fence, _batch_sender(settings, fence.me, fence.epoch))
+    return [name for name, _ in runs]
 
 
 def _batch_sender(settings: Settings, me: Identity, epoch: int) -> Callable[[str, list[int]], None]:
@@ -145,19 +178,6 @@ def _batch_sender(settings: Settings, me: Identity, epoch: int) -> Callable[[str
         app.send_task(HANDLE_FILES, args=(folder, ids, epoch), queue=queue, expires=expires)
 
     return send
-
-
-@app.task(name=FOLDER_SCAN, ignore_result=True)
-def folder_scan(epoch: int) -> dict[str, int]:
-    """Scan every hot folder: record arrivals, claim settled files, dispatch handler batches."""
-    settings = current_settings()
-    me = current_identity()
-    fence = Fence(folder_monitor.SERVICE, me, epoch)
-    try:
-        return folder_monitor.scan(settings, fence, _batch_sender(settings, me, epoch))
-    except StaleEpoch as refusal:
-        log.warning("node %s: rejected stale work on folder_monitor: %s", me.name, refusal)
-        return {}
 
 
 @app.task(name=HANDLE_FILES, ignore_result=True)
@@ -175,11 +195,12 @@ def handle_files(folder: str, ids: list[int], epoch: int) -> int:
     return handled
 
 
-@app.task(name=SCRIPT_TICK, ignore_result=True)
-def script_tick(epoch: int) -> list[str]:
-    """Run the scripts whose scheduled time has come (each slot once)."""
+@app.task(name=SCHEDULED_RUN, ignore_result=True)
+def scheduled_run(name: str, run_id: int, epoch: int) -> str:
+    """Execute a scheduled run whose start the service work recorded under the fence."""
     settings = current_settings()
-    return app_script.tick(settings, Fence(app_script.SERVICE, current_identity(), epoch))
+    fence = Fence(app_script.SERVICE, current_identity(), epoch)
+    return app_script.run_recorded(settings, name, fence, run_id).status
 
 
 @app.task(name=RUN_SCRIPT, ignore_result=False)

@@ -106,7 +106,9 @@ def test_a_paused_owner_wakes_up_and_all_its_side_effects_are_rejected(cluster, 
     sender = Celery(broker=broker_url, set_as_current=False)
     sender.conf.update(task_serializer="json", accept_content=["json"])
     for _ in range(5):
-        sender.send_task("failover.service_tick", ("app_script", 1), queue="node.a", expires=300)
+        sender.send_task(
+            "failover.service_work", ([("app_script", 1)],), queue="node.a", expires=300
+        )
     wait_until(lambda: cluster.owned_by("b"), 30, "b to take over from the frozen a")
     applied_before_wake = cluster.ticks("app_script", 1)
     # And a wakes up (SIGCONT) and drains its queue

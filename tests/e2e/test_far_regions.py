@@ -1,0 +1,170 @@
+"""Far regions end to end: a node 150 ms from PostgreSQL and Redis is a full member.
+
+Node `c` reaches both stores through delay proxies (75 ms each way, real TCP); `a` and `b`
+reach them directly. Default timings (heartbeat 1 s, lease 3 s). The test asserts
+behaviour only: `c` never lapses, nothing moves, `c` owns and works both services with no
+rejected side effect, and its death is taken over by a near node. Times go to
+`tests/benchmarks/far_regions.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.cluster import Cluster, wait_until
+from tests.support.delay_proxy import DelayProxy
+from tests.support.servers import (
+    broker_target,
+    broker_url_via,
+    database_target,
+    database_url_via,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
+DEFAULTS = {
+    "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
+    "FAILOVER_LEASE_TIMEOUT": "3.0",
+    "FAILOVER_DATABASE_TIMEOUT": "0.5",
+    "FAILOVER_CROSS_REGION_DELAY": "1.0",
+}
+SERVICES = ("app_script", "folder_monitor")
+
+
+class LapseWatch:
+    """Samples a node's lease from the database every 0.25 s, in a thread, counting lapses."""
+
+    def __init__(self, cluster: Cluster, name: str) -> None:
+        self.cluster, self.name = cluster, name
+        self.samples = self.lapses = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            row = self.cluster.node_row(self.name)
+            self.samples += 1
+            self.lapses += 0 if row.lease_fresh and row.is_active else 1
+
+    def stop(self) -> tuple[int, int]:
+        self._stop.set()
+        self._thread.join()
+        return self.samples, self.lapses
+
+
+@pytest.fixture
+def far(database_url: str, broker_url: str) -> Iterator[dict[str, str]]:
+    """The environment of a node 150 ms round trip away from both stores."""
+    db_proxy = DelayProxy(database_target(database_url), one_way_delay=0.075)
+    broker_proxy = DelayProxy(broker_target(broker_url), one_way_delay=0.075)
+    try:
+        yield {
+            "FAILOVER_DATABASE_URL": database_url_via(database_url, db_proxy.port),
+            "FAILOVER_BROKER_URL": broker_url_via(broker_url, broker_proxy.port),
+        }
+    finally:
+        db_proxy.close()
+        broker_proxy.close()
+
+
+def test_a_node_150_ms_away_keeps_its_lease_owns_and_works_at_default_settings(
+    tmp_path, database_url, broker_url, far
+):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    ran = tmp_path / "ran.log"
+    script = {"argv": [sys.executable, "-c", f"open({str(ran)!r}, 'a').write('x')"]}
+    env = {
+        **DEFAULTS,
+        "FAILOVER_HOT_FOLDER": str(inbox),
+        "FAILOVER_SCRIPTS": json.dumps({"stamp": {**script, "interval": 4}}),
+    }
+    cluster = Cluster(tmp_path, database_url, broker_url, **env)
+    try:
+        # Given a near owner a, a near standby b, and c in another region 150 ms away
+        cluster.start_live("a", "near")
+        wait_until(lambda: cluster.owned_by("a"), 30, "a to claim both services")
+        cluster.start_live("b", "near")
+        cluster.start_live("c", "far", **far)
+
+        # Then for 30 s c never lapses and nothing moves
+        watch = LapseWatch(cluster, "c")
+        time.sleep(30)
+        samples, lapses = watch.stop()
+        assert samples > 60 and lapses == 0
+        assert cluster.owners() == {service: ("a", 1) for service in SERVICES}
+
+        # When c is given both services by hand
+        for service in SERVICES:
+            moved = cluster.cli("move", service, "--to", "c", "--timeout", "30")
+            assert moved.returncode == 0, moved.stderr
+        assert cluster.owned_by("c")
+        epoch = cluster.owners()["folder_monitor"][1]
+
+        # Then for 30 s it processes dropped files and runs its script, with no lapse
+        watch = LapseWatch(cluster, "c")
+        names = [f"far-{i:02d}.txt" for i in range(20)]
+        for name in names:
+            (inbox / name).write_text(name)
+            time.sleep(1.0)
+        processed = inbox / "processed"
+        wait_until(
+            lambda: processed.exists() and len(list(processed.iterdir())) == len(names),
+            60,
+            "c to process every file",
+        )
+        samples, lapses = watch.stop()
+        assert lapses == 0
+        assert sorted(path.name for path in processed.iterdir()) == names
+        runs = cluster.query(
+            "SELECT node, status FROM script_run WHERE script = 'stamp' AND epoch = :e",
+            e=cluster.owners()["app_script"][1],
+        )
+        assert runs and {(run.node, run.status) for run in runs} == {("c", "succeeded")}
+        assert cluster.node_row("c").rejected_side_effects == 0
+        assert cluster.owners()["folder_monitor"] == ("c", epoch)
+        row = cluster.node_row("c")
+        assert row.db_round_trip_ms >= 150 and row.broker_round_trip_ms >= 150
+
+        # When c is killed, Then a near node holds both services at a higher epoch
+        cluster.running("c").crash()
+        wait_until(
+            lambda: all(
+                owner in ("a", "b") and number > epoch
+                for owner, number in cluster.owners().values()
+            ),
+            30,
+            "a near node to take over from c",
+        )
+    finally:
+        cluster.close()
+
+
+def test_a_gracefully_stopped_owner_hands_its_services_to_its_own_region(
+    tmp_path, database_url, broker_url
+):
+    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULTS)
+    try:
+        cluster.start_live("x", "other")
+        cluster.start_live("y", "other")
+        for trial in range(3):
+            # Given a owns everything, b is in a's region, x and y in another region
+            owner, peer = f"a{trial}", f"b{trial}"
+            cluster.start_live(owner, "home")
+            cluster.start_live(peer, "home")
+            for service in SERVICES:
+                moved = cluster.cli("move", service, "--to", owner)
+                assert moved.returncode == 0, moved.stderr
+            # When a stops gracefully (SIGTERM)
+            assert cluster.running(owner).terminate() == 0
+            # Then every service goes to b, its region's live peer, not to x or y
+            wait_until(lambda peer=peer: cluster.owned_by(peer), 20, f"{peer} to take over")
+            cluster.running(peer).terminate()
+    finally:
+        cluster.close()

@@ -1,0 +1,80 @@
+"""What a node's processes share on their own host: waiting messages and the last cycle.
+
+The worker's main process (where the beat runs) and its pool children (where the tasks
+run) share nothing but the host, so they share a small folder per incarnation:
+
+- one marker per kind of message (the heartbeat, the service work) while a message of that
+  kind is waiting: the sender skips a new one while the marker is younger than the
+  message's expiry, and the task removes it when it starts. A node that falls behind (a
+  slow link, a busy pool) therefore has at most one of each waiting and catches up by
+  skipping stale work, instead of consuming a backlog of expired messages one by one;
+- the heartbeat's last measured cycle, so the next one can store it and warn once.
+
+Times are this host's monotonic clock (`CLOCK_MONOTONIC`, shared by its processes): they
+place local deadlines only, never compared with another host's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def state_dir(incarnation: str) -> Path:
+    """The folder this incarnation's processes share (created on first use)."""
+    path = Path(tempfile.gettempdir()) / f"failover-{incarnation}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def forget(incarnation: str) -> None:
+    """Remove the incarnation's folder when its node stops."""
+    shutil.rmtree(Path(tempfile.gettempdir()) / f"failover-{incarnation}", ignore_errors=True)
+
+
+def _read_float(path: Path) -> float | None:
+    try:
+        return float(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_float(path: Path, value: float) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(repr(value))
+    os.replace(partial, path)
+
+
+def reserve(incarnation: str, kind: str, expires: float) -> bool:
+    """True when a message of `kind` may be sent now (none is waiting); marks it waiting.
+
+    A marker older than `expires` is ignored: that message has started or has expired.
+    """
+    marker = state_dir(incarnation) / f"{kind}.waiting"
+    sent = _read_float(marker)
+    now = time.monotonic()
+    if sent is not None and now - sent < expires:
+        return False
+    _write_float(marker, now)
+    return True
+
+
+def started(incarnation: str, kind: str) -> None:
+    """The message of `kind` is running: the next one may be sent."""
+    with contextlib.suppress(OSError):
+        (state_dir(incarnation) / f"{kind}.waiting").unlink()
+
+
+def remember(incarnation: str, name: str, value: float) -> None:
+    """Keep a measurement for this incarnation's next heartbeat."""
+    with contextlib.suppress(OSError):
+        _write_float(state_dir(incarnation) / f"{name}.value", value)
+
+
+def recall(incarnation: str, name: str) -> float | None:
+    """The measurement kept by `remember`, or None."""
+    return _read_float(state_dir(incarnation) / f"{name}.value")
