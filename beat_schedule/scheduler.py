@@ -17,8 +17,8 @@ from typing import Any
 from celery.beat import ScheduleEntry, Scheduler
 
 from beat_schedule.stagger import Staggered, build_schedule
-from workers import local_state
-from workers.routing import HEARTBEAT
+from workers import backlog
+from workers.routing import HEARTBEAT, WAITING_MAX_AGE
 
 
 class NodeScheduler(Scheduler):  # type: ignore[misc]
@@ -41,7 +41,9 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
         schedule = entry.schedule
         if not isinstance(schedule, Staggered):
             return super().apply_async(entry, producer, advance, **kwargs)
-        if not local_state.reserve(self.incarnation, HEARTBEAT, schedule.interval):
+        queue = entry.options["queue"]
+        max_age = WAITING_MAX_AGE * schedule.interval
+        if not backlog.may_send(self.app, self.incarnation, HEARTBEAT, queue, max_age):
             return None
         entry.kwargs = {
             "tick": schedule.last_slot(time.time()),
@@ -51,6 +53,18 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
         result = super().apply_async(entry, producer, advance, **kwargs)
         self.broker_round_trip_ms = (time.perf_counter() - started) * 1000
         return result
+
+    def _when(self, entry: ScheduleEntry, next_time_to_run: float, *args: Any) -> float:
+        """When a heartbeat is next due: its next slot, not "now + delay".
+
+        Celery's beat puts the next run at the time it finished publishing plus the delay it
+        computed before publishing, so every beat lands late by one publish, one broker
+        round trip (150 ms for a far node). The staggered slots are absolute: use them.
+        """
+        schedule = entry.schedule
+        if isinstance(schedule, Staggered) and next_time_to_run:
+            return schedule.next_slot(time.time())
+        return super()._when(entry, next_time_to_run, *args)  # type: ignore[no-any-return]
 
     def sync(self) -> None:
         """Nothing to save: the schedule is rebuilt from settings at every start."""

@@ -11,6 +11,7 @@ transaction that records the run; slots missed while no node owned the service r
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ from typing import Any
 from croniter import croniter
 from sqlalchemy import Connection, text
 
+from workers.database import one_round_trip
 from workers.fencing import Fence, fenced
 from workers.settings import ScriptSettings, Settings
 
@@ -214,24 +216,33 @@ def run_recorded(settings: Settings, name: str, fence: Fence, run_id: int) -> Ru
     return result
 
 
+SCHEDULE_SQL = (
+    "SELECT json_build_object('now', clock_timestamp(), 'last_due', "
+    "(SELECT COALESCE(json_object_agg(script, last_due_at), '{}'::json) FROM script_schedule))"
+)
+
+
+def any_due(settings: Settings) -> bool:
+    """Whether a script's slot has come (or a script has no schedule row yet): one read."""
+    found = one_round_trip(settings, SCHEDULE_SQL, {})
+    answer = json.loads(found) if isinstance(found, str) else found
+    assert isinstance(answer, dict)
+    now = datetime.fromisoformat(answer["now"])
+    last_due = {name: datetime.fromisoformat(at) for name, at in answer["last_due"].items()}
+    return any(
+        name not in last_due or due(script, last_due[name], now) is not None
+        for name, script in settings.scripts.items()
+    )
+
+
 def take_due_runs(
     connection: Connection, settings: Settings, fence: Fence
 ) -> list[tuple[str, int]]:
     """In the owner's fenced transaction: close orphaned runs, then record each due script's
     run as started; returns (script, run id) for each run to execute."""
     close_orphans(connection, fence)
-    rows = connection.execute(
-        text(
-            "SELECT clock_timestamp(), s.script, s.last_due_at FROM (SELECT 1) AS one "
-            "LEFT JOIN script_schedule AS s ON true"
-        )
-    ).all()
-    now = rows[0][0]
-    last_due = {row.script: row.last_due_at for row in rows if row.script is not None}
     runs = []
     for name, script in sorted(settings.scripts.items()):
-        if name in last_due and due(script, last_due[name], now) is None:
-            continue
         run_id = take_due_run(connection, name, script, fence, settings.lease_timeout)
         if run_id is not None:
             runs.append((name, run_id))

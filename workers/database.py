@@ -6,8 +6,10 @@ process id and rebuilt after a fork (and `worker_process_init` disposes the inhe
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,6 +68,18 @@ def forget_inherited_engines() -> None:
             if key[0] != os.getpid():
                 engine.dispose(close=False)
                 del _engines[key]
+
+
+def connect_ahead(settings: Settings) -> None:
+    """Open this process's first connection in the background, so that a far node's first
+    heartbeat in a new pool process does not pay the connection set-up (a dozen round trips:
+    TCP, start-up, authentication, the dialect's first queries) inside its lease."""
+
+    def connect() -> None:
+        with contextlib.suppress(Exception), engine_for(settings).connect():
+            pass
+
+    threading.Thread(target=connect, name="failover-connect-ahead", daemon=True).start()
 
 
 @contextmanager

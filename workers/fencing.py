@@ -11,6 +11,7 @@ new owner and is refused: the two never interleave. A refused side effect raises
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,15 +20,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy import Connection, select
-from sqlalchemy.dialects.postgresql import insert
 
-from workers.database import transaction
+from workers.database import one_round_trip, transaction
 from workers.errors import StaleEpoch
 from workers.settings import Settings
 from workers.store import LEASE_EXPIRES, NOW, Identity, record_rejection
 from workers.tables import server_registry as nodes_t
 from workers.tables import service_status as services_t
-from workers.tables import service_tick as ticks_t
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -110,13 +109,58 @@ def reject(settings: Settings, fence: Fence, refusal: StaleEpoch) -> None:
         record_rejection(connection, fence.me)
 
 
-def record_tick(connection: Connection, fence: Fence) -> int:
-    """The observable side effect of a service tick: count it against (service, epoch)."""
-    statement = insert(ticks_t).values(
-        service_type=fence.service, epoch=fence.epoch, node_name=fence.me.name, tick_count=1
-    )
-    statement = statement.on_conflict_do_update(
-        index_elements=[ticks_t.c.service_type, ticks_t.c.epoch],
-        set_={"tick_count": ticks_t.c.tick_count + 1, "last_tick_at": NOW},
-    )
-    return connection.execute(statement.returning(ticks_t.c.tick_count)).scalar_one()  # type: ignore[no-any-return]
+TICKS_SQL = """
+WITH owned AS (
+    SELECT * FROM json_to_recordset(%(owned)s::json) AS o(service TEXT, epoch BIGINT)
+), held AS (
+    SELECT s.service_type, s.epoch FROM service_status AS s
+    JOIN owned AS o ON o.service = s.service_type AND o.epoch = s.epoch
+    JOIN server_registry AS r ON r.id = s.service_registry_id
+    WHERE r.node_name = %(node)s AND r.incarnation = %(incarnation)s AND r.stopped_at IS NULL
+      AND r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' > clock_timestamp()
+    FOR SHARE OF s
+), ticked AS (
+    INSERT INTO service_tick (service_type, epoch, node_name, tick_count)
+    SELECT service_type, epoch, %(node)s, 1 FROM held
+    ON CONFLICT (service_type, epoch) DO UPDATE
+        SET tick_count = service_tick.tick_count + 1, last_tick_at = clock_timestamp()
+    RETURNING service_type
+)
+SELECT COALESCE(json_agg(json_build_object(
+    'service', o.service, 'held', t.service_type IS NOT NULL,
+    'owner', r.node_name, 'epoch', s.epoch)), '[]'::json)
+FROM owned AS o
+LEFT JOIN ticked AS t ON t.service_type = o.service
+LEFT JOIN service_status AS s ON s.service_type = o.service
+LEFT JOIN server_registry AS r ON r.id = s.service_registry_id
+"""
+
+
+def record_ticks(
+    settings: Settings, me: Identity, owned: list[tuple[str, int]]
+) -> dict[str, StaleEpoch | None]:
+    """Fence and tick every owned service in one statement (one round trip).
+
+    Returns, per service, None when its tick committed under the fence, or the `StaleEpoch`
+    that refused it (another owner or epoch, or this node's lease no longer fresh).
+    """
+    params = {
+        "owned": json.dumps([{"service": name, "epoch": epoch} for name, epoch in owned]),
+        "node": me.name,
+        "incarnation": uuid.UUID(me.incarnation),
+    }
+    found = one_round_trip(settings, TICKS_SQL, params)
+    rows = json.loads(found) if isinstance(found, str) else found
+    epochs = dict(owned)
+    outcome: dict[str, StaleEpoch | None] = {}
+    for row in rows if isinstance(rows, list) else []:
+        service = row["service"]
+        outcome[service] = (
+            None
+            if row["held"]
+            else StaleEpoch(
+                f"{me.name} is not the owner of {service} at epoch {epochs[service]} with a fresh "
+                f"lease (owner {row['owner'] or 'nobody'}, epoch {row['epoch']})"
+            )
+        )
+    return outcome

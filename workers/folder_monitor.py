@@ -279,6 +279,7 @@ def _scan_folder(
                 )
             adopted = adopt_orphans(connection, folder, fence)
             claimed = record_and_claim(connection, folder, arrivals, fence)
+        batches = take_batches(connection, folder, settings, fence)
     _recorded_listings.discard(listing)
     if not claimed:
         _recorded_listings.add(listing)
@@ -301,7 +302,8 @@ def _scan_folder(
         )
 
     move_into_processing(folder, claimed)
-    dispatch(settings, folder, fence, send_batch)
+    for batch in batches:
+        send_batch(folder.name, batch)
     return len(claimed)
 
 

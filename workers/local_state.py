@@ -3,11 +3,8 @@
 The worker's main process (where the beat runs) and its pool children (where the tasks
 run) share nothing but the host, so they share a small folder per incarnation:
 
-- one marker per kind of message (the heartbeat, the service work) while a message of that
-  kind is waiting: the sender skips a new one while the marker is younger than the
-  message's expiry, and the task removes it when it starts. A node that falls behind (a
-  slow link, a busy pool) therefore has at most one of each waiting and catches up by
-  skipping stale work, instead of consuming a backlog of expired messages one by one;
+- one mark per kind of message (the heartbeat, the service work) while a message of that
+  kind waits in the node's queue (`workers.backlog` says how it is used);
 - the heartbeat's last measured cycle, so the next one can store it and warn once.
 
 Times are this host's monotonic clock (`CLOCK_MONOTONIC`, shared by its processes): they
@@ -49,22 +46,19 @@ def _write_float(path: Path, value: float) -> None:
     os.replace(partial, path)
 
 
-def reserve(incarnation: str, kind: str, expires: float) -> bool:
-    """True when a message of `kind` may be sent now (none is waiting); marks it waiting.
-
-    A marker older than `expires` is ignored: that message has started or has expired.
-    """
-    marker = state_dir(incarnation) / f"{kind}.waiting"
-    sent = _read_float(marker)
-    now = time.monotonic()
-    if sent is not None and now - sent < expires:
-        return False
-    _write_float(marker, now)
-    return True
+def waiting_for(incarnation: str, kind: str) -> float | None:
+    """Seconds since a message of `kind` was marked waiting, or None if none is."""
+    sent = _read_float(state_dir(incarnation) / f"{kind}.waiting")
+    return None if sent is None else time.monotonic() - sent
 
 
-def started(incarnation: str, kind: str) -> None:
-    """The message of `kind` is running: the next one may be sent."""
+def mark_waiting(incarnation: str, kind: str) -> None:
+    """A message of `kind` is about to be sent: it waits until `taken`."""
+    _write_float(state_dir(incarnation) / f"{kind}.waiting", time.monotonic())
+
+
+def taken(incarnation: str, kind: str) -> None:
+    """The message of `kind` left the queue: the next one may be sent."""
     with contextlib.suppress(OSError):
         (state_dir(incarnation) / f"{kind}.waiting").unlink()
 

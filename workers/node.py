@@ -16,6 +16,7 @@ node needs supervising.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -23,12 +24,25 @@ from functools import cache
 from typing import Any
 
 from celery import bootsteps
-from celery.signals import after_setup_logger, worker_process_init, worker_shutting_down
+from celery.signals import (
+    after_setup_logger,
+    task_received,
+    task_revoked,
+    worker_process_init,
+    worker_shutting_down,
+)
 
 from workers import local_state, store
-from workers.database import forget_inherited_engines, transaction
+from workers.database import connect_ahead, forget_inherited_engines, transaction
 from workers.errors import ConfigError, FailoverError
-from workers.routing import HEARTBEAT, SHARED_QUEUE, node_from_queue, node_queue, send_to_node
+from workers.routing import (
+    HEARTBEAT,
+    SERVICE_WORK,
+    SHARED_QUEUE,
+    node_from_queue,
+    node_queue,
+    send_to_node,
+)
 from workers.settings import ENV_PREFIX, Settings, load_settings
 from workers.store import Identity, Registration
 
@@ -170,8 +184,25 @@ def _release_on_shutdown(**_: Any) -> None:
             log.error("node %s: could not release its services: %s", me.name, error)
 
 
+def _off_the_queue(name: str) -> None:
+    """A heartbeat or service-work message left the node's queue: the next may be sent."""
+    incarnation = os.environ.get(INCARNATION_VAR)
+    if incarnation and name in (HEARTBEAT, SERVICE_WORK):
+        local_state.taken(incarnation, name)
+
+
+def _received(request: Any = None, **_: Any) -> None:
+    _off_the_queue(getattr(request, "name", ""))
+
+
+def _dropped(sender: Any = None, **_: Any) -> None:
+    _off_the_queue(getattr(sender, "name", ""))
+
+
 def _fresh_engines_in_child(**_: Any) -> None:
     forget_inherited_engines()
+    with contextlib.suppress(FailoverError):
+        connect_ahead(current_settings())
 
 
 ROUTINE_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.beat")
@@ -190,4 +221,6 @@ def install(app: Any) -> None:
     app.steps["worker"].add(NodeLifecycle)
     worker_shutting_down.connect(_release_on_shutdown, weak=False)
     worker_process_init.connect(_fresh_engines_in_child, weak=False)
+    task_received.connect(_received, weak=False)
+    task_revoked.connect(_dropped, weak=False)
     after_setup_logger.connect(_quiet_routine_logs, weak=False)

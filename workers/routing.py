@@ -22,6 +22,11 @@ SCHEDULED_RUN = "failover.scheduled_run"
 RUN_SCRIPT = "failover.run_script"
 
 
+# A node sends no heartbeat or service work while the previous one still waits in its queue,
+# unless that one was sent this many intervals ago (it was lost: the node must beat on).
+WAITING_MAX_AGE = 1.5
+
+
 def node_queue(node: str) -> str:
     return f"{QUEUE_PREFIX}{node}"
 

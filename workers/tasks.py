@@ -17,12 +17,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from workers import app_script, folder_monitor, local_state, store
+from workers import app_script, backlog, folder_monitor, store
 from workers.celery import app
 from workers.database import transaction
 from workers.decide import Acquire, Dispatch, Handover
 from workers.errors import StaleEpoch
-from workers.fencing import Fence, fenced, record_tick, reject
+from workers.fencing import Fence, fenced, record_ticks, reject
 from workers.heartbeat import Beat, run_cycle
 from workers.node import current_identity, current_settings
 from workers.routing import (
@@ -34,6 +34,7 @@ from workers.routing import (
     SERVICE_WORK,
     SHARED_QUEUE,
     TAKEOVER,
+    WAITING_MAX_AGE,
     node_queue,
     send_to_node,
 )
@@ -57,7 +58,8 @@ class CeleryTransport:
     def dispatch_services(self, actions: list[Dispatch]) -> None:
         """One message for all the services this node owns, unless one is still waiting."""
         me = current_identity()
-        if local_state.reserve(me.incarnation, SERVICE_WORK, self.expires):
+        max_age = WAITING_MAX_AGE * self.expires
+        if backlog.may_send(app, me.incarnation, SERVICE_WORK, node_queue(self.node), max_age):
             owned = [(action.service, action.epoch) for action in actions]
             send_to_node(app, SERVICE_WORK, self.node, (owned,), self.expires)
 
@@ -83,7 +85,6 @@ def heartbeat(
     if (node, incarnation) != (me.name, me.incarnation):
         log.info("node %s: dropped a heartbeat meant for %s/%s", me.name, node, incarnation)
         return "dropped"
-    local_state.started(me.incarnation, HEARTBEAT)
     transport = CeleryTransport(me.name, settings.heartbeat_interval)
     decision = run_cycle(settings, me, transport, Beat(tick, broker_round_trip_ms))
     log.debug("node %s: %s", me.name, decision.verdict)
@@ -139,34 +140,39 @@ def manual_failover(service: str, actor: str, why: str) -> dict[str, Any]:
 
 @app.task(name=SERVICE_WORK, ignore_result=True)
 def service_work(owned: list[tuple[str, int]]) -> dict[str, Any]:
-    """The due work of each service this node owns at the given epoch, each fenced."""
+    """The due work of each service this node owns at the given epoch, each fenced.
+
+    One statement fences and ticks them all; then each service does its own work, if it
+    has any (the built-ins do), each side effect again under its fence.
+    """
     settings = current_settings()
     me = current_identity()
-    local_state.started(me.incarnation, SERVICE_WORK)
+    pairs = [(service, int(epoch)) for service, epoch in owned]
+    refusals = record_ticks(settings, me, pairs)
     done: dict[str, Any] = {}
-    for service, epoch in owned:
+    for service, epoch in pairs:
         fence = Fence(service, me, epoch)
         try:
-            done[service] = _one_service(settings, fence)
-        except StaleEpoch as refusal:
-            reject(settings, fence, refusal)
+            refusal = refusals.get(service, StaleEpoch(f"unknown service {service}"))
+            if refusal is not None:
+                raise refusal
+            done[service] = _own_work(settings, fence)
+        except StaleEpoch as stale:
+            reject(settings, fence, stale)
     return done
 
 
-def _one_service(settings: Settings, fence: Fence) -> Any:
-    """A service's fenced tick and its own work (the built-ins have work of their own)."""
-    with fenced(settings, fence) as connection:
-        record_tick(connection, fence)
-        runs = (
-            app_script.take_due_runs(connection, settings, fence)
-            if (fence.service == app_script.SERVICE and settings.scripts)
-            else []
-        )
-    for name, run_id in runs:
-        send_to_node(app, SCHEDULED_RUN, fence.me.name, (name, run_id, fence.epoch), 3600.0)
+def _own_work(settings: Settings, fence: Fence) -> Any:
+    """What a built-in service does at each beat beyond its tick."""
+    if fence.service == app_script.SERVICE and settings.scripts and app_script.any_due(settings):
+        with fenced(settings, fence) as connection:
+            runs = app_script.take_due_runs(connection, settings, fence)
+        for name, run_id in runs:
+            send_to_node(app, SCHEDULED_RUN, fence.me.name, (name, run_id, fence.epoch), 3600.0)
+        return [name for name, _ in runs]
     if fence.service == folder_monitor.SERVICE and settings.folders():
         return folder_monitor.scan(settings, fence, _batch_sender(settings, fence.me, fence.epoch))
-    return [name for name, _ in runs]
+    return None
 
 
 def _batch_sender(settings: Settings, me: Identity, epoch: int) -> Callable[[str, list[int]], None]:

@@ -24,6 +24,7 @@ from tests.support.servers import (
     broker_url_via,
     database_target,
     database_url_via,
+    redis_client,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
@@ -168,3 +169,38 @@ def test_a_gracefully_stopped_owner_hands_its_services_to_its_own_region(
             cluster.running(peer).terminate()
     finally:
         cluster.close()
+
+
+def waiting_by_task(broker_url: str, queue: str) -> dict[str, int]:
+    """The messages waiting in a node's Redis list, counted by task name."""
+    counts: dict[str, int] = {}
+    for raw in redis_client(broker_url).lrange(queue, 0, -1):
+        task = json.loads(raw)["headers"]["task"]
+        counts[task] = counts.get(task, 0) + 1
+    return counts
+
+
+def test_a_node_slower_than_its_beat_never_has_a_backlog(tmp_path, database_url, broker_url):
+    # Given the only node, owner of both services, then 0.7 s round trip from its broker: it
+    # takes one message off its queue per round trip, fewer than its beat and work would send
+    proxy = DelayProxy(broker_target(broker_url))
+    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULTS)
+    try:
+        slow = {"FAILOVER_BROKER_URL": broker_url_via(broker_url, proxy.port)}
+        cluster.start_live("c", "far", **slow)
+        wait_until(lambda: cluster.owned_by("c"), 60, "c to own both services")
+        proxy.one_way_delay = 0.35
+        # When it runs for 20 s, Then at no moment does more than one heartbeat and one
+        # service-work message wait in its queue: it skips beats instead of queueing them
+        most: dict[str, int] = {}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for task, count in waiting_by_task(broker_url, "node.c").items():
+                most[task] = max(most.get(task, 0), count)
+            time.sleep(0.05)
+        assert most.get("failover.heartbeat", 0) <= 1
+        assert most.get("failover.service_work", 0) <= 1
+        assert cluster.ticks("folder_monitor", 1) > 0
+    finally:
+        cluster.close()
+        proxy.close()

@@ -12,9 +12,21 @@ from workers import store
 from workers.database import transaction
 from workers.decide import Acquire, Policy
 from workers.errors import StaleEpoch
-from workers.fencing import Fence, fenced, record_tick, run_fenced
+from workers.fencing import Fence, fenced, record_ticks, run_fenced
 
 SERVICE = "app_script"
+
+
+def record_tick(connection, fence: Fence) -> int:
+    """A side effect to fence: count a tick against (service, epoch)."""
+    return connection.execute(
+        text(
+            "INSERT INTO service_tick (service_type, epoch, node_name, tick_count) "
+            "VALUES (:s, :e, :n, 1) ON CONFLICT (service_type, epoch) "
+            "DO UPDATE SET tick_count = service_tick.tick_count + 1 RETURNING tick_count"
+        ),
+        {"s": fence.service, "e": fence.epoch, "n": fence.me.name},
+    ).scalar_one()
 
 
 def ticks(settings, epoch: int) -> int:
@@ -112,3 +124,24 @@ def test_rejections_are_counted_per_node_for_metrics(settings):
             text("SELECT rejected_side_effects FROM server_registry WHERE node_name = 'a'")
         ).scalar_one()
     assert counted == 3
+
+
+def test_one_statement_fences_and_ticks_every_owned_service(settings):
+    # Given a owns app_script, and b took folder_monitor from it (a still believes epoch 1)
+    me = add_node(settings, "a")
+    mine = give(settings, SERVICE, "a")
+    lost = give(settings, "folder_monitor", "a")
+    add_node(settings, "b")
+    give(settings, "folder_monitor", "b", reason="takeover")
+    # When a's service work fences and ticks both in one statement
+    outcome = record_ticks(settings, me, [(SERVICE, mine), ("folder_monitor", lost)])
+    # Then the one it holds is ticked, the other refused, naming the real owner
+    assert outcome[SERVICE] is None and ticks(settings, mine) == 1
+    assert "owner b, epoch 2" in str(outcome["folder_monitor"])
+
+
+def test_one_statement_ticks_nothing_once_the_lease_has_run_out(settings):
+    me = add_node(settings, "a", beat_age=60)
+    epoch = give(settings, SERVICE, "a")
+    outcome = record_ticks(settings, me, [(SERVICE, epoch)])
+    assert outcome[SERVICE] is not None and ticks(settings, epoch) == 0

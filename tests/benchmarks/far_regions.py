@@ -1,0 +1,195 @@
+"""A far node at 0-250 ms round trip: `python -m tests.benchmarks.far_regions [--soak S]`.
+
+Three real nodes at default settings: `a` and `b` near the stores, `c` (region `far`)
+reaching PostgreSQL and Redis through delay proxies (half the round trip each way). For
+each round trip, `c` owns both services (moved there by `failover move`) for `--soak`
+seconds while its lease is sampled every 0.25 s (lapses) and its stored heartbeat cycle
+is collected (tick to renewed lease, as the node measures it); then `c` is SIGKILLed at a
+random moment `--trials` times, timed until a near node holds `folder_monitor` at a higher
+epoch. At 250 ms the far region gets the lease the README advises. Uses
+FAILOVER_TEST_DATABASE_URL / FAILOVER_TEST_BROKER_URL when set, else embedded servers.
+Prints a table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from tests.support.cluster import Cluster, wait_until
+from tests.support.delay_proxy import DelayProxy
+from tests.support.servers import (
+    broker_target,
+    broker_url_via,
+    clean_broker,
+    database_target,
+    database_url_via,
+    fresh_database,
+    start_servers,
+)
+
+DEFAULTS = {
+    "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
+    "FAILOVER_LEASE_TIMEOUT": "3.0",
+    "FAILOVER_DATABASE_TIMEOUT": "0.5",
+    "FAILOVER_CROSS_REGION_DELAY": "1.0",
+}
+ROUND_TRIPS_MS = (0, 50, 100, 150, 250)
+REGION_LEASE = {250: 4.0}
+SERVICES = ("folder_monitor", "app_script")
+
+
+class Sampler:
+    """Samples c's row every 0.25 s: lapse events and each distinct stored cycle."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.samples = self.lapsed_samples = self.lapses = 0
+        self.cycles: dict[object, float] = {}
+        self._was_fresh = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            row = self.cluster.node_row("c")
+            fresh = bool(row.lease_fresh and row.is_active)
+            self.samples += 1
+            self.lapsed_samples += not fresh
+            self.lapses += self._was_fresh and not fresh
+            self._was_fresh = fresh
+            if row.heartbeat_cycle_ms is not None:
+                self.cycles[row.last_heartbeat_at] = row.heartbeat_cycle_ms
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def give_everything_to_c(cluster: Cluster) -> None:
+    for service in SERVICES:
+        if cluster.owners()[service][0] != "c":
+            result = cluster.cli("move", service, "--to", "c", "--timeout", "30")
+            if result.returncode != 0:
+                raise RuntimeError(result.stderr.strip())
+
+
+def one_failover(cluster: Cluster, far_env: dict[str, str]) -> float:
+    """SIGKILL c at a random moment; seconds until a near node holds folder_monitor."""
+    _, epoch = cluster.owners()["folder_monitor"]
+    victim = cluster.running("c")
+    assert victim is not None
+    time.sleep(random.uniform(0, 2.0))
+    started = time.monotonic()
+    victim.crash()
+    wait_until(
+        lambda: cluster.owners()["folder_monitor"][1] > epoch,
+        60,
+        "a near node to take over",
+        every=0.01,
+    )
+    elapsed = time.monotonic() - started
+    victim.popen.wait(timeout=60)
+    cluster.lapsed("c")
+    cluster.start_live("c", "far", **far_env)
+    give_everything_to_c(cluster)
+    return elapsed
+
+
+def run_case(tmp: Path, servers, rtt_ms: int, soak: float, trials: int) -> dict[str, object]:
+    env = dict(DEFAULTS)
+    if rtt_ms in REGION_LEASE:
+        env["FAILOVER_REGION_LEASE_TIMEOUT"] = json.dumps({"far": REGION_LEASE[rtt_ms]})
+    with ExitStack() as stack:
+        database_url = stack.enter_context(fresh_database(servers))
+        broker_url = stack.enter_context(clean_broker(servers.broker_url))
+        one_way = rtt_ms / 2000
+        db_proxy = DelayProxy(database_target(database_url), one_way_delay=one_way)
+        broker_proxy = DelayProxy(broker_target(broker_url), one_way_delay=one_way)
+        stack.callback(db_proxy.close)
+        stack.callback(broker_proxy.close)
+        far_env = {
+            "FAILOVER_DATABASE_URL": database_url_via(database_url, db_proxy.port),
+            "FAILOVER_BROKER_URL": broker_url_via(broker_url, broker_proxy.port),
+        }
+        cluster = Cluster(tmp, database_url, broker_url, **env)
+        stack.callback(cluster.close)
+        cluster.start_live("a", "near")
+        cluster.start_live("b", "near")
+        cluster.start_live("c", "far", **far_env)
+        give_everything_to_c(cluster)
+        sampler = Sampler(cluster)
+        time.sleep(soak)
+        sampler.stop()
+        still_owner = cluster.owned_by("c")
+        failovers = [one_failover(cluster, far_env) for _ in range(trials)]
+    cycles = list(sampler.cycles.values())
+    return {
+        "rtt": rtt_ms,
+        "lease": REGION_LEASE.get(rtt_ms, 3.0),
+        "cycles": cycles,
+        "lapses": sampler.lapses,
+        "lapsed_samples": sampler.lapsed_samples,
+        "samples": sampler.samples,
+        "still_owner": still_owner,
+        "failovers": failovers,
+        "soak": soak,
+    }
+
+
+def print_table(rows: list[dict[str, object]]) -> None:
+    print()
+    print(
+        "| round trip | lease | heartbeat cycle p50 | p99 | beats | lapses (soak) "
+        "| lapses per 10 min | still owner | failover p50 | max | target |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        cycles: list[float] = row["cycles"]  # type: ignore[assignment]
+        failovers: list[float] = row["failovers"]  # type: ignore[assignment]
+        lease = float(row["lease"])  # type: ignore[arg-type]
+        per_10_min = float(row["lapses"]) * 600 / float(row["soak"])  # type: ignore[arg-type]
+        target = lease + 1.0 + 1.0 + 0.5
+        print(
+            f"| {row['rtt']} ms | {lease:g} s | {percentile(cycles, 0.5):.0f} ms | "
+            f"{percentile(cycles, 0.99):.0f} ms | {len(cycles)} | {row['lapses']} | "
+            f"{per_10_min:.1f} | {'yes' if row['still_owner'] else 'no'} | "
+            f"{statistics.median(failovers):.2f} s | {max(failovers):.2f} s | {target:.1f} s |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--soak", type=float, default=120.0, help="seconds per round trip")
+    parser.add_argument("--trials", type=int, default=5, help="failovers per round trip")
+    parser.add_argument("--rtt", type=int, nargs="*", default=list(ROUND_TRIPS_MS))
+    args = parser.parse_args()
+    rows = []
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        servers = start_servers(stack)
+        for rtt_ms in args.rtt:
+            row = run_case(Path(tmp), servers, rtt_ms, args.soak, args.trials)
+            print(
+                f"  {rtt_ms} ms: {len(row['cycles'])} beats, {row['lapses']} lapses, "  # type: ignore[arg-type]
+                f"failovers {[round(t, 2) for t in row['failovers']]}",  # type: ignore[union-attr]
+                flush=True,
+            )
+            rows.append(row)
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
