@@ -132,6 +132,9 @@ def test_a_node_150_ms_away_keeps_its_lease_owns_and_works_at_default_settings(
         assert cluster.owners()["folder_monitor"] == ("c", epoch)
         row = cluster.node_row("c")
         assert row.db_round_trip_ms >= 150 and row.broker_round_trip_ms >= 150
+        shown = json.loads(cluster.cli("status", "--json").stdout)
+        far_node = next(node for node in shown["nodes"] if node["name"] == "c")
+        assert far_node["db_round_trip_ms"] >= 150 and far_node["heartbeat_cycle_ms"] >= 300
 
         # When c is killed, Then a near node holds both services at a higher epoch
         cluster.running("c").crash()
@@ -204,3 +207,33 @@ def test_a_node_slower_than_its_beat_never_has_a_backlog(tmp_path, database_url,
     finally:
         cluster.close()
         proxy.close()
+
+
+def test_a_heartbeat_costs_a_small_fixed_number_of_broker_round_trips(
+    tmp_path, database_url, broker_url
+):
+    # Given an owner a and a standby b, each reaching Redis through its own counting proxy
+    proxies = {name: DelayProxy(broker_target(broker_url)) for name in ("a", "b")}
+    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULTS)
+    try:
+        for name, proxy in proxies.items():
+            cluster.start_live(
+                name, "near", FAILOVER_BROKER_URL=broker_url_via(broker_url, proxy.port)
+            )
+            wait_until(lambda: cluster.owners()["app_script"][0] == "a", 30, "a to own")
+        cluster.beats("b", 2)
+        # When each beats ten more times
+        for proxy in proxies.values():
+            proxy.reset_counts()
+        cluster.beats("b", 10)
+        per_beat = {name: proxy.round_trips / 10 for name, proxy in proxies.items()}
+        # Then a standby costs about 2.5 (publish, delivery, and Celery's worker heartbeat
+        # every 2 s) and an owner 2 more (its one service-work message): task events or ack
+        # emulation would add 2 or more per message
+        assert per_beat["b"] <= 3.5, per_beat
+        assert per_beat["a"] <= 5.5, per_beat
+        assert cluster.ticks("app_script", 1) >= 10
+    finally:
+        cluster.close()
+        for proxy in proxies.values():
+            proxy.close()

@@ -169,3 +169,16 @@ def test_refusal_when_the_owner_came_back():
 def test_no_refusal_when_the_plan_still_holds():
     snap = snapshot(3.6, [node(1, "a", beat=0), node(2, "b", beat=3.4)], {"x": (1, 7)})
     assert refusal_to_acquire(snap, "b", TAKE_X_FROM_A, POLICY) is None
+
+
+def test_a_released_service_waits_for_its_home_region_before_another_claims_it():
+    # Given folder_monitor was released 0.2 s ago by an owner of region r1 (its home now)
+    released = Service("folder_monitor", None, 4, at(9.8), "release", home_region="r1")
+    nodes = (node(1, "b", "r1", beat=9.5), node(2, "c", "r2", beat=9.5))
+    snap = Snapshot(at(10.0), nodes, (released,))
+    # Then c, in another region, waits while b, in the home region, claims it at once
+    assert kinds(decide(snap, "c", POLICY), Wait)
+    assert kinds(decide(snap, "b", POLICY), Acquire)
+    # And once the cross-region delay has passed with nobody taking it, c may
+    later = Snapshot(at(11.0), nodes, (released,))
+    assert kinds(decide(later, "c", POLICY), Acquire)
