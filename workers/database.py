@@ -1,7 +1,17 @@
-"""Connections to the shared database: one engine per process, with timeouts on every session.
+"""Connections to the shared database: at most two per process, every wait bounded.
 
-A forked pool child must not reuse its parent's sockets, so the engine is keyed by the
-process id and rebuilt after a fork (and `worker_process_init` disposes the inherited one).
+A threads or solo node (one process) has two engines of one kept connection each: one for
+the heartbeat (so it never waits behind service work) and one that the other tasks share
+(their transactions are short). A second task that needs the database meanwhile gets one
+more connection, closed when it is done (a far node pays a dozen round trips for it), and
+a third waits. On prefork, each pool process runs one task at a time and keeps one
+connection: one per pool process.
+
+No session-level setting is made at connect time: PgBouncer in transaction mode would
+refuse or drop it. Every transaction carries its own bounds instead, sent in the same
+message as its `BEGIN` (no extra round trip), and no statement is prepared. A forked pool
+child must not reuse its parent's sockets, so engines are keyed by process id and rebuilt
+after a fork (`worker_process_init` forgets the inherited ones).
 """
 
 from __future__ import annotations
@@ -19,46 +29,52 @@ from typing import Any
 import psycopg
 from psycopg.errors import UndefinedColumn, UndefinedFunction, UndefinedTable
 from sqlalchemy import Connection, Engine, create_engine, text
-from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from workers.errors import DatabaseUnavailable
 from workers.settings import Settings
 
-_engines: dict[tuple[int, str, float], Engine] = {}
+HEARTBEAT = "heartbeat"
+WORK = "work"
+_engines: dict[tuple[int, str, float, str], Engine] = {}
 _lock = Lock()
 
 
-def engine_for(settings: Settings, url: str | None = None) -> Engine:
+def engine_for(settings: Settings, url: str | None = None, purpose: str = WORK) -> Engine:
     """This process's engine for the URL (the node's by default), created on first use."""
     url = url or settings.require_database_url()
-    key = (os.getpid(), url, settings.database_timeout)
+    if settings.pool == "prefork":
+        purpose = WORK
+    key = (os.getpid(), url, settings.database_timeout, purpose)
     with _lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = _engines[key] = _create_engine(settings, url)
+            engine = _engines[key] = _create_engine(settings, url, purpose)
         return engine
 
 
-def _create_engine(settings: Settings, url: str) -> Engine:
-    """Every session bounds its waits; a frozen process cannot hold a row lock past its lease."""
-    timeout_ms = int(settings.database_timeout * 1000)
-    idle_ms = max(1000, int(settings.lease_timeout * 1000))
-    options = (
-        f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms} "
-        f"-c idle_in_transaction_session_timeout={idle_ms}"
-    )
+def _create_engine(settings: Settings, url: str, purpose: str) -> Engine:
     return create_engine(
         url,
-        pool_size=2,
-        max_overflow=4,
+        isolation_level="AUTOCOMMIT",
+        pool_size=1,
+        max_overflow=0 if purpose == HEARTBEAT else 1,
+        pool_timeout=max(1.0, settings.lease_timeout) if purpose == HEARTBEAT else 30.0,
         pool_recycle=300,
         connect_args={
-            "options": options,
             "connect_timeout": max(2, math.ceil(settings.database_timeout * 2)),
-            "application_name": f"failover:{settings.node_name or 'cli'}:{os.getpid()}",
+            "application_name": f"failover:{settings.node_name or 'cli'}:{os.getpid()}:{purpose}",
             "prepare_threshold": None,
         },
     )
+
+
+def begin_bounded(settings: Settings) -> str:
+    """`BEGIN` and the bounds of one transaction, sent as one message: statement and lock
+    waits end at the database timeout, and a transaction left idle (a frozen process)
+    ends at the lease, so it can never hold a row lock past it."""
+    idle_ms = max(1000, int(settings.lease_timeout * 1000))
+    return f"BEGIN; {bounded(settings)}SET LOCAL idle_in_transaction_session_timeout = {idle_ms}"
 
 
 def forget_inherited_engines() -> None:
@@ -70,13 +86,21 @@ def forget_inherited_engines() -> None:
                 del _engines[key]
 
 
+def close_idle_connections() -> None:
+    """Close this process's idle connections (a prefork main process, once registered)."""
+    with _lock:
+        for key, engine in _engines.items():
+            if key[0] == os.getpid():
+                engine.pool.dispose()
+
+
 def connect_ahead(settings: Settings) -> None:
     """Open this process's first connection in the background, so that a far node's first
     heartbeat in a new pool process does not pay the connection set-up (a dozen round trips:
     TCP, start-up, authentication, the dialect's first queries) inside its lease."""
 
     def connect() -> None:
-        with contextlib.suppress(Exception), engine_for(settings).connect():
+        with contextlib.suppress(Exception), engine_for(settings, purpose=HEARTBEAT).connect():
             pass
 
     threading.Thread(target=connect, name="failover-connect-ahead", daemon=True).start()
@@ -84,26 +108,36 @@ def connect_ahead(settings: Settings) -> None:
 
 @contextmanager
 def transaction(settings: Settings, url: str | None = None) -> Iterator[Connection]:
-    """A transaction on the shared database; an unreachable database becomes one clear error."""
+    """A transaction on the shared database; an unreachable database becomes one clear error.
+
+    The connection is in autocommit mode and the transaction is opened by hand with its
+    bounds (`begin_bounded`); `COMMIT` (or `ROLLBACK`) ends it when the block does.
+    """
     engine = engine_for(settings, url)
     try:
         with engine.begin() as connection:
+            connection.exec_driver_sql(begin_bounded(settings))
             yield connection
-    except OperationalError as error:
-        raise DatabaseUnavailable(
+    except DBAPIError as error:
+        raise _clear_error(engine, error) from None
+
+
+def _clear_error(engine: Engine, error: DBAPIError) -> Exception:
+    """One clear line for what a node or an operator can act on; other errors as they are."""
+    if isinstance(error, OperationalError) or error.connection_invalidated:
+        return DatabaseUnavailable(
             f"database unavailable at {_shown(engine)}: {_first_line(error)}"
-        ) from None
-    except ProgrammingError as error:
-        if isinstance(error.orig, UndefinedTable):
-            raise DatabaseUnavailable(
-                f"no failover schema in {_shown(engine)}: run `failover db upgrade` first"
-            ) from None
-        if isinstance(error.orig, UndefinedColumn):
-            raise DatabaseUnavailable(
-                f"the failover schema in {_shown(engine)} is older than this version: "
-                "run `failover db upgrade`"
-            ) from None
-        raise
+        )
+    if isinstance(error.orig, UndefinedTable):
+        return DatabaseUnavailable(
+            f"no failover schema in {_shown(engine)}: run `failover db upgrade` first"
+        )
+    if isinstance(error.orig, UndefinedColumn | UndefinedFunction):
+        return DatabaseUnavailable(
+            f"the failover schema in {_shown(engine)} is older than this version: "
+            "run `failover db upgrade`"
+        )
+    return error
 
 
 def bounded(settings: Settings) -> str:
@@ -113,7 +147,9 @@ def bounded(settings: Settings) -> str:
     return f"SET LOCAL statement_timeout = {timeout_ms}; SET LOCAL lock_timeout = {timeout_ms}; "
 
 
-def one_round_trip(settings: Settings, statement: str, params: Mapping[str, object]) -> object:
+def one_round_trip(
+    settings: Settings, statement: str, params: Mapping[str, object], purpose: str = WORK
+) -> object:
     """Run `statement` as its own transaction in one message: one network round trip.
 
     The parameters are bound on the client and sent with the bounds of `bounded` as one
@@ -122,7 +158,7 @@ def one_round_trip(settings: Settings, statement: str, params: Mapping[str, obje
     A connection found dead (the database restarted or failed over) is dropped and the
     statement is tried once more on a new one: no ping before every use (a round trip each).
     """
-    engine = engine_for(settings)
+    engine = engine_for(settings, purpose=purpose)
     for attempt in (1, 2):
         with engine.connect() as connection:
             driver = connection.connection.driver_connection
@@ -146,17 +182,12 @@ def one_round_trip(settings: Settings, statement: str, params: Mapping[str, obje
 def _send(
     driver: psycopg.Connection[Any], bounds: str, statement: str, params: Mapping[str, object]
 ) -> object:
-    driver.autocommit = True
-    try:
-        query = bounds + psycopg.ClientCursor(driver).mogrify(statement, params)
-        cursor = driver.execute(query)
-        while cursor.description is None and cursor.nextset():
-            pass
-        row = cursor.fetchone()
-        return row[0] if row else None
-    finally:
-        if not driver.broken and not driver.closed:
-            driver.autocommit = False
+    query = bounds + psycopg.ClientCursor(driver).mogrify(statement, params)
+    cursor = driver.execute(query)
+    while cursor.description is None and cursor.nextset():
+        pass
+    row = cursor.fetchone()
+    return row[0] if row else None
 
 
 def _first_line_of(error: Exception) -> str:

@@ -31,6 +31,10 @@ class Policy:
     def placement(self, service: str) -> Placement:
         return self.placements.get(service, Placement())
 
+    def any_failback(self) -> bool:
+        """Whether a failback may be planned at any beat (it needs every candidate)."""
+        return any(placement.failback for placement in self.placements.values())
+
 
 @dataclass(frozen=True)
 class MarkInactive:
@@ -215,6 +219,9 @@ def _failback(
     return Acquire(service.name, owner.name, service.epoch, "failback", why)
 
 
+FIRST_CANDIDATES = 2
+
+
 def _better_placed_wait(
     snapshot: Snapshot,
     me: Node,
@@ -226,24 +233,29 @@ def _better_placed_wait(
     """A reason to leave the service to better-placed live nodes for now, or None to go ahead.
 
     Better placed: preferred by the service's placement, or in the region it is leaving (its
-    dead owner's, or for an unowned service the region of the owner that released it).
-    They get `cross_region_delay` seconds to act first.
+    dead owner's, or for an unowned service the region of the owner that released it); among
+    equals, the first `FIRST_CANDIDATES` by name, so that a large cluster does not send every
+    node after the same service. The others get `cross_region_delay` seconds to act first.
     """
     if waited >= policy.cross_region_delay:
         return None
     placement = policy.placement(service.name)
     home = owner.region if owner else service.home_region
-    mine = rank(me, placement, home)
     exclude = {me.name} | ({owner.name} if owner else set())
-    better = [
-        node.name
+    mine = (rank(me, placement, home), me.name)
+    ahead = [
+        node
         for node in candidates(snapshot, placement, home, exclude)
-        if rank(node, placement, home) < mine
+        if (rank(node, placement, home), node.name) < mine
     ]
-    if not better:
+    better = [node.name for node in ahead if rank(node, placement, home) < mine[0]]
+    if not better and len(ahead) < FIRST_CANDIDATES:
         return None
     left = policy.cross_region_delay - waited
-    return f"{', '.join(better)} placed better, going first ({left:.1f} s of delay left)"
+    if better:
+        return f"{', '.join(better)} placed better, going first ({left:.1f} s of delay left)"
+    first = ", ".join(node.name for node in ahead)
+    return f"{first} first among equals ({left:.1f} s of delay left)"
 
 
 def _verdict(me: Node, actions: list[Action]) -> str:

@@ -98,11 +98,15 @@ def _arrays(arrivals: list[Arrival]) -> dict[str, list[Any]]:
 
 
 def _load_listing(connection: Connection, arrivals: list[Arrival]) -> None:
-    """The folder's listing as a temporary table with statistics, so the planner can hash-join."""
+    """The folder's listing as a temporary table with statistics, so the planner can hash-join.
+
+    The table lives for this transaction only (`ON COMMIT DROP`): behind PgBouncer in
+    transaction mode the next transaction may run on another server connection.
+    """
     connection.execute(
         text(
             "CREATE TEMPORARY TABLE IF NOT EXISTS listing "
-            "(name text, size bigint, mtime bigint) ON COMMIT DELETE ROWS"
+            "(name text, size bigint, mtime bigint) ON COMMIT DROP"
         )
     )
     connection.execute(

@@ -5,6 +5,8 @@ run) share nothing but the host, so they share a small folder per incarnation:
 
 - one mark per kind of message (the heartbeat, the service work) while a message of that
   kind waits in the node's queue (`workers.backlog` says how it is used);
+- a lock per kind of work that must not run twice at once on a node (the service work: a
+  slow one is not joined by the next, which would take the pool's last free slots);
 - the heartbeat's last measured cycle, so the next one can store it and warn once.
 
 Times are this host's monotonic clock (`CLOCK_MONOTONIC`, shared by its processes): they
@@ -14,10 +16,12 @@ place local deadlines only, never compared with another host's.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -61,6 +65,22 @@ def taken(incarnation: str, kind: str) -> None:
     """The message of `kind` left the queue: the next one may be sent."""
     with contextlib.suppress(OSError):
         (state_dir(incarnation) / f"{kind}.waiting").unlink()
+
+
+@contextlib.contextmanager
+def alone(incarnation: str, kind: str) -> Iterator[bool]:
+    """Hold the node's lock for `kind` if no other task of this node holds it: yields
+    whether it does. A lock of the host's kernel (`flock`), so it dies with its holder."""
+    with (state_dir(incarnation) / f"{kind}.running").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def remember(incarnation: str, name: str, value: float) -> None:

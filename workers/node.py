@@ -33,8 +33,15 @@ from celery.signals import (
 )
 
 from workers import local_state, store
-from workers.database import connect_ahead, forget_inherited_engines, transaction
+from workers.database import (
+    close_idle_connections,
+    connect_ahead,
+    forget_inherited_engines,
+    transaction,
+)
+from workers.decide import FIRST_CANDIDATES
 from workers.errors import ConfigError, FailoverError
+from workers.placement import Placement, candidates
 from workers.routing import (
     HEARTBEAT,
     SERVICE_WORK,
@@ -44,6 +51,7 @@ from workers.routing import (
     send_to_node,
 )
 from workers.settings import ENV_PREFIX, Settings, load_settings
+from workers.snapshot import Node, Snapshot
 from workers.store import Identity, Registration
 
 log = logging.getLogger(__name__)
@@ -86,12 +94,18 @@ def registration(settings: Settings) -> Registration:
         app_context=settings.app_context,
         hostname=socket.gethostname(),
         pid=os.getpid(),
+        retention_days=settings.node_retention_days,
     )
 
 
 def register_birth(settings: Settings, me: Identity) -> None:
+    """Register this incarnation; then hold connections only where heartbeats will run."""
     with transaction(settings) as connection:
         store.register_node(connection, registration(settings), me.incarnation)
+    if settings.pool == "prefork":
+        close_idle_connections()
+    else:
+        connect_ahead(settings)
     log.warning(
         "node %s: registered in region %s, incarnation %s; standby until its first heartbeat",
         me.name,
@@ -102,21 +116,33 @@ def register_birth(settings: Settings, me: Identity) -> None:
 
 
 def register_death(app: Any, settings: Settings, me: Identity) -> None:
-    """Release this node's services and wake the live peers so one takes them at once."""
+    """Release this node's services and wake the peers placed first to take them at once."""
     with transaction(settings) as connection:
         released = store.release_services(connection, me)
-        peers = [node for node in store.read_snapshot(connection).nodes if node.name != me.name]
-        now = store.database_now(connection)
+        snapshot = store.read_snapshot(connection)
     local_state.forget(me.incarnation)
     for service, epoch in released:
         log.warning("node %s: released %s at epoch %d: graceful stop", me.name, service, epoch)
     if not released:
         log.warning("node %s: stopped; it owned no service", me.name)
         return
-    for peer in peers:
-        if peer.is_live(now):
-            args = (peer.name, peer.incarnation)
-            send_to_node(app, HEARTBEAT, peer.name, args, settings.heartbeat_interval)
+    policy = settings.policy()
+    nudged = {
+        peer
+        for service, _epoch in released
+        for peer in first_candidates(snapshot, service, policy.placement(service))
+    }
+    for peer in nudged:
+        send_to_node(
+            app, HEARTBEAT, peer.name, (peer.name, peer.incarnation), settings.heartbeat_interval
+        )
+
+
+def first_candidates(snapshot: Snapshot, service: str, placement: Placement) -> list[Node]:
+    """The live peers that would take a released service first (its home region's first)."""
+    released = snapshot.service(service)
+    home = released.home_region if released else None
+    return candidates(snapshot, placement, home, set())[:FIRST_CANDIDATES]
 
 
 def _node_of_worker(worker: Any) -> str | None:

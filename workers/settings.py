@@ -178,8 +178,9 @@ class Settings(BaseSettings):
     placement: dict[str, PlacementSettings] = {}
     region_lease_timeout: dict[str, float] = {}
 
-    pool: str = "prefork"
-    concurrency: int = Field(default=4, ge=3)
+    node_retention_days: float = Field(default=7.0, gt=0)
+    pool: str = "threads"
+    concurrency: int = Field(default=6, ge=4)
     log_level: str = "INFO"
     hot_folder: str | None = None
     hot_folders: list[HotFolderSettings] = []
@@ -257,12 +258,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_capacity(self) -> Settings:
-        """Leave a pool slot for heartbeats and one for scripts beside the folder handlers."""
-        if self.folder_parallelism + 2 > self.concurrency:
+        """Leave pool slots for the heartbeat, the service work and a script beside handlers."""
+        if self.folder_parallelism + 3 > self.concurrency:
             raise ValueError(
                 f"{ENV_PREFIX}CONCURRENCY ({self.concurrency}) must be at least "
-                f"{ENV_PREFIX}FOLDER_PARALLELISM ({self.folder_parallelism}) + 2, so that "
-                "heartbeats and scripts always find a free worker"
+                f"{ENV_PREFIX}FOLDER_PARALLELISM ({self.folder_parallelism}) + 3, so that "
+                "heartbeats, service work and scripts always find a free worker"
             )
         return self
 

@@ -54,11 +54,17 @@ class Service:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The registry and the services at database time `now`."""
+    """The registry and the services at database time `now`.
+
+    A heartbeat's snapshot may hold only the nodes it must judge (itself, the owners, the
+    peers that may have expired): `complete` is False then, and the database returns every
+    node whenever a choice among candidates may be needed.
+    """
 
     now: datetime
     nodes: tuple[Node, ...]
     services: tuple[Service, ...]
+    complete: bool = True
 
     def node(self, name: str) -> Node | None:
         return next((node for node in self.nodes if node.name == name), None)

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from workers import app_script, backlog, folder_monitor, store
+from workers import app_script, backlog, folder_monitor, local_state, store
 from workers.celery import app
 from workers.database import transaction
 from workers.decide import Acquire, Dispatch, Handover
@@ -143,11 +143,19 @@ def service_work(owned: list[tuple[str, int]]) -> dict[str, Any]:
     """The due work of each service this node owns at the given epoch, each fenced.
 
     One statement fences and ticks them all; then each service does its own work, if it
-    has any (the built-ins do), each side effect again under its fence.
+    has any (the built-ins do), each side effect again under its fence. One runs at a time
+    on a node: a slow one is not joined by the next.
     """
     settings = current_settings()
     me = current_identity()
-    pairs = [(service, int(epoch)) for service, epoch in owned]
+    with local_state.alone(me.incarnation, SERVICE_WORK) as alone:
+        if not alone:
+            log.debug("node %s: service work skipped: the previous one still runs", me.name)
+            return {}
+        return _service_work(settings, me, [(service, int(epoch)) for service, epoch in owned])
+
+
+def _service_work(settings: Settings, me: Identity, pairs: list[tuple[str, int]]) -> dict[str, Any]:
     refusals = record_ticks(settings, me, pairs)
     done: dict[str, Any] = {}
     for service, epoch in pairs:
@@ -206,7 +214,11 @@ def scheduled_run(name: str, run_id: int, epoch: int) -> str:
     """Execute a scheduled run whose start the service work recorded under the fence."""
     settings = current_settings()
     fence = Fence(app_script.SERVICE, current_identity(), epoch)
-    return app_script.run_recorded(settings, name, fence, run_id).status
+    try:
+        return app_script.run_recorded(settings, name, fence, run_id).status
+    except StaleEpoch as stale:
+        reject(settings, fence, stale)
+        return "rejected"
 
 
 @app.task(name=RUN_SCRIPT, ignore_result=False)

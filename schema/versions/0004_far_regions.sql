@@ -5,6 +5,17 @@ ALTER TABLE server_registry
     ADD COLUMN broker_round_trip_ms REAL,
     ADD COLUMN heartbeat_cycle_ms REAL;
 
+-- Every node renews its row about once a second: leave room on each page so that renewals
+-- are HOT updates (no index covers a column a heartbeat changes), and vacuum by absolute
+-- thresholds, not by a fraction of a small, hot table.
+ALTER TABLE server_registry SET (
+    fillfactor = 50,
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 2000,
+    autovacuum_analyze_scale_factor = 0,
+    autovacuum_analyze_threshold = 2000
+);
+
 -- The region a service is leaving (its last owner's): the region whose nodes may claim it
 -- first when it was released, exactly as after a takeover.
 ALTER TABLE service_status ADD COLUMN home_region VARCHAR(63);
@@ -41,7 +52,7 @@ $$;
 
 -- One heartbeat in one statement (one round trip): renew this incarnation's lease (only
 -- while its application is healthy), store its measured latencies, and return what the
--- node decides on: the database time, the registry and the services, as JSON.
+-- node decides on: the database time, the services and the nodes it must judge, as JSON.
 -- The judging window (lease_started_at) starts again when the lease had lapsed, the node
 -- was marked inactive, or its previous renewal is older than 1.5 heartbeat intervals: a
 -- node whose own beats were interrupted (an outage, a pause, a slow far link) gives its
@@ -52,12 +63,14 @@ CREATE FUNCTION failover_heartbeat(
     p_healthy BOOLEAN,
     p_db_round_trip_ms REAL,
     p_broker_round_trip_ms REAL,
-    p_heartbeat_cycle_ms REAL
+    p_heartbeat_cycle_ms REAL,
+    p_everyone BOOLEAN DEFAULT false
 ) RETURNS JSON
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now TIMESTAMPTZ := clock_timestamp();
     v_renewed BOOLEAN;
+    v_everyone BOOLEAN;
 BEGIN
     UPDATE server_registry SET
         lease_started_at = CASE
@@ -74,13 +87,31 @@ BEGIN
         heartbeat_cycle_ms = COALESCE(p_heartbeat_cycle_ms, heartbeat_cycle_ms)
     WHERE node_name = p_node AND incarnation = p_incarnation AND stopped_at IS NULL;
     v_renewed := FOUND;
+    -- The whole registry only when this node may have to choose among candidates: a service
+    -- without a live-looking owner (to claim or take over), a draining node handing over, or
+    -- a failback policy. Otherwise itself, the owners and the peers that may have expired:
+    -- what `decide` judges, whatever the size of the cluster.
+    v_everyone := p_everyone
+        OR EXISTS (SELECT 1 FROM server_registry WHERE node_name = p_node AND draining)
+        OR EXISTS (
+            SELECT 1 FROM service_status AS s
+            LEFT JOIN server_registry AS o ON o.id = s.service_registry_id
+            WHERE o.id IS NULL OR NOT o.is_active OR o.stopped_at IS NOT NULL
+               OR o.last_heartbeat_at + o.lease_timeout_s * interval '1 second' < v_now);
     RETURN json_build_object(
+        'complete', v_everyone,
         'renewed', v_renewed,
         'nodes', (SELECT COALESCE(json_agg(n ORDER BY n.node_name), '[]'::json) FROM (
             SELECT id, node_name, region, is_active, last_heartbeat_at, lease_started_at,
                    lease_timeout_s, draining, stopped_at, incarnation, app_healthy,
                    last_verdict
-            FROM server_registry) AS n),
+            FROM server_registry AS r
+            WHERE v_everyone
+               OR r.node_name = p_node
+               OR r.id IN (SELECT service_registry_id FROM service_status)
+               OR (r.is_active AND (r.stopped_at IS NOT NULL
+                   OR r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' < v_now))
+            ) AS n),
         'services', (SELECT COALESCE(json_agg(s ORDER BY s.service_type), '[]'::json) FROM (
             SELECT service_type, service_registry_id, epoch, acquired_at, acquired_reason,
                    home_region

@@ -269,7 +269,8 @@ def test_shared_processing_queue_spreads_handlers_over_the_nodes(
         )
         # Claims stay with the owner; the handlers ran on more than one node
         assert [r.node for r in cluster.query("SELECT DISTINCT node FROM folder_file")] == ["a"]
-        assert workers_that_handled(tmp_path / "handled.log") == {a.pid, b.pid}
+        nodes = {a.pid, b.pid}
+        assert workers_that_handled(tmp_path / "handled.log", nodes) == nodes
     finally:
         cluster.close()
 

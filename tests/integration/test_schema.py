@@ -32,6 +32,9 @@ CATALOG = {
         SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal""",
     "functions": """
         SELECT proname, prosrc FROM pg_proc WHERE pronamespace = 'public'::regnamespace""",
+    "storage": """
+        SELECT relname, array_to_string(reloptions, ',') FROM pg_class
+        WHERE relnamespace = 'public'::regnamespace AND reloptions IS NOT NULL""",
     "rows": "SELECT service_type, epoch FROM service_status",
 }
 

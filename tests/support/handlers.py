@@ -30,11 +30,14 @@ def fail(path: Path) -> None:
     raise RuntimeError("failing on purpose")
 
 
-def workers_that_handled(log: Path) -> set[int]:
-    """The worker main processes (parents of the pool children) that ran the handler."""
-    return (
-        {int(line.split()[2]) for line in log.read_text().splitlines()} if log.exists() else set()
-    )
+def workers_that_handled(log: Path, workers: set[int]) -> set[int]:
+    """Which of the `workers` (main processes) ran the handler: in their own process (threads
+    pool) or in a pool child of theirs (prefork)."""
+    found = set()
+    for line in log.read_text().splitlines() if log.exists() else []:
+        pid, parent = (int(part) for part in line.split()[1:3])
+        found.add(pid if pid in workers else parent)
+    return found
 
 
 def handled(log: Path) -> dict[str, int]:

@@ -182,3 +182,13 @@ def test_a_released_service_waits_for_its_home_region_before_another_claims_it()
     # And once the cross-region delay has passed with nobody taking it, c may
     later = Snapshot(at(11.0), nodes, (released,))
     assert kinds(decide(later, "c", POLICY), Acquire)
+
+
+def test_in_a_large_region_only_the_first_two_candidates_go_at_once():
+    # Given a dead owner and five live peers of its region
+    peers = [node(i, name, beat=9.5) for i, name in enumerate("bcdef", start=2)]
+    snap = snapshot(10.0, [node(1, "a", beat=6.5), *peers], {"x": (1, 7)})
+    # Then b and c (first by name) take it now; d, e and f wait the cross-region delay
+    going = {p.name for p in peers if kinds(decide(snap, p.name, POLICY), Acquire)}
+    waiting = {p.name for p in peers if kinds(decide(snap, p.name, POLICY), Wait)}
+    assert (going, waiting) == ({"b", "c"}, {"d", "e", "f"})
