@@ -24,19 +24,16 @@ SERVICES = ("folder_monitor", "app_script")
 
 def test_a_standby_reads_itself_and_the_owners_not_the_whole_registry(settings):
     # Given twenty live nodes, a owning both services
-    me = add_node(settings, "a")
+    add_node(settings, "a")
     for service in SERVICES:
         give(settings, service, "a")
     for index in range(20):
         add_node(settings, f"n{index:02d}")
     # When n05 beats
-    snapshot = store.heartbeat(
-        settings, store.Identity("n05", node_incarnation(settings, "n05")), True, store.Latency()
-    )
+    snapshot = beat_as(settings, "n05")
     # Then it read itself and the owner only
     assert snapshot is not None and not snapshot.complete
     assert sorted(node.name for node in snapshot.nodes) == ["a", "n05"]
-    del me
 
 
 def test_every_node_is_read_when_a_service_needs_a_new_owner(settings):
@@ -47,9 +44,7 @@ def test_every_node_is_read_when_a_service_needs_a_new_owner(settings):
     for index in range(5):
         add_node(settings, f"n{index}")
     # When a standby beats, Then it reads every node: it may have to choose among them
-    snapshot = store.heartbeat(
-        settings, store.Identity("n1", node_incarnation(settings, "n1")), True, store.Latency()
-    )
+    snapshot = beat_as(settings, "n1")
     assert snapshot is not None and snapshot.complete and len(snapshot.nodes) == 6
 
 
@@ -59,23 +54,18 @@ def test_a_peer_that_may_have_expired_is_read_so_it_can_be_judged(settings):
         give(settings, service, "a")
     add_node(settings, "gone", beat_age=60)
     add_node(settings, "alive")
-    snapshot = store.heartbeat(
-        settings,
-        store.Identity("alive", node_incarnation(settings, "alive")),
-        True,
-        store.Latency(),
-    )
+    snapshot = beat_as(settings, "alive")
     assert snapshot is not None
     assert sorted(node.name for node in snapshot.nodes) == ["a", "alive", "gone"]
 
 
-def node_incarnation(settings, name: str) -> str:
+def beat_as(settings, name: str):
+    """One heartbeat of the registered node `name`: the snapshot it decides on."""
     with transaction(settings) as connection:
-        return str(
-            connection.execute(
-                text("SELECT incarnation FROM server_registry WHERE node_name = :n"), {"n": name}
-            ).scalar_one()
-        )
+        incarnation = connection.execute(
+            text("SELECT incarnation FROM server_registry WHERE node_name = :n"), {"n": name}
+        ).scalar_one()
+    return store.heartbeat(settings, store.Identity(name, str(incarnation)), True, store.Latency())
 
 
 def frozen_transaction_ends_at_the_lease(settings) -> None:

@@ -120,6 +120,12 @@ class _Connection:
         self._on_closed(self)
 
 
+def _not_negative(name: str, seconds: float) -> float:
+    if seconds < 0:
+        raise ValueError(f"{name} must not be negative, not {seconds}")
+    return seconds
+
+
 class DelayProxy(FaultProxy):
     """A `FaultProxy` that delays every chunk each way, and counts round trips.
 
@@ -145,9 +151,7 @@ class DelayProxy(FaultProxy):
 
     @one_way_delay.setter
     def one_way_delay(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError(f"one_way_delay must not be negative, not {seconds}")
-        self._one_way_delay = seconds
+        self._one_way_delay = _not_negative("one_way_delay", seconds)
 
     @property
     def jitter(self) -> float:
@@ -155,9 +159,7 @@ class DelayProxy(FaultProxy):
 
     @jitter.setter
     def jitter(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError(f"jitter must not be negative, not {seconds}")
-        self._jitter = seconds
+        self._jitter = _not_negative("jitter", seconds)
 
     def counts(self) -> dict[str, int]:
         """A snapshot of every counter, taken at one instant."""
@@ -169,32 +171,9 @@ class DelayProxy(FaultProxy):
             self._counts = dict.fromkeys(COUNTERS, 0)
 
     @property
-    def connections(self) -> int:
-        """Connections accepted and forwarded."""
-        return self.counts()["connections"]
-
-    @property
     def round_trips(self) -> int:
         """Times the server sent data after the client had spoken since the server last did."""
         return self.counts()["round_trips"]
-
-    @property
-    def client_chunks(self) -> int:
-        return self.counts()["client_chunks"]
-
-    @property
-    def server_chunks(self) -> int:
-        return self.counts()["server_chunks"]
-
-    @property
-    def bytes_up(self) -> int:
-        """Bytes from clients to the server."""
-        return self.counts()["bytes_up"]
-
-    @property
-    def bytes_down(self) -> int:
-        """Bytes from the server to clients."""
-        return self.counts()["bytes_down"]
 
     def cut(self) -> None:
         """Reset every connection at once, dropping what is in flight, and refuse new ones."""

@@ -124,8 +124,9 @@ def test_a_pipeline_of_chunks_arrives_intact_and_in_order(tcp_echo_target):
                 client.sendall(chunk)
                 time.sleep(0.001)  # separate chunks, many of them in flight at once
             assert receive(client, len(expected)) == expected
-        assert proxy.client_chunks > 1
-        assert proxy.bytes_up == proxy.bytes_down == len(expected)
+        counts = proxy.counts()
+        assert counts["client_chunks"] > 1
+        assert counts["bytes_up"] == counts["bytes_down"] == len(expected)
     finally:
         proxy.close()
 
