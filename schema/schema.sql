@@ -196,7 +196,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_now TIMESTAMPTZ := clock_timestamp();
     v_renewed BOOLEAN;
-    v_everyone BOOLEAN;
 BEGIN
     UPDATE server_registry SET
         lease_started_at = CASE
@@ -213,36 +212,43 @@ BEGIN
         heartbeat_cycle_ms = COALESCE(p_heartbeat_cycle_ms, heartbeat_cycle_ms)
     WHERE node_name = p_node AND incarnation = p_incarnation AND stopped_at IS NULL;
     v_renewed := FOUND;
+    -- One statement (one snapshot of the tables, one database time) for what is returned.
     -- The whole registry only when this node may have to choose among candidates: a service
     -- without a live-looking owner (to claim or take over), a draining node handing over, or
     -- a failback policy. Otherwise itself, the owners and the peers that may have expired:
     -- what `decide` judges, whatever the size of the cluster.
-    v_everyone := p_everyone
-        OR EXISTS (SELECT 1 FROM server_registry WHERE node_name = p_node AND draining)
-        OR EXISTS (
-            SELECT 1 FROM service_status AS s
-            LEFT JOIN server_registry AS o ON o.id = s.service_registry_id
-            WHERE o.id IS NULL OR NOT o.is_active OR o.stopped_at IS NOT NULL
-               OR o.last_heartbeat_at + o.lease_timeout_s * interval '1 second' < v_now);
-    RETURN json_build_object(
-        'complete', v_everyone,
-        'renewed', v_renewed,
-        'nodes', (SELECT COALESCE(json_agg(n ORDER BY n.node_name), '[]'::json) FROM (
-            SELECT id, node_name, region, is_active, last_heartbeat_at, lease_started_at,
-                   lease_timeout_s, draining, stopped_at, incarnation, app_healthy,
-                   last_verdict
-            FROM server_registry AS r
-            WHERE v_everyone
-               OR r.node_name = p_node
-               OR r.id IN (SELECT service_registry_id FROM service_status)
-               OR (r.is_active AND (r.stopped_at IS NOT NULL
-                   OR r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' < v_now))
-            ) AS n),
-        'services', (SELECT COALESCE(json_agg(s ORDER BY s.service_type), '[]'::json) FROM (
-            SELECT service_type, service_registry_id, epoch, acquired_at, acquired_reason,
-                   home_region
-            FROM service_status) AS s),
-        'now', clock_timestamp());
+    RETURN (
+        WITH everyone AS (
+            SELECT p_everyone
+                OR EXISTS (SELECT 1 FROM server_registry WHERE node_name = p_node AND draining)
+                OR EXISTS (
+                    SELECT 1 FROM service_status AS s
+                    LEFT JOIN server_registry AS o ON o.id = s.service_registry_id
+                    WHERE o.id IS NULL OR NOT o.is_active OR o.stopped_at IS NOT NULL
+                       OR o.last_heartbeat_at + o.lease_timeout_s * interval '1 second' < v_now
+                ) AS complete
+        )
+        SELECT json_build_object(
+            'renewed', v_renewed,
+            'complete', everyone.complete,
+            'nodes', (SELECT COALESCE(json_agg(n ORDER BY n.node_name), '[]'::json) FROM (
+                SELECT id, node_name, region, is_active, last_heartbeat_at, lease_started_at,
+                       lease_timeout_s, draining, stopped_at, incarnation, app_healthy,
+                       last_verdict
+                FROM server_registry AS r
+                WHERE everyone.complete
+                   OR r.node_name = p_node
+                   OR r.id IN (SELECT service_registry_id FROM service_status)
+                   OR (r.is_active AND (r.stopped_at IS NOT NULL
+                       OR r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' < v_now))
+                ) AS n),
+            'services', (SELECT COALESCE(json_agg(s ORDER BY s.service_type), '[]'::json) FROM (
+                SELECT service_type, service_registry_id, epoch, acquired_at, acquired_reason,
+                       home_region
+                FROM service_status) AS s),
+            'now', v_now)
+        FROM everyone
+    );
 END
 $$;
 

@@ -91,7 +91,7 @@ def take_due_run(
         )
         return None
     slot = due(script, last, now)
-    if slot is None or _running(connection, name, fence.epoch):
+    if slot is None or _running(connection, name, fence.epoch, script.timeout + lease):
         return None
     connection.execute(
         text("UPDATE script_schedule SET last_due_at = :at WHERE script = :n"),
@@ -102,14 +102,18 @@ def take_due_run(
     return record_start(connection, name, fence, trigger, slot.at)
 
 
-def _running(connection: Connection, name: str, epoch: int) -> bool:
+def _running(connection: Connection, name: str, epoch: int, stale_after: float) -> bool:
+    """Whether a run of the script at this epoch may still be running: one recorded less
+    than its timeout and a lease ago (an older one was killed at its timeout, or its
+    message was lost before it started)."""
     return bool(
         connection.execute(
             text(
                 "SELECT 1 FROM script_run WHERE script = :n AND status = 'running' "
-                "AND epoch = :epoch LIMIT 1"
+                "AND epoch = :epoch "
+                "AND started_at > clock_timestamp() - make_interval(secs => :stale) LIMIT 1"
             ),
-            {"n": name, "epoch": epoch},
+            {"n": name, "epoch": epoch, "stale": stale_after},
         ).first()
     )
 
@@ -194,6 +198,21 @@ def record_end(connection: Connection, run_id: int, result: RunResult) -> None:
             "tail": result.output_tail,
         },
     )
+
+
+def run_scheduled(settings: Settings, name: str, fence: Fence, run_id: int) -> RunResult | None:
+    """Execute a run the owner's service work recorded, only if this node still owns the
+    service at that epoch (checked under the fence just before it starts; `StaleEpoch`
+    otherwise) and the run was not closed meanwhile (None then)."""
+    with fenced(settings, fence) as connection:
+        still = connection.execute(
+            text(
+                "UPDATE script_run SET started_at = clock_timestamp() "
+                "WHERE id = :id AND status = 'running' AND epoch = :epoch RETURNING id"
+            ),
+            {"id": run_id, "epoch": fence.epoch},
+        ).first()
+    return None if still is None else run_recorded(settings, name, fence, run_id)
 
 
 def run_recorded(settings: Settings, name: str, fence: Fence, run_id: int) -> RunResult:

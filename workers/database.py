@@ -60,7 +60,7 @@ def _create_engine(settings: Settings, url: str, purpose: str) -> Engine:
         pool_size=1,
         max_overflow=0 if purpose == HEARTBEAT else 1,
         pool_timeout=max(1.0, settings.lease_timeout) if purpose == HEARTBEAT else 30.0,
-        pool_recycle=300,
+        pool_recycle=-1 if purpose == HEARTBEAT else 300,
         connect_args={
             "connect_timeout": max(2, math.ceil(settings.database_timeout * 2)),
             "application_name": f"failover:{settings.node_name or 'cli'}:{os.getpid()}:{purpose}",
@@ -160,23 +160,41 @@ def one_round_trip(
     """
     engine = engine_for(settings, purpose=purpose)
     for attempt in (1, 2):
-        with engine.connect() as connection:
-            driver = connection.connection.driver_connection
-            assert isinstance(driver, psycopg.Connection)
-            try:
-                return _send(driver, bounded(settings), statement, params)
-            except psycopg.OperationalError as error:
-                connection.invalidate()
-                if attempt == 2 or not driver.broken:
-                    raise DatabaseUnavailable(
-                        f"database unavailable at {_shown(engine)}: {_first_line_of(error)}"
-                    ) from None
-            except UndefinedFunction:
-                raise DatabaseUnavailable(
-                    f"the failover schema in {_shown(engine)} is older than this version: "
-                    "run `failover db upgrade`"
-                ) from None
+        try:
+            return _on_pooled_connection(engine, bounded(settings), statement, params)
+        except _DeadConnection as dead:
+            if attempt == 2:
+                shown = _shown(engine)
+                raise DatabaseUnavailable(f"database unavailable at {shown}: {dead}") from None
+        except (psycopg.OperationalError, OperationalError) as error:
+            raise DatabaseUnavailable(
+                f"database unavailable at {_shown(engine)}: {_first_line_of(error)}"
+            ) from None
+        except UndefinedFunction:
+            raise DatabaseUnavailable(
+                f"the failover schema in {_shown(engine)} is older than this version: "
+                "run `failover db upgrade`"
+            ) from None
     raise AssertionError("unreachable")
+
+
+class _DeadConnection(Exception):
+    """A pooled connection turned out dead (the server restarted or failed over)."""
+
+
+def _on_pooled_connection(
+    engine: Engine, bounds: str, statement: str, params: Mapping[str, object]
+) -> object:
+    with engine.connect() as connection:
+        driver = connection.connection.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        try:
+            return _send(driver, bounds, statement, params)
+        except psycopg.OperationalError as error:
+            if not driver.broken:
+                raise
+            connection.invalidate()
+            raise _DeadConnection(_first_line_of(error)) from None
 
 
 def _send(

@@ -138,6 +138,9 @@ def own_lease_problem(me: Node | None, now: datetime) -> str | None:
     return None
 
 
+PARTIAL = "choosing needs every node: reading them all at the next beat"
+
+
 def may_acquire(me: Node) -> bool:
     return not me.draining
 
@@ -176,11 +179,13 @@ def _service_action(
     if not may_acquire(me):
         return None
     owner = snapshot.node_by_id(service.owner_id)
+    overdue = expired_for(owner, me, snapshot.now) if owner else None
+    if not snapshot.complete and (owner is None or overdue is not None):
+        return Wait(service.name, service.epoch, PARTIAL)
     if owner is None:
         return _claim(snapshot, me, service, policy)
-    overdue = expired_for(owner, me, snapshot.now)
     if overdue is None:
-        return _failback(snapshot, me, service, owner, placement)
+        return _failback(snapshot, me, service, owner, placement) if snapshot.complete else None
     why_wait = _better_placed_wait(snapshot, me, service, owner, overdue, policy)
     if why_wait:
         return Wait(service.name, service.epoch, why_wait)
@@ -191,7 +196,7 @@ def _service_action(
 
 
 def _owner_action(snapshot: Snapshot, me: Node, service: Service, placement: Placement) -> Action:
-    if me.draining:
+    if me.draining and snapshot.complete:
         successor = best_candidate(snapshot, service.name, placement, {me.name})
         if successor is not None:
             return Handover(service.name, service.epoch, successor.name)

@@ -118,6 +118,7 @@ WITH owned AS (
     JOIN server_registry AS r ON r.id = s.service_registry_id
     WHERE r.node_name = %(node)s AND r.incarnation = %(incarnation)s AND r.stopped_at IS NULL
       AND r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' > clock_timestamp()
+    ORDER BY s.service_type
     FOR SHARE OF s
 ), ticked AS (
     INSERT INTO service_tick (service_type, epoch, node_name, tick_count)

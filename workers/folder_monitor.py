@@ -284,6 +284,9 @@ def _scan_folder(
             adopted = adopt_orphans(connection, folder, fence)
             claimed = record_and_claim(connection, folder, arrivals, fence)
         batches = take_batches(connection, folder, settings, fence)
+        finished = sweep_finished(connection, folder)
+    for path, directory, name, file_id in finished:
+        move_done(path, directory, name, file_id)
     _recorded_listings.discard(listing)
     if not claimed:
         _recorded_listings.add(listing)
@@ -329,6 +332,9 @@ def dispatch(
 ) -> None:
     with fenced(settings, fence) as connection:
         batches = take_batches(connection, folder, settings, fence)
+        finished = sweep_finished(connection, folder)
+    for path, directory, name, file_id in finished:
+        move_done(path, directory, name, file_id)
     for batch in batches:
         send_batch(folder.name, batch)
 
@@ -376,8 +382,49 @@ def _handle_one(settings: Settings, folder: HotFolderSettings, file_id: int, fen
     if path is not None:
         error = run_handler(folder, path)
     with fenced(settings, fence) as connection:
-        _finish(connection, folder, row, path, error, fence)
+        done_dir = _finish(connection, folder, row, path, error, fence)
+    if done_dir is not None and path is not None:
+        move_done(path, done_dir, row.rel_path, row.id)
     return 1
+
+
+def move_done(path: Path, directory: Path, name: str, file_id: int) -> None:
+    """Move a finished file out of processing, after its state committed. Another process
+    may have moved it already (`sweep_finished`): then there is nothing to do."""
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(path, _destination(directory, name, file_id))
+
+
+def sweep_finished(
+    connection: Connection, folder: HotFolderSettings
+) -> list[tuple[Path, Path, str, int]]:
+    """Files left in processing whose state committed as finished (their owner died between
+    the commit and the move): where each goes, to move after this transaction."""
+    if not folder.processing.is_dir():
+        return []
+    left = {}
+    for entry in os.scandir(folder.processing):
+        number, _, name = entry.name.partition("__")
+        if number.isdigit() and name:
+            left[int(number)] = (Path(entry.path), name)
+    if not left:
+        return []
+    rows = connection.execute(
+        text(
+            "SELECT id, state FROM folder_file WHERE id = ANY(:ids) "
+            "AND state IN ('processed', 'failed')"
+        ),
+        {"ids": list(left)},
+    ).all()
+    return [
+        (
+            left[row.id][0],
+            folder.processed if row.state == "processed" else folder.failed,
+            left[row.id][1],
+            row.id,
+        )
+        for row in rows
+    ]
 
 
 def _locate(folder: HotFolderSettings, file_id: int, name: str) -> Path | None:
@@ -437,22 +484,19 @@ def _finish(
     path: Path | None,
     error: str | None,
     fence: Fence,
-) -> None:
+) -> Path | None:
+    """Record the outcome under the fence; the folder the file then goes to (None: retry)."""
     who = (
         f"node {fence.me.name}: {folder.name}/{row.rel_path} "
         f"(epoch {fence.epoch}, attempt {row.attempts})"
     )
     if error is None:
-        if path is not None:
-            os.rename(path, _destination(folder.processed, row.rel_path, row.id))
         _set_state(connection, row.id, "processed", None)
-        return
+        return folder.processed
     if row.attempts >= folder.max_attempts or path is None:
-        if path is not None:
-            os.rename(path, _destination(folder.failed, row.rel_path, row.id))
         _set_state(connection, row.id, "failed", error)
         log.error("%s failed for good: %s", who, error)
-        return
+        return folder.failed
     delay = folder.retry_backoff * 2 ** (row.attempts - 1)
     connection.execute(
         text(
@@ -462,6 +506,7 @@ def _finish(
         {"id": row.id, "error": error, "delay": delay},
     )
     log.warning("%s handler failed, retrying in %.1f s: %s", who, delay, error)
+    return None
 
 
 def _set_state(connection: Connection, file_id: int, state: str, error: str | None) -> None:

@@ -375,7 +375,9 @@ def release_services(
     if node_id is None:
         return []
     owned = connection.execute(
-        select(services_t.c.service_type).where(services_t.c.service_registry_id == node_id)
+        select(services_t.c.service_type)
+        .where(services_t.c.service_registry_id == node_id)
+        .order_by(services_t.c.service_type)
     ).scalars()
     released = []
     for service in owned.all():

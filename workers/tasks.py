@@ -176,7 +176,8 @@ def _own_work(settings: Settings, fence: Fence) -> Any:
         with fenced(settings, fence) as connection:
             runs = app_script.take_due_runs(connection, settings, fence)
         for name, run_id in runs:
-            send_to_node(app, SCHEDULED_RUN, fence.me.name, (name, run_id, fence.epoch), 3600.0)
+            args = (name, run_id, fence.epoch)
+            send_to_node(app, SCHEDULED_RUN, fence.me.name, args, settings.lease_timeout)
         return [name for name, _ in runs]
     if fence.service == folder_monitor.SERVICE and settings.folders():
         return folder_monitor.scan(settings, fence, _batch_sender(settings, fence.me, fence.epoch))
@@ -215,10 +216,11 @@ def scheduled_run(name: str, run_id: int, epoch: int) -> str:
     settings = current_settings()
     fence = Fence(app_script.SERVICE, current_identity(), epoch)
     try:
-        return app_script.run_recorded(settings, name, fence, run_id).status
+        result = app_script.run_scheduled(settings, name, fence, run_id)
     except StaleEpoch as stale:
         reject(settings, fence, stale)
         return "rejected"
+    return result.status if result else "closed before it started"
 
 
 @app.task(name=RUN_SCRIPT, ignore_result=False)

@@ -80,11 +80,17 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def give_everything_to_c(cluster: Cluster) -> None:
+    """Move both services to c, as an operator would, retrying while c is still starting."""
     for service in SERVICES:
-        if cluster.owners()[service][0] != "c":
-            result = cluster.cli("move", service, "--to", "c", "--timeout", "30")
-            if result.returncode != 0:
-                raise RuntimeError(result.stderr.strip())
+        wait_until(
+            lambda service=service: (
+                cluster.owners()[service][0] == "c"
+                or cluster.cli("move", service, "--to", "c", "--timeout", "30").returncode == 0
+            ),
+            120,
+            f"c to take {service}",
+            every=1.0,
+        )
 
 
 def one_failover(cluster: Cluster, far_env: dict[str, str]) -> float:

@@ -38,7 +38,7 @@ def tick(settings, fence):
     with fenced(settings, fence) as connection:
         runs = app_script.take_due_runs(connection, settings, fence)
     for name, run_id in runs:
-        app_script.run_recorded(settings, name, fence, run_id)
+        app_script.run_scheduled(settings, name, fence, run_id)
     return [name for name, _ in runs]
 
 
@@ -91,6 +91,48 @@ def test_a_stale_owners_run_is_refused_before_it_starts(settings, tmp_path):
     with pytest.raises(StaleEpoch):
         app_script.run_now(settings, "touch", stale)
     assert not marker.exists() and runs(settings) == []
+
+
+def test_a_scheduled_run_recorded_before_a_move_never_starts_on_the_old_owner(settings, tmp_path):
+    # Given a recorded a due run of `touch` (its message to run it is on its way)
+    marker = tmp_path / "ran"
+    script = ScriptSettings(argv=[sys.executable, "-c", f"open({str(marker)!r}, 'w')"], interval=1)
+    settings = with_scripts(settings, touch=script)
+    old = owner(settings, "a")
+    with transaction(settings) as connection:
+        connection.execute(
+            text("INSERT INTO script_schedule VALUES ('touch', clock_timestamp() - interval '5 s')")
+        )
+    with fenced(settings, old) as connection:
+        [(name, run_id)] = app_script.take_due_runs(connection, settings, old)
+    # When the service moves to b before the message is run
+    add_node(settings, "b", lease=30)
+    give(settings, SERVICE, "b", reason="manual")
+    # Then a's run is refused before the script starts
+    with pytest.raises(StaleEpoch):
+        app_script.run_scheduled(settings, name, old, run_id)
+    assert not marker.exists()
+
+
+def test_a_run_whose_message_was_lost_does_not_block_its_script_forever(settings, tmp_path):
+    # Given a run recorded as running long ago (its message lost before it could start)
+    script = ScriptSettings(argv=[sys.executable, "-c", "pass"], interval=1, timeout=2)
+    settings = with_scripts(settings, tick=script)
+    fence = owner(settings)
+    with transaction(settings) as connection:
+        connection.execute(
+            text("INSERT INTO script_schedule VALUES ('tick', clock_timestamp() - interval '5 s')")
+        )
+        connection.execute(
+            text(
+                "INSERT INTO script_run (script, node, epoch, trigger, started_at, status) "
+                "VALUES ('tick', 'a', :e, 'schedule', clock_timestamp() - interval '1 min', "
+                "'running')"
+            ),
+            {"e": fence.epoch},
+        )
+    # Then the next slot still runs
+    assert tick(settings, fence) == ["tick"]
 
 
 def test_output_tail_and_exit_code_are_recorded(settings):

@@ -234,3 +234,28 @@ def test_shared_processing_may_run_on_any_node_but_only_at_the_current_epoch(
     give(settings, SERVICE, "b", reason="takeover")
     assert folder_monitor.handle_files(settings, folder, batches[1], shared) == 0
     assert sum(handled(handler_log).values()) == 1
+
+
+def test_a_file_whose_owner_died_between_its_commit_and_its_move_is_moved_by_the_next_scan(
+    settings, tmp_path, handler_log
+):
+    # Given a file handled and recorded as processed, but still in the processing area (its
+    # owner was killed after the commit, before the move)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "late.dat").write_text("x")
+    settings = with_folder(settings, inbox)
+    fence = owner(settings)
+    batches: list[list[int]] = []
+    folder_monitor.scan(settings, fence, lambda name, ids: batches.append(ids))
+    [[file_id]] = batches
+    with transaction(settings) as connection:
+        connection.execute(
+            text("UPDATE folder_file SET state = 'processed' WHERE id = :id"), {"id": file_id}
+        )
+    assert (inbox / ".processing" / f"{file_id}__late.dat").exists()
+    # When the owner scans again, Then the file goes where its state says, without a handler run
+    folder_monitor.scan(settings, fence, lambda name, ids: batches.append(ids))
+    assert (inbox / "processed" / "late.dat").exists()
+    assert not list((inbox / ".processing").iterdir())
+    assert handled(handler_log) == {}

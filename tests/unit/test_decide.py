@@ -192,3 +192,12 @@ def test_in_a_large_region_only_the_first_two_candidates_go_at_once():
     going = {p.name for p in peers if kinds(decide(snap, p.name, POLICY), Acquire)}
     waiting = {p.name for p in peers if kinds(decide(snap, p.name, POLICY), Wait)}
     assert (going, waiting) == ({"b", "c"}, {"d", "e", "f"})
+
+
+def test_a_partial_snapshot_never_chooses_a_new_owner():
+    # Given a heartbeat's snapshot without every node, in which the owner has expired
+    nodes = (node(1, "a", beat=5.0), node(2, "b", beat=9.5))
+    partial = Snapshot(at(10.0), nodes, (Service("x", 1, 7),), complete=False)
+    # Then the node waits for the whole registry instead of taking the service blind
+    decision = decide(partial, "b", POLICY)
+    assert not kinds(decision, Acquire) and kinds(decision, Wait)
