@@ -103,16 +103,22 @@ async def beat_forever(
             pool.put_nowait(connection)
 
 
-async def simulate(url: str, nodes: list[tuple[str, str]], seconds: float) -> list[float]:
+async def simulate(
+    url: str, nodes: list[tuple[str, str]], seconds: float
+) -> tuple[list[float], float]:
+    """Beat every simulated node for `seconds`: the latencies, and PostgreSQL's CPU in cores
+    (measured while the connections are open: a backend's CPU leaves with its process)."""
     pool: asyncio.Queue[psycopg.AsyncConnection[object]] = asyncio.Queue()
     for _ in range(CONNECTIONS):
         pool.put_nowait(await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True))
     latencies: list[float] = []
     stop = time.monotonic() + seconds
+    cpu_before, wall_before = postgres_cpu(), time.monotonic()
     await asyncio.gather(*(beat_forever(pool, n, i, stop, latencies) for n, i in nodes))
+    cpu = (postgres_cpu() - cpu_before) / (time.monotonic() - wall_before)
     while not pool.empty():
         await (pool.get_nowait()).close()
-    return latencies
+    return latencies, cpu
 
 
 def postgres_cpu() -> float:
@@ -140,9 +146,7 @@ def run_case(tmp: Path, servers, count: int, seconds: float) -> dict[str, object
         cluster.start_live("b", "r1")
         cluster.start_live("c", "r2")
         nodes = register(url, count)
-        cpu_before, wall_before = postgres_cpu(), time.monotonic()
-        latencies = asyncio.run(simulate(url, nodes, seconds))
-        cpu = (postgres_cpu() - cpu_before) / (time.monotonic() - wall_before)
+        latencies, cpu = asyncio.run(simulate(url, nodes, seconds))
         false_expiries = cluster.query(
             "SELECT count(*) AS n FROM server_registry WHERE node_name LIKE 'sim%' "
             "AND NOT is_active"
