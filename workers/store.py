@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -66,37 +67,48 @@ def database_now(connection: Connection) -> datetime:
     return connection.execute(select(NOW)).scalar_one()  # type: ignore[no-any-return]
 
 
-def _node(row: Row[Any]) -> Node:
+def _node(row: Mapping[Any, Any]) -> Node:
+    """A registry row, read by SQLAlchemy or returned as JSON by `failover_heartbeat`."""
     return Node(
-        id=row.id,
-        name=row.node_name,
-        region=row.region,
-        is_active=row.is_active,
-        last_heartbeat_at=row.last_heartbeat_at,
-        lease_started_at=row.lease_started_at,
-        lease_timeout=row.lease_timeout_s,
-        draining=row.draining,
-        stopped_at=row.stopped_at,
-        incarnation=str(row.incarnation),
-        app_healthy=row.app_healthy,
-        last_verdict=row.last_verdict,
+        id=row["id"],
+        name=row["node_name"],
+        region=row["region"],
+        is_active=row["is_active"],
+        last_heartbeat_at=_time(row["last_heartbeat_at"]),
+        lease_started_at=_time(row["lease_started_at"]),
+        lease_timeout=row["lease_timeout_s"],
+        draining=row["draining"],
+        stopped_at=_maybe_time(row["stopped_at"]),
+        incarnation=str(row["incarnation"]),
+        app_healthy=row["app_healthy"],
+        last_verdict=row["last_verdict"],
     )
 
 
-def _service(row: Row[Any]) -> Service:
+def _service(row: Mapping[Any, Any]) -> Service:
+    """A `service_status` row, read by SQLAlchemy or returned as JSON."""
     return Service(
-        name=row.service_type,
-        owner_id=row.service_registry_id,
-        epoch=row.epoch,
-        acquired_at=row.acquired_at,
-        reason=row.acquired_reason,
-        home_region=row.home_region,
+        name=row["service_type"],
+        owner_id=row["service_registry_id"],
+        epoch=row["epoch"],
+        acquired_at=_maybe_time(row["acquired_at"]),
+        reason=row["acquired_reason"],
+        home_region=row["home_region"],
     )
+
+
+def _time(value: datetime | str) -> datetime:
+    """A timestamp as SQLAlchemy gives it, or as PostgreSQL writes it in JSON (ISO 8601)."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def _maybe_time(value: datetime | str | None) -> datetime | None:
+    return None if value is None else _time(value)
 
 
 def read_nodes(connection: Connection) -> tuple[Node, ...]:
     rows = connection.execute(select(nodes_t).order_by(nodes_t.c.node_name))
-    return tuple(_node(row) for row in rows)
+    return tuple(_node(row._mapping) for row in rows)
 
 
 @dataclass(frozen=True)
@@ -137,39 +149,9 @@ def heartbeat(settings: Settings, me: Identity, healthy: bool, latency: Latency)
 
 def snapshot_from_json(answer: dict[str, Any]) -> Snapshot:
     """The snapshot `failover_heartbeat` returns, as the decision code sees it."""
-    nodes = tuple(
-        Node(
-            id=row["id"],
-            name=row["node_name"],
-            region=row["region"],
-            is_active=row["is_active"],
-            last_heartbeat_at=_time(row["last_heartbeat_at"]),
-            lease_started_at=_time(row["lease_started_at"]),
-            lease_timeout=row["lease_timeout_s"],
-            draining=row["draining"],
-            stopped_at=_time(row["stopped_at"]) if row["stopped_at"] else None,
-            incarnation=str(row["incarnation"]),
-            app_healthy=row["app_healthy"],
-            last_verdict=row["last_verdict"],
-        )
-        for row in answer["nodes"]
-    )
-    services = tuple(
-        Service(
-            name=row["service_type"],
-            owner_id=row["service_registry_id"],
-            epoch=row["epoch"],
-            acquired_at=_time(row["acquired_at"]) if row["acquired_at"] else None,
-            reason=row["acquired_reason"],
-            home_region=row["home_region"],
-        )
-        for row in answer["services"]
-    )
+    nodes = tuple(_node(row) for row in answer["nodes"])
+    services = tuple(_service(row) for row in answer["services"])
     return Snapshot(_time(answer["now"]), nodes, services, complete=bool(answer["complete"]))
-
-
-def _time(value: str) -> datetime:
-    return datetime.fromisoformat(value)
 
 
 APPLY_SQL = """
@@ -213,7 +195,9 @@ def read_snapshot(connection: Connection) -> Snapshot:
     """The whole registry and every service, with the database time after reading them."""
     nodes = read_nodes(connection)
     services = connection.execute(select(services_t).order_by(services_t.c.service_type))
-    return Snapshot(database_now(connection), nodes, tuple(_service(row) for row in services))
+    return Snapshot(
+        database_now(connection), nodes, tuple(_service(row._mapping) for row in services)
+    )
 
 
 def name_holder(connection: Connection, name: str, lock: bool = False) -> str | None:
@@ -296,7 +280,9 @@ def _lock_service(connection: Connection, service: str) -> tuple[Row[Any], Snaps
     locked = connection.execute(
         select(services_t).where(services_t.c.service_type == service).with_for_update()
     ).one()
-    snapshot = Snapshot(database_now(connection), read_nodes(connection), (_service(locked),))
+    snapshot = Snapshot(
+        database_now(connection), read_nodes(connection), (_service(locked._mapping),)
+    )
     return locked, snapshot
 
 
