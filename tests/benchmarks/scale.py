@@ -2,8 +2,8 @@
 
 For each N, N simulated nodes beat at 1 Hz on their own staggered phases, each under its
 own name and incarnation, with the project's own heartbeat statement (the message a node
-sends: `SET LOCAL` bounds and `failover_heartbeat(...)`), from one asyncio client over 20
-connections so that the client is not the bottleneck. Three real `failover worker` nodes
+sends: `SET LOCAL` bounds and `failover_heartbeat(...)`), driven by pgbench (a C client, so
+that the client is not the bottleneck; `--client asyncio` drives them from Python instead). Three real `failover worker` nodes
 (probes: a and b in r1, c in r2) run beside them at default settings and judge everyone.
 Reported per N: heartbeat latency p50/p99 as the client sees it, PostgreSQL CPU (all its
 processes, in cores), false expiries (simulated nodes marked inactive, or services taken
@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
@@ -51,7 +54,7 @@ def libpq_url(url: str) -> str:
 
 def register(url: str, count: int) -> list[tuple[str, str]]:
     """Register `count` simulated nodes in one statement; their (name, incarnation)."""
-    nodes = [(f"sim{i:04d}", str(uuid.uuid4())) for i in range(count)]
+    nodes = [(f"sim{i:04d}", incarnation_of(f"sim{i:04d}")) for i in range(count)]
     with psycopg.connect(libpq_url(url), autocommit=True) as connection:
         connection.execute(
             "INSERT INTO server_registry (node_name, region, incarnation, is_active, "
@@ -61,6 +64,49 @@ def register(url: str, count: int) -> list[tuple[str, str]]:
             ([name for name, _ in nodes], [inc for _, inc in nodes]),
         )
     return nodes
+
+
+def incarnation_of(name: str) -> str:
+    """A simulated node's incarnation: `md5(name)::uuid`, so pgbench can compute it too."""
+    return str(uuid.UUID(hashlib.md5(name.encode()).hexdigest()))
+
+
+PGBENCH_SCRIPT = (
+    "\\set i :i + 1\n"
+    "\\set n :client_id + :clients * (:i % :per)\n"
+    "{bounds}SELECT failover_heartbeat('sim' || lpad(:n::text, 4, '0'), "
+    "md5('sim' || lpad(:n::text, 4, '0'))::uuid, true, NULL::real, NULL::real, NULL::real, "
+    "false);\n"
+)
+
+
+def pgbench_beats(url: str, count: int, seconds: float, logs: Path) -> tuple[list[float], float]:
+    """Beat `count` simulated nodes with pgbench: each client owns `count / clients` nodes and
+    beats them in turn, `count` beats a second in all (each node about once a second), with
+    the one message a node sends. The latencies (ms) and PostgreSQL's CPU in cores."""
+    clients = max(2, count // 50)
+    bounds = bounded(load_settings(database_timeout=0.5)).replace("; ", " \\; ")
+    script = logs / "heartbeat.sql"
+    script.write_text(PGBENCH_SCRIPT.format(bounds=bounds))
+    command = [
+        shutil.which("pgbench") or "pgbench", "-n", "-M", "simple", "-c", str(clients),
+        "-j", "2", "-T", str(int(seconds)), "--rate", str(count), "-D", "i=0",
+        "-D", f"clients={clients}", "-D", f"per={count // clients}", "-f", str(script),
+        "-l", "--log-prefix", str(logs / "beat"), libpq_url(url),
+    ]  # fmt: skip
+    with subprocess.Popen(command, cwd=logs, stdout=subprocess.DEVNULL) as bench:
+        time.sleep(1.0)
+        cpu_before, wall_before = postgres_cpu(), time.monotonic()
+        time.sleep(seconds - 2.0)
+        cpu = (postgres_cpu() - cpu_before) / (time.monotonic() - wall_before)
+    if bench.returncode:
+        raise RuntimeError(f"pgbench failed with exit code {bench.returncode}")
+    latencies = [
+        int(line.split()[2]) / 1000
+        for log in logs.glob("beat.*")
+        for line in log.read_text().splitlines()
+    ]
+    return latencies, cpu
 
 
 async def beat_forever(
@@ -135,7 +181,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def run_case(tmp: Path, servers, count: int, seconds: float) -> dict[str, object]:
+def run_case(tmp: Path, servers, count: int, seconds: float, client: str) -> dict[str, object]:
     with ExitStack() as stack:
         url = stack.enter_context(fresh_database(servers))
         broker = stack.enter_context(clean_broker(servers.broker_url))
@@ -146,7 +192,11 @@ def run_case(tmp: Path, servers, count: int, seconds: float) -> dict[str, object
         cluster.start_live("b", "r1")
         cluster.start_live("c", "r2")
         nodes = register(url, count)
-        latencies, cpu = asyncio.run(simulate(url, nodes, seconds))
+        if client == "pgbench":
+            logs = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=tmp)))
+            latencies, cpu = pgbench_beats(url, count, seconds, logs)
+        else:
+            latencies, cpu = asyncio.run(simulate(url, nodes, seconds))
         false_expiries = cluster.query(
             "SELECT count(*) AS n FROM server_registry WHERE node_name LIKE 'sim%' "
             "AND NOT is_active"
@@ -223,6 +273,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, nargs="*", default=[100, 200, 500, 1000])
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--client", choices=("pgbench", "asyncio"), default="pgbench")
     parser.add_argument("--real", type=int, default=0, help="real nodes behind PgBouncer")
     parser.add_argument("--real-seconds", type=float, default=300.0)
     args = parser.parse_args()
@@ -232,7 +283,7 @@ def main() -> None:
         if args.real:
             print(f"  real nodes: {real_nodes(Path(tmp), servers, args.real, args.real_seconds)}")
         for count in args.nodes:
-            row = run_case(Path(tmp), servers, count, args.seconds)
+            row = run_case(Path(tmp), servers, count, args.seconds, args.client)
             print(f"  {row}", flush=True)
             rows.append(row)
     print()
