@@ -21,10 +21,30 @@ from workers import backlog
 from workers.routing import HEARTBEAT, WAITING_MAX_AGE
 
 
+def broker_server(connection: Any) -> str | None:
+    """The Redis server a kombu connection's publishes reach, as `host:port` (or a socket
+    path); with Sentinel, the master it was last given. Read from the client's connection
+    pool: no round trip. None when the transport does not say."""
+    try:
+        pool = connection.default_channel.client.connection_pool
+    except Exception:
+        return None
+    master = getattr(pool, "master_address", None)
+    if master:
+        return f"{master[0]}:{master[1]}"
+    options = getattr(pool, "connection_kwargs", {})
+    if options.get("path"):
+        return str(options["path"])
+    if options.get("host"):
+        return f"{options['host']}:{options.get('port', 6379)}"
+    return None
+
+
 class NodeScheduler(Scheduler):  # type: ignore[misc]
     """Schedules the heartbeat of the node named by `FAILOVER_NODE_NAME` in this process."""
 
     broker_round_trip_ms: float | None = None
+    broker_server: str | None = None
 
     def setup_schedule(self) -> None:
         from workers.node import current_identity, current_settings
@@ -48,10 +68,12 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
         entry.kwargs = {
             "tick": schedule.last_slot(time.time()),
             "broker_round_trip_ms": self.broker_round_trip_ms,
+            "broker_server": self.broker_server,
         }
         started = time.perf_counter()
         result = super().apply_async(entry, producer, advance, **kwargs)
         self.broker_round_trip_ms = (time.perf_counter() - started) * 1000
+        self.broker_server = broker_server(self.connection)
         return result
 
     def _when(self, entry: ScheduleEntry, next_time_to_run: float, *args: Any) -> float:

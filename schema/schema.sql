@@ -29,7 +29,14 @@ CREATE TABLE server_registry (
     -- what the node measured of its distance to the stores (milliseconds)
     db_round_trip_ms REAL,
     broker_round_trip_ms REAL,
-    heartbeat_cycle_ms REAL
+    heartbeat_cycle_ms REAL,
+    -- the database server and the broker the node last reached, and when each changed
+    database_server TEXT,
+    database_changed_at TIMESTAMPTZ,
+    broker_server TEXT,
+    broker_changed_at TIMESTAMPTZ,
+    -- files it put back into a hot folder: the database had lost their record (a counter)
+    restored_files BIGINT NOT NULL DEFAULT 0
 ) WITH (
     -- renewed about once a second per node: room on each page for HOT updates (no index
     -- covers a column a heartbeat changes), vacuumed by absolute thresholds
@@ -190,12 +197,16 @@ CREATE FUNCTION failover_heartbeat(
     p_db_round_trip_ms REAL,
     p_broker_round_trip_ms REAL,
     p_heartbeat_cycle_ms REAL,
-    p_everyone BOOLEAN DEFAULT false
+    p_everyone BOOLEAN,
+    p_broker_server TEXT
 ) RETURNS JSON
 LANGUAGE plpgsql AS $$
 DECLARE
     v_now TIMESTAMPTZ := clock_timestamp();
     v_renewed BOOLEAN;
+    v_server TEXT := COALESCE(
+        host(inet_server_addr()) || ':' || inet_server_port(),
+        'socket:' || current_setting('port'));
 BEGIN
     UPDATE server_registry SET
         lease_started_at = CASE
@@ -209,7 +220,13 @@ BEGIN
         app_healthy = p_healthy,
         db_round_trip_ms = COALESCE(p_db_round_trip_ms, db_round_trip_ms),
         broker_round_trip_ms = COALESCE(p_broker_round_trip_ms, broker_round_trip_ms),
-        heartbeat_cycle_ms = COALESCE(p_heartbeat_cycle_ms, heartbeat_cycle_ms)
+        heartbeat_cycle_ms = COALESCE(p_heartbeat_cycle_ms, heartbeat_cycle_ms),
+        database_changed_at = CASE WHEN database_server <> v_server
+            THEN v_now ELSE database_changed_at END,
+        database_server = v_server,
+        broker_changed_at = CASE WHEN broker_server <> p_broker_server
+            THEN v_now ELSE broker_changed_at END,
+        broker_server = COALESCE(p_broker_server, broker_server)
     WHERE node_name = p_node AND incarnation = p_incarnation AND stopped_at IS NULL;
     v_renewed := FOUND;
     -- One statement (one snapshot of the tables, one database time) for what is returned.
@@ -250,6 +267,21 @@ BEGIN
         FROM everyone
     );
 END
+$$;
+
+-- The heartbeat of nodes not yet upgraded to revision 0005 (no broker server).
+CREATE FUNCTION failover_heartbeat(
+    p_node TEXT,
+    p_incarnation UUID,
+    p_healthy BOOLEAN,
+    p_db_round_trip_ms REAL,
+    p_broker_round_trip_ms REAL,
+    p_heartbeat_cycle_ms REAL,
+    p_everyone BOOLEAN DEFAULT false
+) RETURNS JSON
+LANGUAGE sql AS $$
+    SELECT failover_heartbeat(p_node, p_incarnation, p_healthy, p_db_round_trip_ms,
+        p_broker_round_trip_ms, p_heartbeat_cycle_ms, p_everyone, NULL::text)
 $$;
 
 INSERT INTO service_status (service_type, epoch) VALUES ('folder_monitor', 0), ('app_script', 0);

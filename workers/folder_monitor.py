@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, text
 
+from workers import store
 from workers.errors import ConfigError, StaleEpoch
 from workers.fencing import Fence, fenced
 from workers.settings import HotFolderSettings, Settings
@@ -284,9 +285,12 @@ def _scan_folder(
             adopted = adopt_orphans(connection, folder, fence)
             claimed = record_and_claim(connection, folder, arrivals, fence)
         batches = take_batches(connection, folder, settings, fence)
-        finished = sweep_finished(connection, folder)
-    for path, directory, name, file_id in finished:
+        leftovers = sweep_processing(connection, folder)
+        if leftovers.unrecorded:
+            store.count_restored(connection, fence.me, len(leftovers.unrecorded))
+    for path, directory, name, file_id in leftovers.finished:
         move_done(path, directory, name, file_id)
+    restore_unrecorded(fence, folder, leftovers.unrecorded)
     _recorded_listings.discard(listing)
     if not claimed:
         _recorded_listings.add(listing)
@@ -332,9 +336,12 @@ def dispatch(
 ) -> None:
     with fenced(settings, fence) as connection:
         batches = take_batches(connection, folder, settings, fence)
-        finished = sweep_finished(connection, folder)
-    for path, directory, name, file_id in finished:
+        leftovers = sweep_processing(connection, folder)
+        if leftovers.unrecorded:
+            store.count_restored(connection, fence.me, len(leftovers.unrecorded))
+    for path, directory, name, file_id in leftovers.finished:
         move_done(path, directory, name, file_id)
+    restore_unrecorded(fence, folder, leftovers.unrecorded)
     for batch in batches:
         send_batch(folder.name, batch)
 
@@ -390,41 +397,69 @@ def _handle_one(settings: Settings, folder: HotFolderSettings, file_id: int, fen
 
 def move_done(path: Path, directory: Path, name: str, file_id: int) -> None:
     """Move a finished file out of processing, after its state committed. Another process
-    may have moved it already (`sweep_finished`): then there is nothing to do."""
+    may have moved it already (`sweep_processing`): then there is nothing to do."""
     with contextlib.suppress(FileNotFoundError):
         os.rename(path, _destination(directory, name, file_id))
 
 
-def sweep_finished(
-    connection: Connection, folder: HotFolderSettings
-) -> list[tuple[Path, Path, str, int]]:
-    """Files left in processing whose state committed as finished (their owner died between
-    the commit and the move): where each goes, to move after this transaction."""
+class Leftovers(NamedTuple):
+    """Files in processing that no handler will finish (see `sweep_processing`)."""
+
+    finished: list[tuple[Path, Path, str, int]]
+    unrecorded: list[tuple[Path, str]]
+
+
+def sweep_processing(connection: Connection, folder: HotFolderSettings) -> Leftovers:
+    """What is left in processing that no handler will finish: files whose state committed
+    as finished (their owner died between the commit and the move), and files the database
+    has no claim for (it failed over and lost its last commits). Listed before the query,
+    so a file renamed in after its claim committed is always found with its claim."""
     if not folder.processing.is_dir():
-        return []
+        return Leftovers([], [])
     left = {}
     for entry in os.scandir(folder.processing):
         number, _, name = entry.name.partition("__")
         if number.isdigit() and name:
             left[int(number)] = (Path(entry.path), name)
     if not left:
-        return []
+        return Leftovers([], [])
     rows = connection.execute(
-        text(
-            "SELECT id, state FROM folder_file WHERE id = ANY(:ids) "
-            "AND state IN ('processed', 'failed')"
-        ),
+        text("SELECT id, rel_path, state FROM folder_file WHERE id = ANY(:ids)"),
         {"ids": list(left)},
     ).all()
-    return [
-        (
-            left[row.id][0],
-            folder.processed if row.state == "processed" else folder.failed,
-            left[row.id][1],
-            row.id,
-        )
-        for row in rows
+    claims = {row.id: row for row in rows if row.rel_path == left[row.id][1]}
+    finished = [
+        (path, folder.processed if claims[i].state == "processed" else folder.failed, name, i)
+        for i, (path, name) in left.items()
+        if i in claims and claims[i].state in ("processed", "failed")
     ]
+    unrecorded = [(path, name) for i, (path, name) in left.items() if i not in claims]
+    return Leftovers(finished, unrecorded)
+
+
+def restore_unrecorded(
+    fence: Fence, folder: HotFolderSettings, files: list[tuple[Path, str]]
+) -> None:
+    """Put files the database has no claim for back into the hot folder, to be claimed
+    again (never over a newer file of the same name)."""
+    for path, name in files:
+        try:
+            os.link(path, folder.path / name)
+            os.unlink(path)
+        except FileExistsError:
+            log.error(
+                "node %s: %s/%s is in processing with no claim in the database, and a newer "
+                "file of that name waits in the hot folder: left in %s for an operator",
+                fence.me.name, folder.name, name, path,
+            )  # fmt: skip
+        except FileNotFoundError:
+            continue
+    if files:
+        log.warning(
+            "node %s: put %d files of %s back into the hot folder: the database has no claim "
+            "for them (it failed over without its last commits); they will be handled again",
+            fence.me.name, len(files), folder.name,
+        )  # fmt: skip
 
 
 def _locate(folder: HotFolderSettings, file_id: int, name: str) -> Path | None:
@@ -491,32 +526,39 @@ def _finish(
         f"(epoch {fence.epoch}, attempt {row.attempts})"
     )
     if error is None:
-        _set_state(connection, row.id, "processed", None)
-        return folder.processed
+        return folder.processed if _set_state(connection, row, "processed", None, who) else None
     if row.attempts >= folder.max_attempts or path is None:
-        _set_state(connection, row.id, "failed", error)
+        if not _set_state(connection, row, "failed", error, who):
+            return None
         log.error("%s failed for good: %s", who, error)
         return folder.failed
     delay = folder.retry_backoff * 2 ** (row.attempts - 1)
     connection.execute(
         text(
             "UPDATE folder_file SET dispatched_at = NULL, error = :error, "
-            "next_attempt_at = clock_timestamp() + make_interval(secs => :delay) WHERE id = :id"
+            "next_attempt_at = clock_timestamp() + make_interval(secs => :delay) "
+            "WHERE id = :id AND rel_path = :name AND state = 'processing'"
         ),
-        {"id": row.id, "error": error, "delay": delay},
+        {"id": row.id, "name": row.rel_path, "error": error, "delay": delay},
     )
     log.warning("%s handler failed, retrying in %.1f s: %s", who, delay, error)
     return None
 
 
-def _set_state(connection: Connection, file_id: int, state: str, error: str | None) -> None:
-    connection.execute(
+def _set_state(connection: Connection, row: Any, state: str, error: str | None, who: str) -> bool:
+    """Record a file's outcome; False (and one line) when its claim is gone: the database
+    failed over without it, and the file goes back to the hot folder at the next scan."""
+    updated = connection.execute(
         text(
             "UPDATE folder_file SET state = :state, error = :error, "
-            "finished_at = clock_timestamp() WHERE id = :id"
+            "finished_at = clock_timestamp() "
+            "WHERE id = :id AND rel_path = :name AND state = 'processing'"
         ),
-        {"id": file_id, "state": state, "error": error},
-    )
+        {"id": row.id, "name": row.rel_path, "state": state, "error": error},
+    ).rowcount
+    if not updated:
+        log.warning("%s: its claim is gone from the database; not recording it %s", who, state)
+    return bool(updated)
 
 
 def check_folders(settings: Settings) -> None:

@@ -63,10 +63,12 @@ def application_problem(settings: Settings) -> str | None:
 @dataclass(frozen=True)
 class Beat:
     """What the beat knows of the heartbeat it sent: its scheduled tick (Unix time on this
-    host) and how long the previous publish to the broker took (one round trip)."""
+    host), how long the previous publish to the broker took (one round trip), and the
+    broker server it reached (`host:port`)."""
 
     tick: float | None = None
     broker_round_trip_ms: float | None = None
+    broker_server: str | None = None
 
 
 CYCLE_WARN_FRACTION = 1 / 3
@@ -82,16 +84,38 @@ def run_cycle(settings: Settings, me: Identity, transport: Transport, beat: Beat
         local_state.recall(me.incarnation, "heartbeat_cycle_ms"),
     )
     sent = time.perf_counter()
-    snapshot = store.heartbeat(settings, me, problem is None, latency)
+    snapshot = store.heartbeat(settings, me, problem is None, latency, beat.broker_server)
     _measure(settings, me, (time.perf_counter() - sent) * 1000, beat)
     if snapshot is None:
         return Decision((), "this incarnation is stopped or replaced")
+    notice_lost_changes(me, snapshot)
     decision = decide(snapshot, me.name, settings.policy())
     if problem:
         log.warning("node %s: not renewing its lease: %s", me.name, problem)
         decision = replace(decision, verdict=f"not renewing: {problem}; {decision.verdict}")
     _apply(settings, me, snapshot, decision, transport)
     return decision
+
+
+def notice_lost_changes(me: Identity, snapshot: Snapshot) -> None:
+    """Say once when the database is behind what this node saw: a service at a lower epoch
+    than an earlier beat read (a standby promoted without the primary's last commits). The
+    database stays the truth: the node decides, and its fence checks, on what it says now."""
+    for service in snapshot.services:
+        key = f"epoch.{service.name}"
+        seen = local_state.recall(me.incarnation, key)
+        if seen is not None and service.epoch < seen:
+            log.warning(
+                "node %s: the database is behind what this node saw: %s is at epoch %d, an "
+                "earlier heartbeat read epoch %d; it lost committed changes (a failover to a "
+                "standby that had not received them); going on from what it says now",
+                me.name,
+                service.name,
+                service.epoch,
+                int(seen),
+            )
+        if seen != service.epoch:
+            local_state.remember(me.incarnation, key, service.epoch)
 
 
 def _measure(settings: Settings, me: Identity, db_ms: float, beat: Beat) -> None:

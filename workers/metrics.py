@@ -70,7 +70,14 @@ class ClusterCollector(Collector):
                 ["node"],
                 [([row.node_name], row.rejected_side_effects) for row in rows],
             ),
+            _counter(
+                "failover_restored_files",
+                "Files put back into a hot folder: the database had lost their record, by node",
+                ["node"],
+                [([row.node_name], row.restored_files) for row in rows],
+            ),
             *_latency_families(rows),
+            *_server_families(rows),
         ]
 
 
@@ -99,6 +106,31 @@ def _latency_families(rows: Sequence[Any]) -> list[Metric]:
             if value is not None:
                 family.add_metric([row.node_name, row.region], value / 1000)
         families.append(family)
+    return families
+
+
+def _server_families(rows: Sequence[Any]) -> list[Metric]:
+    """Which database server and broker each node last reached (an info-style gauge of 1),
+    and when that last changed (a Unix time): a store's own failover, as each node saw it."""
+    families: list[Metric] = []
+    for store_name in ("database", "broker"):
+        server = GaugeMetricFamily(
+            f"failover_node_{store_name}_server",
+            f"1 for the {store_name} server the node last reached",
+            labels=["node", "server"],
+        )
+        changed = GaugeMetricFamily(
+            f"failover_node_{store_name}_changed_timestamp_seconds",
+            f"When the node last found a different {store_name} server",
+            labels=["node"],
+        )
+        for row in rows:
+            if getattr(row, f"{store_name}_server"):
+                server.add_metric([row.node_name, getattr(row, f"{store_name}_server")], 1)
+            if getattr(row, f"{store_name}_changed_at"):
+                moment = getattr(row, f"{store_name}_changed_at")
+                changed.add_metric([row.node_name], moment.timestamp())
+        families += [server, changed]
     return families
 
 

@@ -61,6 +61,11 @@ def _node_entry(snapshot: Snapshot, node: Node, row: Any) -> dict[str, Any]:
         "db_round_trip_ms": _ms(row.db_round_trip_ms),
         "broker_round_trip_ms": _ms(row.broker_round_trip_ms),
         "heartbeat_cycle_ms": _ms(row.heartbeat_cycle_ms),
+        "database_server": row.database_server,
+        "database_changed_at": _iso(row.database_changed_at),
+        "broker_server": row.broker_server,
+        "broker_changed_at": _iso(row.broker_changed_at),
+        "restored_files": row.restored_files,
     }
 
 
@@ -72,6 +77,16 @@ def _latency(node: dict[str, Any]) -> str:
     """`db / broker / cycle` in milliseconds, as the node measured them."""
     parts = (node["db_round_trip_ms"], node["broker_round_trip_ms"], node["heartbeat_cycle_ms"])
     return " / ".join("-" if part is None else f"{part:.0f}" for part in parts)
+
+
+def _servers(node: dict[str, Any]) -> str:
+    """The database server and broker the node last reached, each with when it last changed."""
+    parts = []
+    for store_name in ("database", "broker"):
+        server = node[f"{store_name}_server"] or "-"
+        changed = node[f"{store_name}_changed_at"]
+        parts.append(f"{server} (since {changed[11:19]})" if changed else server)
+    return "\n".join(parts)
 
 
 def _service_entry(snapshot: Snapshot, row: Any, policy: Policy) -> dict[str, Any]:
@@ -233,6 +248,7 @@ def _node_row(node: dict[str, Any]) -> tuple[str, ...]:
         f"{node['last_heartbeat_age_s']:.1f} s",
         f"{max(node['lease_left_s'], 0):.1f} s",
         _latency(node),
+        _servers(node),
         node["verdict"] or "",
     )
 
@@ -278,6 +294,7 @@ def render(status: dict[str, Any]) -> RenderableType:
                 "heartbeat age",
                 "lease left",
                 "db / broker / cycle ms",
+                "database / broker server",
                 "verdict",
             ),
             [_node_row(node) for node in status["nodes"]],

@@ -122,12 +122,19 @@ class Latency:
 
 HEARTBEAT_SQL = (
     "SELECT failover_heartbeat(%(node)s, %(incarnation)s, %(healthy)s, "
-    "%(db)s::real, %(broker)s::real, %(cycle)s::real, %(everyone)s)"
+    "%(db)s::real, %(broker)s::real, %(cycle)s::real, %(everyone)s, %(broker_server)s::text)"
 )
 
 
-def heartbeat(settings: Settings, me: Identity, healthy: bool, latency: Latency) -> Snapshot | None:
-    """One heartbeat's database work in one round trip: renew (if healthy) and read.
+def heartbeat(
+    settings: Settings,
+    me: Identity,
+    healthy: bool,
+    latency: Latency,
+    broker_server: str | None = None,
+) -> Snapshot | None:
+    """One heartbeat's database work in one round trip: renew (if healthy) and read. The
+    database records which server answered; `broker_server` is the broker the beat reached.
 
     Returns the snapshot to decide on, or None when this incarnation is stopped or replaced.
     """
@@ -139,6 +146,7 @@ def heartbeat(settings: Settings, me: Identity, healthy: bool, latency: Latency)
         "broker": latency.broker_round_trip_ms,
         "cycle": latency.heartbeat_cycle_ms,
         "everyone": settings.policy().any_failback(),
+        "broker_server": broker_server,
     }
     found = one_round_trip(settings, HEARTBEAT_SQL, params, HEARTBEAT_ENGINE)
     answer = json.loads(found) if isinstance(found, str) else found
@@ -370,6 +378,15 @@ def release_services(
         locked, _snapshot = _lock_service(connection, service)
         released.append((service, _set_owner(connection, locked, None, "release", me.name, why)))
     return released
+
+
+def count_restored(connection: Connection, me: Identity, count: int) -> None:
+    """Count files this node put back into a hot folder (no claim left for them)."""
+    connection.execute(
+        update(nodes_t)
+        .where(nodes_t.c.node_name == me.name)
+        .values(restored_files=nodes_t.c.restored_files + count)
+    )
 
 
 def record_rejection(connection: Connection, me: Identity) -> None:

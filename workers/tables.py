@@ -49,6 +49,11 @@ server_registry = Table(
     Column("db_round_trip_ms", Float),
     Column("broker_round_trip_ms", Float),
     Column("heartbeat_cycle_ms", Float),
+    Column("database_server", Text),
+    Column("database_changed_at", DateTime(timezone=True)),
+    Column("broker_server", Text),
+    Column("broker_changed_at", DateTime(timezone=True)),
+    Column("restored_files", BigInteger, nullable=False),
 )
 
 service_status = Table(

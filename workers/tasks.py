@@ -74,11 +74,12 @@ def heartbeat(
     incarnation: str,
     tick: float | None = None,
     broker_round_trip_ms: float | None = None,
+    broker_server: str | None = None,
 ) -> str:
     """Renew this node's lease and act on the cluster snapshot; returns the verdict.
 
-    `tick` and `broker_round_trip_ms` come from the node's own beat (same host): the
-    scheduled time of this beat and how long its previous publish took.
+    `tick`, `broker_round_trip_ms` and `broker_server` come from the node's own beat (same
+    host): the scheduled time of this beat, how long its previous publish took, and where.
     """
     settings = current_settings()
     me = current_identity()
@@ -86,7 +87,7 @@ def heartbeat(
         log.info("node %s: dropped a heartbeat meant for %s/%s", me.name, node, incarnation)
         return "dropped"
     transport = CeleryTransport(me.name, settings.heartbeat_interval)
-    decision = run_cycle(settings, me, transport, Beat(tick, broker_round_trip_ms))
+    decision = run_cycle(settings, me, transport, Beat(tick, broker_round_trip_ms, broker_server))
     log.debug("node %s: %s", me.name, decision.verdict)
     return decision.verdict
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from tests.support.handlers import handled
 from tests.support.registry import add_node, give
@@ -32,8 +33,7 @@ def with_folder(settings: Settings, path: Path, **options) -> Settings:
     folder = HotFolderSettings(
         name="inbox",
         path=path,
-        handler="tests.support.handlers:record",
-        **{"settle_seconds": 0, **options},
+        **{"handler": "tests.support.handlers:record", "settle_seconds": 0, **options},
     )
     return settings.model_copy(update={"hot_folders": [folder]})
 
@@ -259,3 +259,68 @@ def test_a_file_whose_owner_died_between_its_commit_and_its_move_is_moved_by_the
     assert (inbox / "processed" / "late.dat").exists()
     assert not list((inbox / ".processing").iterdir())
     assert handled(handler_log) == {}
+
+
+def test_files_whose_claims_the_database_lost_go_back_to_the_hot_folder_and_are_counted(
+    settings, tmp_path, handler_log, monkeypatch
+):
+    # Given three files claimed and in processing
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name in ("inflight.dat", "waiting.dat", "reissued.dat"):
+        (inbox / name).write_text(name)
+    losing = with_folder(settings, inbox, handler="tests.support.handlers:lose_claim")
+    monkeypatch.setenv("FAILOVER_TEST_LOSE_CLAIM_URL", libpq_url(settings))
+    fence = owner(losing)
+    folder_monitor.scan(losing, fence, lambda name, ids: None)
+    ids = {row.rel_path: row.id for row in ledger(settings)}
+    # When the database loses their claims (a standby promoted without the primary's last
+    # commits): one while its handler runs, one before it starts, and one whose id is then
+    # issued again to another file
+    with transaction(settings) as connection:
+        connection.execute(
+            text("DELETE FROM folder_file WHERE id = ANY(:ids)"),
+            {"ids": [ids["waiting.dat"], ids["reissued.dat"]]},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO folder_file (id, folder, rel_path, size, mtime_ns, state, epoch, "
+                "node) VALUES (:id, 'inbox', 'other.dat', 1, 1, 'processing', :epoch, 'a')"
+            ),
+            {"id": ids["reissued.dat"], "epoch": fence.epoch},
+        )
+    folder_monitor.handle_files(losing, losing.folders()[0], [ids["inflight.dat"]], fence)
+    assert (
+        folder_monitor.handle_files(losing, losing.folders()[0], [ids["waiting.dat"]], fence) == 0
+    )
+    # Then the finished handler recorded and moved nothing
+    assert not (inbox / "processed").exists()
+    # When the owner scans again, Then every file without its claim is back in the hot
+    # folder and counted; then each is claimed and handled again
+    settings = with_folder(settings, inbox)
+    folder_monitor.scan(settings, fence, lambda name, ids: None)
+    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == [
+        "inflight.dat",
+        "reissued.dat",
+        "waiting.dat",
+    ]
+    with transaction(settings) as connection:
+        restored = connection.execute(
+            text("SELECT restored_files FROM server_registry WHERE node_name = 'a'")
+        ).scalar_one()
+    assert restored == 3
+    run_until_idle(settings, fence)
+    assert handled(handler_log) == {"inflight.dat": 2, "reissued.dat": 1, "waiting.dat": 1}
+    assert sorted(p.name for p in (inbox / "processed").iterdir()) == [
+        "inflight.dat",
+        "reissued.dat",
+        "waiting.dat",
+    ]
+
+
+def libpq_url(settings: Settings) -> str:
+    return (
+        make_url(settings.require_database_url())
+        .set(drivername="postgresql")
+        .render_as_string(hide_password=False)
+    )

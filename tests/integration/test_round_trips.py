@@ -8,13 +8,16 @@ client spoke, so a `BEGIN` or a pool ping sent on its own would show.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import text
 
 from tests.support.delay_proxy import DelayProxy
 from tests.support.registry import add_node, give
 from tests.support.servers import database_target, database_url_via
+from workers.database import transaction
 from workers.decide import Acquire, Dispatch, Handover
 from workers.heartbeat import Beat, run_cycle
 from workers.settings import Settings
@@ -90,3 +93,68 @@ def test_a_heartbeat_that_marks_a_dead_peer_costs_one_more_round_trip(counted):
     decision = run_cycle(settings, me, Recorded(), Beat())
     assert any("marked a inactive" in part for part in decision.verdict.split("; "))
     assert proxy.round_trips == 2
+
+
+def test_a_heartbeat_records_the_database_server_and_broker_and_when_each_changed(counted, caplog):
+    settings, proxy = counted
+    me = add_node(settings, "a")
+    transport = Recorded()
+    # Given a node whose beats reached one broker, then another (a Sentinel failover)
+    run_cycle(settings, me, transport, Beat(broker_server="10.0.0.5:6379"))
+    first = node_servers(settings)
+    run_cycle(settings, me, transport, Beat(broker_server="10.0.0.5:6379"))
+    assert node_servers(settings) == first
+    run_cycle(settings, me, transport, Beat(broker_server="10.0.0.6:6379"))
+    # Then the row says which database server answered (its own address, not the proxy's)
+    # and which broker, and when the broker changed; the database has not changed
+    server, changed, broker, broker_changed = node_servers(settings)
+    assert server == first[0] and server.endswith(f":{database_port(settings)}")
+    assert changed is None
+    assert (first[2], first[3]) == ("10.0.0.5:6379", None)
+    assert broker == "10.0.0.6:6379" and broker_changed is not None
+    # And the same beat cost one round trip still
+    proxy.reset_counts()
+    run_cycle(settings, me, transport, Beat(broker_server="10.0.0.6:6379"))
+    assert proxy.round_trips == 1
+
+
+def node_servers(settings: Settings) -> tuple:
+    with transaction(settings) as connection:
+        return tuple(
+            connection.execute(
+                text(
+                    "SELECT database_server, database_changed_at, broker_server, "
+                    "broker_changed_at FROM server_registry WHERE node_name = 'a'"
+                )
+            ).one()
+        )
+
+
+def database_port(settings: Settings) -> int:
+    with transaction(settings) as connection:
+        return int(connection.execute(text("SHOW port")).scalar_one())
+
+
+def test_a_database_behind_what_the_node_saw_is_said_once(settings, caplog):
+    # Given a node that read folder_monitor at epoch 6
+    me = add_node(settings, "a")
+    add_node(settings, "b")
+    for _ in range(3):
+        give(settings, "folder_monitor", "a")
+        give(settings, "folder_monitor", "b")
+    transport = Recorded()
+    run_cycle(settings, me, transport, Beat())
+    # When the database goes back to epoch 5 (a standby that had not received the change)
+    with transaction(settings) as connection:
+        connection.execute(text("ALTER TABLE service_status DISABLE TRIGGER USER"))
+        connection.execute(
+            text("UPDATE service_status SET epoch = 5 WHERE service_type = 'folder_monitor'")
+        )
+        connection.execute(text("ALTER TABLE service_status ENABLE TRIGGER USER"))
+    with caplog.at_level(logging.WARNING, logger="workers.heartbeat"):
+        for _ in range(3):
+            run_cycle(settings, me, transport, Beat())
+    # Then the node said so once, naming the service and both epochs
+    said = [r.getMessage() for r in caplog.records if "database is behind" in r.getMessage()]
+    assert len(said) == 1
+    assert "folder_monitor is at epoch 5, an earlier heartbeat read epoch 6" in said[0]

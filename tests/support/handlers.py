@@ -48,3 +48,14 @@ def handled(log: Path) -> dict[str, int]:
             name = line.split(" ", 1)[0]
             counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def lose_claim(path: Path) -> None:
+    """Record the call, then delete the file's claim as a database failover that lost it
+    would (the claim's id is the file's prefix in the processing area)."""
+    import psycopg
+
+    record(path)
+    file_id = int(path.name.split("__", 1)[0])
+    with psycopg.connect(os.environ["FAILOVER_TEST_LOSE_CLAIM_URL"], autocommit=True) as db:
+        db.execute("DELETE FROM folder_file WHERE id = %s", (file_id,))

@@ -1,0 +1,109 @@
+-- Revision 0005, frozen.
+-- Which database server and which broker each node last reached, and when that changed
+-- (a promotion, a Sentinel failover): the operator's view of the stores' own failovers.
+-- Files a node put back into a hot folder because the database had no record of them
+-- (a failover of the database that lost its last transactions) are counted per node.
+ALTER TABLE server_registry
+    ADD COLUMN database_server TEXT,
+    ADD COLUMN database_changed_at TIMESTAMPTZ,
+    ADD COLUMN broker_server TEXT,
+    ADD COLUMN broker_changed_at TIMESTAMPTZ,
+    ADD COLUMN restored_files BIGINT NOT NULL DEFAULT 0;
+
+-- The heartbeat of revision 0004, which also records the database server that answered
+-- it (the server's own address: behind PgBouncer, the real server) and the broker the
+-- node's beat published to. The seven-argument form stays for nodes not yet upgraded.
+DROP FUNCTION failover_heartbeat(TEXT, UUID, BOOLEAN, REAL, REAL, REAL, BOOLEAN);
+
+CREATE FUNCTION failover_heartbeat(
+    p_node TEXT,
+    p_incarnation UUID,
+    p_healthy BOOLEAN,
+    p_db_round_trip_ms REAL,
+    p_broker_round_trip_ms REAL,
+    p_heartbeat_cycle_ms REAL,
+    p_everyone BOOLEAN,
+    p_broker_server TEXT
+) RETURNS JSON
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now TIMESTAMPTZ := clock_timestamp();
+    v_renewed BOOLEAN;
+    v_server TEXT := COALESCE(
+        host(inet_server_addr()) || ':' || inet_server_port(),
+        'socket:' || current_setting('port'));
+BEGIN
+    UPDATE server_registry SET
+        lease_started_at = CASE
+            WHEN p_healthy AND (
+                NOT is_active
+                OR last_heartbeat_at + lease_timeout_s * interval '1 second' < v_now
+                OR last_heartbeat_at + 1.5 * heartbeat_interval_s * interval '1 second' < v_now)
+            THEN v_now ELSE lease_started_at END,
+        last_heartbeat_at = CASE WHEN p_healthy THEN v_now ELSE last_heartbeat_at END,
+        is_active = is_active OR p_healthy,
+        app_healthy = p_healthy,
+        db_round_trip_ms = COALESCE(p_db_round_trip_ms, db_round_trip_ms),
+        broker_round_trip_ms = COALESCE(p_broker_round_trip_ms, broker_round_trip_ms),
+        heartbeat_cycle_ms = COALESCE(p_heartbeat_cycle_ms, heartbeat_cycle_ms),
+        database_changed_at = CASE WHEN database_server <> v_server
+            THEN v_now ELSE database_changed_at END,
+        database_server = v_server,
+        broker_changed_at = CASE WHEN broker_server <> p_broker_server
+            THEN v_now ELSE broker_changed_at END,
+        broker_server = COALESCE(p_broker_server, broker_server)
+    WHERE node_name = p_node AND incarnation = p_incarnation AND stopped_at IS NULL;
+    v_renewed := FOUND;
+    -- One statement (one snapshot of the tables, one database time) for what is returned.
+    -- The whole registry only when this node may have to choose among candidates: a service
+    -- without a live-looking owner (to claim or take over), a draining node handing over, or
+    -- a failback policy. Otherwise itself, the owners and the peers that may have expired:
+    -- what `decide` judges, whatever the size of the cluster.
+    RETURN (
+        WITH everyone AS (
+            SELECT p_everyone
+                OR EXISTS (SELECT 1 FROM server_registry WHERE node_name = p_node AND draining)
+                OR EXISTS (
+                    SELECT 1 FROM service_status AS s
+                    LEFT JOIN server_registry AS o ON o.id = s.service_registry_id
+                    WHERE o.id IS NULL OR NOT o.is_active OR o.stopped_at IS NOT NULL
+                       OR o.last_heartbeat_at + o.lease_timeout_s * interval '1 second' < v_now
+                ) AS complete
+        )
+        SELECT json_build_object(
+            'renewed', v_renewed,
+            'complete', everyone.complete,
+            'nodes', (SELECT COALESCE(json_agg(n ORDER BY n.node_name), '[]'::json) FROM (
+                SELECT id, node_name, region, is_active, last_heartbeat_at, lease_started_at,
+                       lease_timeout_s, draining, stopped_at, incarnation, app_healthy,
+                       last_verdict
+                FROM server_registry AS r
+                WHERE everyone.complete
+                   OR r.node_name = p_node
+                   OR r.id IN (SELECT service_registry_id FROM service_status)
+                   OR (r.is_active AND (r.stopped_at IS NOT NULL
+                       OR r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' < v_now))
+                ) AS n),
+            'services', (SELECT COALESCE(json_agg(s ORDER BY s.service_type), '[]'::json) FROM (
+                SELECT service_type, service_registry_id, epoch, acquired_at, acquired_reason,
+                       home_region
+                FROM service_status) AS s),
+            'now', v_now)
+        FROM everyone
+    );
+END
+$$;
+
+CREATE FUNCTION failover_heartbeat(
+    p_node TEXT,
+    p_incarnation UUID,
+    p_healthy BOOLEAN,
+    p_db_round_trip_ms REAL,
+    p_broker_round_trip_ms REAL,
+    p_heartbeat_cycle_ms REAL,
+    p_everyone BOOLEAN DEFAULT false
+) RETURNS JSON
+LANGUAGE sql AS $$
+    SELECT failover_heartbeat(p_node, p_incarnation, p_healthy, p_db_round_trip_ms,
+        p_broker_round_trip_ms, p_heartbeat_cycle_ms, p_everyone, NULL::text)
+$$;
