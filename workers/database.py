@@ -33,6 +33,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from workers.errors import DatabaseUnavailable
 from workers.settings import Settings
+from workers.watchdog import answer_deadline, answered_within, watch_statements
 
 HEARTBEAT = "heartbeat"
 WORK = "work"
@@ -54,7 +55,7 @@ def engine_for(settings: Settings, url: str | None = None, purpose: str = WORK) 
 
 
 def _create_engine(settings: Settings, url: str, purpose: str) -> Engine:
-    return create_engine(
+    engine = create_engine(
         url,
         isolation_level="AUTOCOMMIT",
         pool_size=1,
@@ -65,8 +66,22 @@ def _create_engine(settings: Settings, url: str, purpose: str) -> Engine:
             "connect_timeout": max(2, math.ceil(settings.database_timeout * 2)),
             "application_name": f"failover:{settings.node_name or 'cli'}:{os.getpid()}:{purpose}",
             "prepare_threshold": None,
+            **TCP_LIMITS,
         },
     )
+    watch_statements(engine, answer_deadline(settings))
+    return engine
+
+
+TCP_LIMITS = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+"""A server that vanished (no RST: powered off, partitioned) is found by TCP within about
+10 s even while nothing is sent; the watchdog (`workers.watchdog`) bounds each answer."""
 
 
 def begin_bounded(settings: Settings) -> str:
@@ -111,13 +126,15 @@ def transaction(settings: Settings, url: str | None = None) -> Iterator[Connecti
     """A transaction on the shared database; an unreachable database becomes one clear error.
 
     The connection is in autocommit mode and the transaction is opened by hand with its
-    bounds (`begin_bounded`); `COMMIT` (or `ROLLBACK`) ends it when the block does.
+    bounds (`begin_bounded`); `COMMIT` (or `ROLLBACK`) ends it when the block does. Every
+    statement, `COMMIT` included, is answered within `answer_deadline` or fails.
     """
     engine = engine_for(settings, url)
     try:
         with engine.begin() as connection:
             connection.exec_driver_sql(begin_bounded(settings))
             yield connection
+            connection.exec_driver_sql("COMMIT")
     except DBAPIError as error:
         raise _clear_error(engine, error) from None
 
@@ -159,9 +176,10 @@ def one_round_trip(
     statement is tried once more on a new one: no ping before every use (a round trip each).
     """
     engine = engine_for(settings, purpose=purpose)
+    deadline = answer_deadline(settings)
     for attempt in (1, 2):
         try:
-            return _on_pooled_connection(engine, bounded(settings), statement, params)
+            return _on_pooled_connection(engine, bounded(settings), statement, params, deadline)
         except _DeadConnection as dead:
             if attempt == 2:
                 shown = _shown(engine)
@@ -183,13 +201,14 @@ class _DeadConnection(Exception):
 
 
 def _on_pooled_connection(
-    engine: Engine, bounds: str, statement: str, params: Mapping[str, object]
+    engine: Engine, bounds: str, statement: str, params: Mapping[str, object], deadline: float
 ) -> object:
     with engine.connect() as connection:
         driver = connection.connection.driver_connection
         assert isinstance(driver, psycopg.Connection)
         try:
-            return _send(driver, bounds, statement, params)
+            with answered_within(driver.pgconn.socket, deadline):
+                return _send(driver, bounds, statement, params)
         except psycopg.OperationalError as error:
             if not driver.broken:
                 raise
@@ -237,6 +256,7 @@ def upgrade_schema(settings: Settings, revision: str = "head") -> str:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     with transaction(settings, url) as connection:
+        connection.execution_options(answer_deadline=None)
         connection.execute(text("SET LOCAL statement_timeout = 0"))
         connection.execute(text("SET LOCAL lock_timeout = 0"))
         config.attributes["connection"] = connection

@@ -15,10 +15,12 @@ import pytest
 from sqlalchemy import text
 
 from tests.support.delay_proxy import DelayProxy
+from tests.support.proxy import FaultProxy
 from tests.support.registry import add_node, give
 from tests.support.servers import database_target, database_url_via
 from workers.database import transaction
 from workers.decide import Acquire, Dispatch, Handover
+from workers.errors import DatabaseUnavailable
 from workers.heartbeat import Beat, run_cycle
 from workers.settings import Settings
 
@@ -158,3 +160,28 @@ def test_a_database_behind_what_the_node_saw_is_said_once(settings, caplog):
     said = [r.getMessage() for r in caplog.records if "database is behind" in r.getMessage()]
     assert len(said) == 1
     assert "folder_monitor is at epoch 5, an earlier heartbeat read epoch 6" in said[0]
+
+
+def test_a_heartbeat_on_a_server_that_went_silent_fails_within_its_deadline(settings, database_url):
+    # Given a node beating through a proxy, on a connection already open
+    proxy = FaultProxy(database_target(database_url))
+    try:
+        settings = settings.model_copy(
+            update={"database_url": database_url_via(database_url, proxy.port)}
+        )
+        me = add_node(settings, "a")
+        run_cycle(settings, me, Recorded(), Beat())
+        with transaction(settings) as connection:
+            connection.execute(text("SELECT 1"))
+        # When the server goes silent: packets acknowledged, no answer, no reset
+        proxy.silence()
+        # Then the heartbeat fails as an unavailable database instead of waiting forever,
+        # on the open connection and on a new one (the connect timeout)
+        for _ in range(2):
+            with pytest.raises(DatabaseUnavailable):
+                run_cycle(settings, me, Recorded(), Beat())
+        # And so does a transaction of the node's other work
+        with pytest.raises(DatabaseUnavailable), transaction(settings) as connection:
+            connection.execute(text("SELECT 1"))
+    finally:
+        proxy.close()

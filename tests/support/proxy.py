@@ -2,7 +2,9 @@
 
 Clients connect to 127.0.0.1:<port>; the proxy forwards to the real server (TCP or Unix
 socket). `cut()` resets every open connection and refuses new ones, as a stopped server
-does; `restore()` accepts again on the same port.
+does; `restore()` accepts again on the same port. `silence()` plays a server that vanished
+without a word (powered off behind a load balancer): connections, open and new, are
+accepted and acknowledged, and nothing ever comes back.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class FaultProxy:
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         self._running = True
+        self._silent = threading.Event()
+        self._held: list[socket.socket] = []
         self._listen()
         threading.Thread(target=self._accept_loop, daemon=True).start()
 
@@ -51,6 +55,9 @@ class FaultProxy:
                 client, _ = listener.accept()
             except (TimeoutError, OSError):
                 continue
+            if self._silent.is_set():
+                self._held.append(client)
+                continue
             try:
                 upstream = self._connect_target()
             except OSError:
@@ -70,7 +77,8 @@ class FaultProxy:
                     data = key.fileobj.recv(65536)  # type: ignore[union-attr]
                     if not data:
                         return
-                    key.data.sendall(data)
+                    if not self._silent.is_set():
+                        key.data.sendall(data)
         except (OSError, ValueError):
             return
         finally:
@@ -105,9 +113,16 @@ class FaultProxy:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
+    def silence(self) -> None:
+        """From now on nothing is forwarded either way and new clients are never answered."""
+        self._silent.set()
+
     def restore(self) -> None:
         self._listen()
 
     def close(self) -> None:
         self._running = False
         self.cut()
+        for held in self._held:
+            with contextlib.suppress(OSError):
+                held.close()
