@@ -17,7 +17,7 @@ from typing import Any
 from celery.beat import ScheduleEntry, Scheduler
 
 from beat_schedule.stagger import Staggered, build_schedule
-from workers import backlog
+from workers import backlog, local_state
 from workers.routing import HEARTBEAT, WAITING_MAX_AGE
 
 
@@ -57,7 +57,8 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
     def apply_async(
         self, entry: ScheduleEntry, producer: Any = None, advance: bool = True, **kwargs: Any
     ) -> Any:
-        """Send the heartbeat with its tick and the last publish time, unless one waits."""
+        """Send the heartbeat with its tick and the last publish time, unless one waits; a
+        publish that failed (the broker is failing over) leaves no heartbeat waiting."""
         schedule = entry.schedule
         if not isinstance(schedule, Staggered):
             return super().apply_async(entry, producer, advance, **kwargs)
@@ -71,7 +72,11 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
             "broker_server": self.broker_server,
         }
         started = time.perf_counter()
-        result = super().apply_async(entry, producer, advance, **kwargs)
+        try:
+            result = super().apply_async(entry, producer, advance, **kwargs)
+        except Exception:
+            local_state.taken(self.incarnation, HEARTBEAT)
+            raise
         self.broker_round_trip_ms = (time.perf_counter() - started) * 1000
         self.broker_server = broker_server(self.connection)
         return result

@@ -27,7 +27,7 @@ from croniter import croniter
 from sqlalchemy import Connection, text
 
 from workers.database import one_round_trip
-from workers.fencing import Fence, fenced
+from workers.fencing import Fence, fenced, patiently
 from workers.settings import ScriptSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -222,8 +222,8 @@ def run_recorded(settings: Settings, name: str, fence: Fence, run_id: int) -> Ru
         "node %s: running script %s (run %d) at epoch %d", fence.me.name, name, run_id, fence.epoch
     )
     result = execute(script, settings.script_output_lines)
-    with fenced(settings, Fence(SERVICE, fence.me, fence.epoch, owner_only=False)) as connection:
-        record_end(connection, run_id, result)
+    shared = Fence(SERVICE, fence.me, fence.epoch, owner_only=False)
+    patiently(settings, shared, lambda connection: record_end(connection, run_id, result))
     log.warning(
         "node %s: script %s (run %d) %s, exit code %s",
         fence.me.name,

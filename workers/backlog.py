@@ -15,18 +15,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from kombu.exceptions import ChannelError
+from kombu.exceptions import ChannelError, OperationalError
 
 from workers import local_state
 
 
 def queue_length(app: Any, queue: str) -> int:
-    """Messages waiting in `queue` on the broker (0 when Redis holds no list for it)."""
+    """Messages waiting in `queue` on the broker (0 when Redis holds no list for it, or when
+    the broker cannot be asked now: then the publish itself is tried, and fails fast)."""
     with app.pool.acquire(block=True) as connection:
         try:
+            connection.ensure_connection(max_retries=1, **ASK_ONCE)
             return int(connection.default_channel.queue_declare(queue, passive=True).message_count)
-        except ChannelError:
+        except (ChannelError, OperationalError, OSError):
             return 0
+
+
+ASK_ONCE = {"interval_start": 0, "interval_step": 0.1, "interval_max": 0.1}
+"""Kombu waits 2 s before its first retry by default: the beat must not wait that long."""
 
 
 def may_send(app: Any, incarnation: str, kind: str, queue: str, max_age: float) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from typing import TypeVar
 from sqlalchemy import Connection, select
 
 from workers.database import one_round_trip, transaction
-from workers.errors import StaleEpoch
+from workers.errors import DatabaseUnavailable, StaleEpoch
 from workers.settings import Settings
 from workers.store import LEASE_EXPIRES, NOW, Identity, record_rejection
 from workers.tables import server_registry as nodes_t
@@ -100,6 +101,31 @@ def run_fenced(settings: Settings, fence: Fence, effect: Callable[[Connection], 
     except StaleEpoch as refusal:
         reject(settings, fence, refusal)
         return None
+
+
+def patiently(settings: Settings, fence: Fence, effect: Callable[[Connection], T]) -> T:
+    """Apply `effect` under the fence, trying again while the database is unavailable (a
+    failover, a restart) for up to `outage_patience`: an outcome already paid for outside
+    the database (a handler run, a script run) is recorded when the database is back, not
+    lost and redone. A refusal (`StaleEpoch`) is final and raised at once."""
+    deadline = time.monotonic() + outage_patience(settings)
+    pause = 0.2
+    while True:
+        try:
+            with fenced(settings, fence) as connection:
+                return effect(connection)
+        except DatabaseUnavailable as error:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.info("node %s: %s; trying again in %.1f s", fence.me.name, error, pause)
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)
+
+
+def outage_patience(settings: Settings) -> float:
+    """How long a fenced outcome waits for the database: longer than a managed failover
+    (Patroni's default loop is 10 s) and than a few leases."""
+    return max(30.0, 3 * settings.node_lease_timeout())
 
 
 def reject(settings: Settings, fence: Fence, refusal: StaleEpoch) -> None:

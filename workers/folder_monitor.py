@@ -32,7 +32,7 @@ from sqlalchemy import Connection, text
 
 from workers import store
 from workers.errors import ConfigError, StaleEpoch
-from workers.fencing import Fence, fenced
+from workers.fencing import Fence, fenced, patiently
 from workers.settings import HotFolderSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -380,16 +380,16 @@ def _start(connection: Connection, file_id: int, epoch: int) -> Any:
 
 
 def _handle_one(settings: Settings, folder: HotFolderSettings, file_id: int, fence: Fence) -> int:
-    with fenced(settings, fence) as connection:
-        row = _start(connection, file_id, fence.epoch)
+    row = patiently(settings, fence, lambda connection: _start(connection, file_id, fence.epoch))
     if row is None:
         return 0
     path = _locate(folder, file_id, row.rel_path)
     error: str | None = "the file is missing from the processing area"
     if path is not None:
         error = run_handler(folder, path)
-    with fenced(settings, fence) as connection:
-        done_dir = _finish(connection, folder, row, path, error, fence)
+    done_dir = patiently(
+        settings, fence, lambda connection: _finish(connection, folder, row, path, error, fence)
+    )
     if done_dir is not None and path is not None:
         move_done(path, done_dir, row.rel_path, row.id)
     return 1

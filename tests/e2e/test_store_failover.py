@@ -1,0 +1,394 @@
+"""The stores fail over too: a real PostgreSQL standby promoted, a real Sentinel failover.
+
+Three real nodes run against a primary with a streaming standby (started by the test, on
+loopback, from PostgreSQL's own binaries) through the multi-host URL with
+`target_session_attrs=read-write`, or against Redis behind three real sentinels. The
+primary or the master is killed and its replica promoted while the nodes work; nothing may
+move, nothing may be lost with synchronous replication, and every node must say where it
+is connected now.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster import Cluster, wait_until
+from tests.support.handlers import handled
+from tests.support.proxy import FaultProxy
+from tests.support.replicas import PostgresPair, postgres_pair, redis_sentinels
+from workers.database import upgrade_schema
+from workers.settings import load_settings
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+TIMING = {
+    "FAILOVER_HEARTBEAT_INTERVAL": "0.5",
+    "FAILOVER_LEASE_TIMEOUT": "3.0",
+    "FAILOVER_DATABASE_TIMEOUT": "0.5",
+    "FAILOVER_CROSS_REGION_DELAY": "0.5",
+}
+NAMES = ["a", "b", "c"]
+SERVICES = {"folder_monitor", "app_script"}
+FILES = 300
+
+
+def config(tmp_path: Path, inbox: Path) -> Path:
+    path = tmp_path / "failover.toml"
+    path.write_text(
+        f"""
+[[hot_folders]]
+name = "inbox"
+path = "{inbox}"
+handler = "tests.support.handlers:slow"
+settle_seconds = 0.2
+max_attempts = 5
+retry_backoff = 0.1
+
+[scripts.hello]
+argv = ["{sys.executable}", "-c", "print('hello')"]
+timeout = 30
+"""
+    )
+    return path
+
+
+def cluster_on(tmp_path: Path, database_url: str, broker_url: str, **env: str) -> Cluster:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir(exist_ok=True)
+    return Cluster(
+        tmp_path,
+        database_url,
+        broker_url,
+        FAILOVER_CONFIG=str(config(tmp_path, inbox)),
+        FAILOVER_TEST_HANDLER_LOG=str(tmp_path / "handled.log"),
+        **{**TIMING, **env},
+    )
+
+
+def start_three(cluster: Cluster) -> None:
+    cluster.start_live("a", "r1")
+    wait_until(lambda: cluster.owned_by("a"), 30, "a to claim")
+    cluster.start_live("b", "r1")
+    cluster.start_live("c", "r2")
+
+
+def write_files(inbox: Path, count: int, seconds: float) -> None:
+    for i in range(count):
+        (inbox / f"doc-{i:04}.dat").write_text(f"document {i}")
+        time.sleep(seconds / count)
+
+
+@pytest.fixture
+def pair_database(request) -> Iterator[tuple[PostgresPair, str]]:
+    """A primary and a standby (synchronous unless the test is marked `asynchronous`), with
+    the failover schema in a database of their own; the multi-host URL."""
+    synchronous = request.node.get_closest_marker("asynchronous") is None
+    with postgres_pair(synchronous=synchronous) as pair:
+        pair.create_database("failover")
+        url = pair.url("failover")
+        upgrade_schema(load_settings(database_url=url))
+        yield pair, url
+
+
+def first_renewals(cluster: Cluster, since, started: float, timeout: float) -> dict[str, float]:
+    """Seconds from `started` (monotonic) until each node renewed after `since` (db time)."""
+    renewed: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(renewed) < len(NAMES) and time.monotonic() < deadline:
+        try:
+            rows = cluster.query(
+                "SELECT node_name FROM server_registry WHERE last_heartbeat_at > :since",
+                since=since,
+            )
+        except Exception:
+            time.sleep(0.05)
+            continue
+        for row in rows:
+            renewed.setdefault(row.node_name, time.monotonic() - started)
+        time.sleep(0.05)
+    assert set(renewed) == set(NAMES), f"not renewed: {set(NAMES) - set(renewed)}"
+    return renewed
+
+
+@contextmanager
+def watching_lapses(cluster: Cluster) -> Iterator[set[str]]:
+    """Sample every node's lease on the database clock while the block runs: the names of
+    those ever seen expired."""
+    lapsed: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            rows = cluster.query(
+                "SELECT node_name FROM server_registry WHERE NOT is_active OR "
+                "last_heartbeat_at + lease_timeout_s * interval '1 second' < clock_timestamp()"
+            )
+            lapsed.update(row.node_name for row in rows)
+            done.wait(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield lapsed
+    finally:
+        done.set()
+        watcher.join()
+
+
+def database_time(cluster: Cluster):
+    return cluster.query("SELECT clock_timestamp() AS at")[0].at
+
+
+def assert_nothing_moved(cluster: Cluster) -> None:
+    assert cluster.owners() == {service: ("a", 1) for service in SERVICES}
+    assert [row.reason for row in cluster.history()] == ["startup", "startup"]
+    assert all(cluster.node_row(name).is_active for name in NAMES)
+
+
+def address(host_port: tuple[str, int]) -> str:
+    return f"{host_port[0]}:{host_port[1]}"
+
+
+def all_processed(inbox: Path, count: int) -> bool:
+    processed = inbox / "processed"
+    return processed.is_dir() and len(list(processed.iterdir())) == count
+
+
+def wait_processed(cluster: Cluster, inbox: Path, count: int) -> None:
+    """Wait until `count` files are in processed/; say where the others are if they never are."""
+    try:
+        wait_until(lambda: all_processed(inbox, count), 120, "every file to be processed")
+    except AssertionError:
+        states = cluster.query("SELECT state, count(*) AS n FROM folder_file GROUP BY state")
+        left = sorted(
+            p.name for p in inbox.rglob("*") if p.is_file() and p.parent != inbox / "processed"
+        )
+        raise AssertionError(
+            f"not all processed: ledger {[(r.state, r.n) for r in states]}; elsewhere {left[:20]}"
+        ) from None
+
+
+def test_primary_killed_and_standby_promoted_while_files_arrive_loses_and_moves_nothing(
+    tmp_path, pair_database, broker_url
+):
+    pair, url = pair_database
+    inbox = tmp_path / "inbox"
+    cluster = cluster_on(tmp_path, url, broker_url)
+    try:
+        # Given three nodes on a primary with a synchronous standby, a owning both services
+        start_three(cluster)
+        primary = f"127.0.0.1:{pair.primary.port}"
+        wait_until(
+            lambda: all(cluster.node_row(n).database_server == primary for n in NAMES),
+            30,
+            "every node to report the primary",
+        )
+        # When files arrive and, meanwhile, the primary dies and the standby is promoted
+        writer = threading.Thread(target=write_files, args=(inbox, FILES, 6.0))
+        writer.start()
+        time.sleep(2.0)
+        before = database_time(cluster)
+        killed = pair.kill_primary()
+        time.sleep(0.5)
+        writable = pair.promote_standby()
+        renewed = first_renewals(cluster, before, killed, 60)
+        writer.join()
+        # Then every node renewed on the new primary, and says so, with when it changed
+        for name in NAMES:
+            row = cluster.node_row(name)
+            assert row.database_server == f"127.0.0.1:{pair.primary.port}"
+            assert row.database_changed_at is not None
+        # And nothing moved, nothing was lost, every file was handled exactly once
+        assert_nothing_moved(cluster)
+        wait_processed(cluster, inbox, FILES)
+        assert handled(tmp_path / "handled.log") == {f"doc-{i:04}.dat": 1 for i in range(FILES)}
+        states = cluster.query("SELECT state, count(*) AS n FROM folder_file GROUP BY state")
+        assert {row.state: row.n for row in states} == {"processed": FILES}
+        print(
+            f"promotion {writable - killed:.2f} s after the kill; first renewal per node "
+            + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in sorted(renewed.items()))
+        )
+    finally:
+        cluster.close()
+
+
+def test_planned_switchover_then_the_old_primary_rejoins_as_a_standby_nobody_writes_to(
+    tmp_path, pair_database, broker_url
+):
+    pair, url = pair_database
+    cluster = cluster_on(tmp_path, url, broker_url)
+    try:
+        # Given three nodes on db1, a owning both services
+        start_three(cluster)
+        old = pair.primary
+        # When the roles are switched over by plan, and the old primary rewound as a standby
+        before = database_time(cluster)
+        started = time.monotonic()
+        pair.switchover()
+        first_renewals(cluster, before, started, 60)
+        # Then nothing moved, and every node writes to the new primary only: the old one
+        # replays their renewals and holds no connection of theirs
+        assert pair.is_in_recovery(old) and pair.primary is not old
+        assert_nothing_moved(cluster)
+        beat = cluster.node_row("b").last_heartbeat_at
+        wait_until(
+            lambda: (
+                pair.query(
+                    old,
+                    "SELECT max(last_heartbeat_at) FROM server_registry",
+                    database="failover",
+                )[0][0]
+                > beat
+            ),
+            30,
+            "the old primary to replay renewals from the new one",
+        )
+        clients = pair.query(
+            old,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'failover:%'",
+        )[0][0]
+        assert clients == 0
+        # And the cluster still fails over: the owner killed, b takes over at epoch 2
+        cluster.running("a").crash()
+        wait_until(lambda: cluster.owners()["folder_monitor"] == ("b", 2), 30, "b to take over")
+    finally:
+        cluster.close()
+
+
+def test_a_primary_that_goes_silent_is_left_behind_by_its_connect_and_answer_deadlines(
+    tmp_path, pair_database, broker_url
+):
+    pair, _ = pair_database
+    # Given nodes whose first host is a proxy in front of the primary (a load balancer
+    # address, say), the standby second
+    proxy = FaultProxy(("127.0.0.1", pair.primary.port))
+    url = (
+        f"postgresql+psycopg://postgres@/failover?host=127.0.0.1:{proxy.port}"
+        f"&host=127.0.0.1:{pair.standby.port}&target_session_attrs=read-write&connect_timeout=2"
+    )
+    cluster = cluster_on(tmp_path, url, broker_url)
+    try:
+        start_three(cluster)
+        # When the primary vanishes without a word (the proxy accepts, acknowledges and never
+        # answers) and the standby is promoted
+        before = database_time(cluster)
+        proxy.silence()
+        started = time.monotonic()
+        pair.promote_standby()
+        # Then every node leaves its hung connection (the answer deadline), skips the silent
+        # host (the connect timeout) and renews on the new primary; nothing moved
+        renewed = first_renewals(cluster, before, started, 60)
+        assert_nothing_moved(cluster)
+        for name in NAMES:
+            assert cluster.node_row(name).database_server == f"127.0.0.1:{pair.primary.port}"
+        print("first renewal per node after the silence: " + str(renewed))
+    finally:
+        cluster.close()
+        proxy.close()
+
+
+@pytest.mark.asynchronous
+def test_asynchronous_standby_missing_a_move_is_the_truth_and_the_lost_claims_are_restored(
+    tmp_path, pair_database, broker_url
+):
+    pair, url = pair_database
+    inbox = tmp_path / "inbox"
+    cluster = cluster_on(tmp_path, url, broker_url, FAILOVER_TEST_HANDLER_SECONDS="0.3")
+    try:
+        # Given three nodes, a owning both services, and a standby that has stopped
+        # receiving WAL (asynchronous replication, behind)
+        start_three(cluster)
+        pair.query(pair.standby, "ALTER SYSTEM SET primary_conninfo = ''")
+        pair.query(pair.standby, "SELECT pg_reload_conf()")
+        wait_until(
+            lambda: not pair.query(pair.standby, "SELECT 1 FROM pg_stat_wal_receiver"),
+            30,
+            "the standby to stop receiving",
+        )
+        # When the folder monitor is moved to b, b claims files and starts handling them,
+        # and then the primary dies and the standby that saw none of it is promoted
+        moved = cluster.cli("move", "folder_monitor", "--to", "b")
+        assert moved.returncode == 0, moved.stderr
+        write_files(inbox, 40, 0.2)
+        wait_until(lambda: in_processing(inbox) >= 5, 30, "b to claim files")
+        pair.kill_primary()
+        pair.promote_standby()
+        # Then the database is the truth: a owns folder_monitor at epoch 1 again, b says
+        # once that the database went back, and b records nothing more for the service
+        wait_until(
+            lambda: cluster.owners()["folder_monitor"] == ("a", 1), 60, "the promoted database"
+        )
+        wait_until(lambda: "database is behind" in cluster.running("b").log(), 30, "b to notice")
+        # And every file ends processed: those whose claims were lost are put back into the
+        # hot folder by a, counted, and handled again
+        wait_processed(cluster, inbox, 40)
+        counts = handled(tmp_path / "handled.log")
+        assert set(counts) == {f"doc-{i:04}.dat" for i in range(40)}
+        restored = cluster.node_row("a").restored_files
+        assert restored > 0
+        assert cluster.running("b").log().count("database is behind") == 1
+        assert {row.node for row in cluster.query("SELECT DISTINCT node FROM folder_file")} == {"a"}
+        print(f"files handled twice: {sum(n > 1 for n in counts.values())}, restored {restored}")
+    finally:
+        cluster.close()
+
+
+def in_processing(inbox: Path) -> int:
+    processing = inbox / ".processing"
+    return len(list(processing.iterdir())) if processing.is_dir() else 0
+
+
+def test_sentinel_promotes_the_replica_and_every_node_follows_with_no_lapse(tmp_path, database_url):
+    with ExitStack() as stack:
+        sentinels = stack.enter_context(redis_sentinels())
+        cluster = cluster_on(
+            tmp_path,
+            database_url,
+            sentinels.broker_url(0),
+            FAILOVER_SENTINEL_MASTER=sentinels.master_name,
+            FAILOVER_LEASE_TIMEOUT="5.0",
+        )
+        stack.callback(cluster.close)
+        # Given three nodes whose broker is Redis behind three sentinels
+        start_three(cluster)
+        master = address(sentinels.master_address())
+        wait_until(
+            lambda: all(cluster.node_row(n).broker_server == master for n in NAMES),
+            30,
+            "every node to report the master",
+        )
+        # When the master is killed and Sentinel promotes the replica
+        before = database_time(cluster)
+        with watching_lapses(cluster) as lapses:
+            killed = sentinels.kill_master()
+            promoted = sentinels.wait_promoted(60)
+            renewed = first_renewals(cluster, before, killed, 60)
+        # Then no lease lapsed (the promotion took less than a lease)
+        assert promoted - killed < 5.0
+        assert lapses == set()
+        # And every node renewed through the new master, says so, and nothing moved
+        new_master = address(sentinels.master_address())
+        assert new_master != master
+        wait_until(
+            lambda: all(cluster.node_row(n).broker_server == new_master for n in NAMES),
+            30,
+            "every node to report the new master",
+        )
+        assert all(cluster.node_row(n).broker_changed_at is not None for n in NAMES)
+        assert_nothing_moved(cluster)
+        # And commands that wait on results work through the new master
+        moved = cluster.cli("move", "folder_monitor", "--to", "b", timeout=90)
+        assert moved.returncode == 0, moved.stderr
+        ran = cluster.cli("run-script", "hello", "--wait", timeout=90)
+        assert ran.returncode == 0, ran.stderr
+        print(
+            f"Sentinel promoted in {promoted - killed:.2f} s; first renewal per node "
+            + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in sorted(renewed.items()))
+        )
