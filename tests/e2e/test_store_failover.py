@@ -22,7 +22,7 @@ import pytest
 from tests.support.cluster import Cluster, wait_until
 from tests.support.handlers import handled
 from tests.support.proxy import FaultProxy
-from tests.support.replicas import PostgresPair, postgres_pair, redis_sentinels
+from tests.support.replicas import PostgresPair, faketime_library, postgres_pair, redis_sentinels
 from workers.database import upgrade_schema
 from workers.settings import load_settings
 
@@ -392,3 +392,38 @@ def test_sentinel_promotes_the_replica_and_every_node_follows_with_no_lapse(tmp_
             f"Sentinel promoted in {promoted - killed:.2f} s; first renewal per node "
             + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in sorted(renewed.items()))
         )
+
+
+@pytest.mark.skipif(faketime_library() is None, reason="libfaketime is not installed")
+@pytest.mark.parametrize("offset", [30.0, -30.0], ids=["ahead", "behind"])
+def test_a_new_primary_whose_clock_is_30_s_off_takes_nothing_over_and_still_fails_over(
+    tmp_path, pair_database, broker_url, offset
+):
+    pair, url = pair_database
+    cluster = cluster_on(tmp_path, url, broker_url)
+    try:
+        # Given three nodes, a owning both services, and a standby whose clock is 30 s off
+        start_three(cluster)
+        pair.skew_clock(pair.standby, offset)
+        [(skew,)] = pair.query(
+            pair.standby,
+            "SELECT extract(epoch FROM now()) - %s",
+            (time.time(),),
+        )
+        assert abs(float(skew) - offset) < 5
+        # When the primary dies and that standby is promoted: every lease in the database
+        # was written on the old clock and is now read on the new one
+        killed = pair.kill_primary()
+        pair.promote_standby()
+        since = database_time(cluster)
+        first_renewals(cluster, since, killed, 60)
+        # Then nobody takes anything over, for several leases
+        deadline = time.monotonic() + 3 * float(TIMING["FAILOVER_LEASE_TIMEOUT"])
+        while time.monotonic() < deadline:
+            assert_nothing_moved(cluster)
+            time.sleep(0.3)
+        # And the cluster still fails over on the new clock: a killed, b takes over
+        cluster.running("a").crash()
+        wait_until(lambda: cluster.owners()["folder_monitor"] == ("b", 2), 30, "b to take over")
+    finally:
+        cluster.close()

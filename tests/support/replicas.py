@@ -150,6 +150,7 @@ class PgMember:
     datadir: Path
     log: Path
     process: subprocess.Popen[bytes] | None = None
+    clock_offset: float = 0.0
 
     @property
     def running(self) -> bool:
@@ -245,6 +246,18 @@ class PostgresPair:
         )
         self.primary, self.standby = new, old
         return writable
+
+    def skew_clock(self, member: PgMember, seconds: float) -> None:
+        """Restart `member` with its wall clock `seconds` off the host's (libfaketime; its
+        monotonic clock stays true), as a server whose NTP went wrong."""
+        library = faketime_library()
+        if library is None:
+            raise RuntimeError("libfaketime is not installed (apt-get install faketime)")
+        self._stop(member, "fast")
+        member.clock_offset = seconds
+        self._start(member)
+        if member is self.standby:
+            self._wait_streaming(member)
 
     def switchover(self) -> float:
         """Planned role swap without losing a commit; return when the new primary takes writes.
@@ -409,7 +422,7 @@ class PostgresPair:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.folder,
-                env=self._environment(),
+                env={**self._environment(), **_clock_environment(member.clock_offset)},
                 start_new_session=True,
                 **self._as_account(),
             )
@@ -465,6 +478,24 @@ class PostgresPair:
             member, "SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), %s) > 0", (lsn,)
         )
         return bool(rows[0][0])
+
+
+def faketime_library() -> Path | None:
+    """libfaketime from the system's `faketime` package, if installed."""
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+    return found[0] if found else None
+
+
+def _clock_environment(offset: float) -> dict[str, str]:
+    """The environment that runs a server `offset` seconds off the true wall clock."""
+    library = faketime_library()
+    if not offset or library is None:
+        return {}
+    return {
+        "LD_PRELOAD": str(library),
+        "FAKETIME": f"{offset:+g}s",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
 
 
 @contextmanager
