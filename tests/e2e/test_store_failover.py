@@ -18,9 +18,12 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.support.cluster import Cluster, wait_until
 from tests.support.handlers import handled
+from tests.support.pgbouncer import BINARY as PGBOUNCER
+from tests.support.pgbouncer import running_pgbouncer
 from tests.support.proxy import FaultProxy
 from tests.support.replicas import PostgresPair, faketime_library, postgres_pair, redis_sentinels
 from workers.database import upgrade_schema
@@ -427,3 +430,58 @@ def test_a_new_primary_whose_clock_is_30_s_off_takes_nothing_over_and_still_fail
         wait_until(lambda: cluster.owners()["folder_monitor"] == ("b", 2), 30, "b to take over")
     finally:
         cluster.close()
+
+
+@pytest.mark.skipif(PGBOUNCER is None, reason="pgbouncer is not installed")
+def test_a_promotion_reaches_nodes_through_a_pgbouncer_repointed_at_the_new_primary(
+    tmp_path, pair_database, broker_url
+):
+    pair, _ = pair_database
+    with ExitStack() as stack:
+        # Given three nodes behind one PgBouncer (transaction mode) in front of the primary
+        bouncer = stack.enter_context(running_pgbouncer(pair.member_url(pair.primary, "failover")))
+        cluster = cluster_on(tmp_path, bouncer.url, broker_url)
+        stack.callback(cluster.close)
+        start_three(cluster)
+        # When the primary dies, the standby is promoted and PgBouncer is repointed at it
+        # (what a cluster manager's promotion callback does)
+        killed = pair.kill_primary()
+        pair.promote_standby()
+        bouncer.repoint(("127.0.0.1", pair.primary.port))
+        since = database_time(cluster)
+        # Then every node renews on the new primary through the same PgBouncer; nothing moved
+        renewed = first_renewals(cluster, since, killed, 60)
+        assert_nothing_moved(cluster)
+        for name in NAMES:
+            assert cluster.node_row(name).database_server == f"127.0.0.1:{pair.primary.port}"
+        print("first renewal per node through a repointed PgBouncer: " + str(renewed))
+
+
+@pytest.mark.skipif(PGBOUNCER is None, reason="pgbouncer is not installed")
+def test_a_multi_host_url_over_one_pgbouncer_per_database_host_follows_a_promotion(
+    tmp_path, pair_database, broker_url
+):
+    pair, _ = pair_database
+    with ExitStack() as stack:
+        # Given three nodes whose multi-host URL names the PgBouncer on each database host
+        bouncers = [
+            stack.enter_context(running_pgbouncer(pair.member_url(member, "failover")))
+            for member in pair.members
+        ]
+        hosts = "&".join(f"host={make_url(b.url).host}:{make_url(b.url).port}" for b in bouncers)
+        url = (
+            f"postgresql+psycopg://postgres@/failover?{hosts}"
+            "&target_session_attrs=read-write&connect_timeout=2"
+        )
+        cluster = cluster_on(tmp_path, url, broker_url)
+        stack.callback(cluster.close)
+        start_three(cluster)
+        # When the primary's host dies (its PgBouncer with it) and the standby is promoted
+        killed = pair.kill_primary()
+        bouncers[0].stop()
+        pair.promote_standby()
+        since = database_time(cluster)
+        # Then every node finds the new primary through the other PgBouncer; nothing moved
+        renewed = first_renewals(cluster, since, killed, 60)
+        assert_nothing_moved(cluster)
+        print("first renewal per node over two PgBouncers: " + str(renewed))

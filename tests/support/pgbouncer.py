@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -49,6 +51,7 @@ pool_mode = transaction
 max_client_conn = 500
 default_pool_size = 20
 server_reset_query =
+server_login_retry = 1
 ignore_startup_parameters = extra_float_digits
 logfile = {folder / "pgbouncer.log"}
 pidfile = {folder / "pgbouncer.pid"}
@@ -59,9 +62,44 @@ pidfile = {folder / "pgbouncer.pid"}
     return config
 
 
+@dataclass
+class Bouncer:
+    """A running PgBouncer: its URL (the database's, through it), and ways to act on it as
+    a promotion would (repoint it at another server, or stop it with its host)."""
+
+    url: str
+    folder: Path
+    process: subprocess.Popen[bytes]
+    server: FaultProxy
+
+    def repoint(self, target: tuple[str, int]) -> None:
+        """Point PgBouncer at another server (the new primary) and reload it, as a cluster
+        manager's promotion callback does: new server connections go there."""
+        self.server.close()
+        self.server = FaultProxy(target)
+        config = self.folder / "pgbouncer.ini"
+        lines = config.read_text().splitlines()
+        lines[1] = f"* = host=127.0.0.1 port={self.server.port}"
+        config.write_text("\n".join(lines) + "\n")
+        self.process.send_signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        """Stop PgBouncer (its host died): its port refuses connections."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
 @contextmanager
 def pgbouncer(database_url: str) -> Iterator[str]:
-    """Run PgBouncer in front of `database_url`'s server; yield the same URL through it.
+    """Run PgBouncer in front of `database_url`'s server; yield the same URL through it."""
+    with running_pgbouncer(database_url) as bouncer:
+        yield bouncer.url
+
+
+@contextmanager
+def running_pgbouncer(database_url: str) -> Iterator[Bouncer]:
+    """Run PgBouncer in front of `database_url`'s server.
 
     PgBouncer reaches the server through a plain TCP proxy of this process, so that it needs
     no access to an embedded server's private socket folder.
@@ -73,7 +111,7 @@ def pgbouncer(database_url: str) -> Iterator[str]:
         yield from _run(folder, database_url)
 
 
-def _run(folder: Path, database_url: str) -> Iterator[str]:
+def _run(folder: Path, database_url: str) -> Iterator[Bouncer]:
     server = FaultProxy(database_target(database_url))
     port = _free_port()
     config = _config(folder, database_url, server.port, port)
@@ -81,14 +119,14 @@ def _run(folder: Path, database_url: str) -> Iterator[str]:
         os.chmod(path, 0o666)
     command = [BINARY, *(["-u", "nobody"] if os.geteuid() == 0 else []), str(config)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = make_url(database_url).set(host="127.0.0.1", port=port, query={})
+    bouncer = Bouncer(url.render_as_string(hide_password=False), folder, process, server)
     try:
         _wait_listening(port, process)
-        url = make_url(database_url).set(host="127.0.0.1", port=port, query={})
-        yield url.render_as_string(hide_password=False)
+        yield bouncer
     finally:
-        process.terminate()
-        process.wait(timeout=10)
-        server.close()
+        bouncer.stop()
+        bouncer.server.close()
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
