@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from celery.beat import ScheduleEntry, Scheduler
+from celery.schedules import schedstate
 
 from beat_schedule.stagger import Staggered, build_schedule
 from workers import backlog, local_state
@@ -40,11 +41,15 @@ def broker_server(connection: Any) -> str | None:
     return None
 
 
+RETRY_FAILED_PUBLISH = 0.2
+
+
 class NodeScheduler(Scheduler):  # type: ignore[misc]
     """Schedules the heartbeat of the node named by `FAILOVER_NODE_NAME` in this process."""
 
     broker_round_trip_ms: float | None = None
     broker_server: str | None = None
+    publish_failed = False
 
     def setup_schedule(self) -> None:
         from workers.node import current_identity, current_settings
@@ -76,10 +81,18 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
             result = super().apply_async(entry, producer, advance, **kwargs)
         except Exception:
             local_state.taken(self.incarnation, HEARTBEAT)
+            self.publish_failed = True
             raise
+        self.publish_failed = False
         self.broker_round_trip_ms = (time.perf_counter() - started) * 1000
         self.broker_server = broker_server(self.connection)
         return result
+
+    def is_due(self, entry: ScheduleEntry) -> Any:
+        """A heartbeat whose last publish failed is due again at once (see `_when`)."""
+        if self.publish_failed and isinstance(entry.schedule, Staggered):
+            return schedstate(True, RETRY_FAILED_PUBLISH)
+        return super().is_due(entry)
 
     def _when(self, entry: ScheduleEntry, next_time_to_run: float, *args: Any) -> float:
         """When a heartbeat is next due: its next slot, not "now + delay".
@@ -87,9 +100,13 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
         Celery's beat puts the next run at the time it finished publishing plus the delay it
         computed before publishing, so every beat lands late by one publish, one broker
         round trip (150 ms for a far node). The staggered slots are absolute: use them.
+        After a failed publish (the broker is failing over) the next try is sooner: a node
+        that waited for its next slot would renew up to an interval later than it could.
         """
         schedule = entry.schedule
         if isinstance(schedule, Staggered) and next_time_to_run:
+            if self.publish_failed:
+                return time.time() + RETRY_FAILED_PUBLISH
             return schedule.next_slot(time.time())
         return super()._when(entry, next_time_to_run, *args)  # type: ignore[no-any-return]
 

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from tests.support.handlers import handled
 from tests.support.pgbouncer import BINARY as PGBOUNCER
 from tests.support.pgbouncer import running_pgbouncer
 from tests.support.proxy import FaultProxy
+from tests.support.renewals import database_time, first_renewals, watching_lapses
 from tests.support.replicas import PostgresPair, faketime_library, postgres_pair, redis_sentinels
 from workers.database import upgrade_schema
 from workers.settings import load_settings
@@ -60,6 +61,12 @@ timeout = 30
 """
     )
     return path
+
+
+def renewals(cluster: Cluster, since, started: float) -> dict[str, float]:
+    """Seconds from `started` until each node renewed after `since` (database time)."""
+    found = first_renewals(cluster, NAMES, since, started, 60)
+    return {name: seconds for name, (seconds, _) in found.items()}
 
 
 def cluster_on(tmp_path: Path, database_url: str, broker_url: str, **env: str) -> Cluster:
@@ -98,55 +105,6 @@ def pair_database(request) -> Iterator[tuple[PostgresPair, str]]:
         url = pair.url("failover")
         upgrade_schema(load_settings(database_url=url))
         yield pair, url
-
-
-def first_renewals(cluster: Cluster, since, started: float, timeout: float) -> dict[str, float]:
-    """Seconds from `started` (monotonic) until each node renewed after `since` (db time)."""
-    renewed: dict[str, float] = {}
-    deadline = time.monotonic() + timeout
-    while len(renewed) < len(NAMES) and time.monotonic() < deadline:
-        try:
-            rows = cluster.query(
-                "SELECT node_name FROM server_registry WHERE last_heartbeat_at > :since",
-                since=since,
-            )
-        except Exception:
-            time.sleep(0.05)
-            continue
-        for row in rows:
-            renewed.setdefault(row.node_name, time.monotonic() - started)
-        time.sleep(0.05)
-    assert set(renewed) == set(NAMES), f"not renewed: {set(NAMES) - set(renewed)}"
-    return renewed
-
-
-@contextmanager
-def watching_lapses(cluster: Cluster) -> Iterator[set[str]]:
-    """Sample every node's lease on the database clock while the block runs: the names of
-    those ever seen expired."""
-    lapsed: set[str] = set()
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.is_set():
-            rows = cluster.query(
-                "SELECT node_name FROM server_registry WHERE NOT is_active OR "
-                "last_heartbeat_at + lease_timeout_s * interval '1 second' < clock_timestamp()"
-            )
-            lapsed.update(row.node_name for row in rows)
-            done.wait(0.1)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        yield lapsed
-    finally:
-        done.set()
-        watcher.join()
-
-
-def database_time(cluster: Cluster):
-    return cluster.query("SELECT clock_timestamp() AS at")[0].at
 
 
 def assert_nothing_moved(cluster: Cluster) -> None:
@@ -201,7 +159,7 @@ def test_primary_killed_and_standby_promoted_while_files_arrive_loses_and_moves_
         killed = pair.kill_primary()
         time.sleep(0.5)
         writable = pair.promote_standby()
-        renewed = first_renewals(cluster, before, killed, 60)
+        renewed = renewals(cluster, before, killed)
         writer.join()
         # Then every node renewed on the new primary, and says so, with when it changed
         for name in NAMES:
@@ -235,7 +193,7 @@ def test_planned_switchover_then_the_old_primary_rejoins_as_a_standby_nobody_wri
         before = database_time(cluster)
         started = time.monotonic()
         pair.switchover()
-        first_renewals(cluster, before, started, 60)
+        renewals(cluster, before, started)
         # Then nothing moved, and every node writes to the new primary only: the old one
         # replays their renewals and holds no connection of theirs
         assert pair.is_in_recovery(old) and pair.primary is not old
@@ -287,7 +245,7 @@ def test_a_primary_that_goes_silent_is_left_behind_by_its_connect_and_answer_dea
         pair.promote_standby()
         # Then every node leaves its hung connection (the answer deadline), skips the silent
         # host (the connect timeout) and renews on the new primary; nothing moved
-        renewed = first_renewals(cluster, before, started, 60)
+        renewed = renewals(cluster, before, started)
         assert_nothing_moved(cluster)
         for name in NAMES:
             assert cluster.node_row(name).database_server == f"127.0.0.1:{pair.primary.port}"
@@ -372,7 +330,7 @@ def test_sentinel_promotes_the_replica_and_every_node_follows_with_no_lapse(tmp_
         with watching_lapses(cluster) as lapses:
             killed = sentinels.kill_master()
             promoted = sentinels.wait_promoted(60)
-            renewed = first_renewals(cluster, before, killed, 60)
+            renewed = renewals(cluster, before, killed)
         # Then no lease lapsed (the promotion took less than a lease)
         assert promoted - killed < 5.0
         assert lapses == set()
@@ -419,7 +377,7 @@ def test_a_new_primary_whose_clock_is_30_s_off_takes_nothing_over_and_still_fail
         killed = pair.kill_primary()
         pair.promote_standby()
         since = database_time(cluster)
-        first_renewals(cluster, since, killed, 60)
+        renewals(cluster, since, killed)
         # Then nobody takes anything over, for several leases
         deadline = time.monotonic() + 3 * float(TIMING["FAILOVER_LEASE_TIMEOUT"])
         while time.monotonic() < deadline:
@@ -450,7 +408,7 @@ def test_a_promotion_reaches_nodes_through_a_pgbouncer_repointed_at_the_new_prim
         bouncer.repoint(("127.0.0.1", pair.primary.port))
         since = database_time(cluster)
         # Then every node renews on the new primary through the same PgBouncer; nothing moved
-        renewed = first_renewals(cluster, since, killed, 60)
+        renewed = renewals(cluster, since, killed)
         assert_nothing_moved(cluster)
         for name in NAMES:
             assert cluster.node_row(name).database_server == f"127.0.0.1:{pair.primary.port}"
@@ -482,6 +440,6 @@ def test_a_multi_host_url_over_one_pgbouncer_per_database_host_follows_a_promoti
         pair.promote_standby()
         since = database_time(cluster)
         # Then every node finds the new primary through the other PgBouncer; nothing moved
-        renewed = first_renewals(cluster, since, killed, 60)
+        renewed = renewals(cluster, since, killed)
         assert_nothing_moved(cluster)
         print("first renewal per node over two PgBouncers: " + str(renewed))
