@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.support.cluster import Cluster, wait_until
+from tests.support.flower import flower, workers_listed
 from tests.support.handlers import handled
 from tests.support.pgbouncer import BINARY as PGBOUNCER
 from tests.support.pgbouncer import running_pgbouncer
@@ -111,6 +112,13 @@ def assert_nothing_moved(cluster: Cluster) -> None:
     assert cluster.owners() == {service: ("a", 1) for service in SERVICES}
     assert [row.reason for row in cluster.history()] == ["startup", "startup"]
     assert all(cluster.node_row(name).is_active for name in NAMES)
+
+
+def answered_since(listed: dict, before: dict) -> bool:
+    """Whether every worker Flower lists answered afresh (a longer uptime than `before`)."""
+    uptime = {name: (info.get("stats") or {}).get("uptime", -1) for name, info in listed.items()}
+    earlier = {name: (info.get("stats") or {}).get("uptime", -1) for name, info in before.items()}
+    return bool(listed) and all(uptime[name] > earlier.get(name, -1) for name in uptime)
 
 
 def address(host_port: tuple[str, int]) -> str:
@@ -317,8 +325,12 @@ def test_sentinel_promotes_the_replica_and_every_node_follows_with_no_lapse(tmp_
             FAILOVER_LEASE_TIMEOUT="5.0",
         )
         stack.callback(cluster.close)
-        # Given three nodes whose broker is Redis behind three sentinels
+        # Given three nodes whose broker is Redis behind three sentinels, watched in Flower
         start_three(cluster)
+        flower_base = stack.enter_context(flower(cluster))
+        seen = wait_until(
+            lambda: workers_listed(flower_base, set(NAMES)), 60, "Flower to list the workers"
+        )
         master = address(sentinels.master_address())
         wait_until(
             lambda: all(cluster.node_row(n).broker_server == master for n in NAMES),
@@ -344,6 +356,12 @@ def test_sentinel_promotes_the_replica_and_every_node_follows_with_no_lapse(tmp_
         )
         assert all(cluster.node_row(n).broker_changed_at is not None for n in NAMES)
         assert_nothing_moved(cluster)
+        # And Flower, started before the failover, lists every worker again
+        wait_until(
+            lambda: answered_since(workers_listed(flower_base, set(NAMES)), seen),
+            60,
+            "Flower to hear from every worker again",
+        )
         # And commands that wait on results work through the new master
         moved = cluster.cli("move", "folder_monitor", "--to", "b", timeout=90)
         assert moved.returncode == 0, moved.stderr

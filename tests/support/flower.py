@@ -1,0 +1,72 @@
+"""Flower (and other HTTP servers a test starts) as real processes, asked over HTTP."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import requests
+
+from tests.support.cluster import Cluster, wait_until
+
+AUTH = ("operator", "s3cret")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve(cluster: Cluster, command: list[str], url: str) -> subprocess.Popen[bytes]:
+    """Start `command` with the cluster's settings; return once `url` answers."""
+    process = subprocess.Popen(
+        command, env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+    def answers() -> bool:
+        try:
+            return requests.get(url, timeout=1).status_code > 0
+        except requests.RequestException:
+            return False
+
+    wait_until(answers, 60, f"{url} to answer")
+    return process
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def flower(cluster: Cluster) -> Iterator[str]:
+    """`celery -A workers flower` with basic auth, as an operator runs it; its base URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={port}",
+        "--address=127.0.0.1", f"--basic-auth={AUTH[0]}:{AUTH[1]}",
+    ]  # fmt: skip
+    process = serve(cluster, command, base + "/healthcheck")
+    try:
+        yield base
+    finally:
+        stop(process)
+
+
+def workers_listed(base: str, names: set[str]) -> dict:
+    """Flower's workers (asked afresh), once every node in `names` is among them; else {}."""
+    try:
+        answer = requests.get(base + "/api/workers?refresh=1", auth=AUTH, timeout=20)
+    except requests.RequestException:
+        return {}
+    listed = answer.json() if answer.ok else {}
+    return listed if {name.split("@")[0] for name in listed} >= names else {}
