@@ -232,8 +232,9 @@ BEGIN
     -- One statement (one snapshot of the tables, one database time) for what is returned.
     -- The whole registry only when this node may have to choose among candidates: a service
     -- without a live-looking owner (to claim or take over), a draining node handing over, or
-    -- a failback policy. Otherwise itself, the owners and the peers that may have expired:
-    -- what `decide` judges, whatever the size of the cluster.
+    -- a failback policy. Otherwise itself and the owners (read by index: what a takeover
+    -- needs judged), and, for an owner only, the peers that may have expired (a scan: the
+    -- owners keep the registry tidy, so the other nodes' beats do not grow with the cluster).
     RETURN (
         WITH everyone AS (
             SELECT p_everyone
@@ -243,7 +244,12 @@ BEGIN
                     LEFT JOIN server_registry AS o ON o.id = s.service_registry_id
                     WHERE o.id IS NULL OR NOT o.is_active OR o.stopped_at IS NOT NULL
                        OR o.last_heartbeat_at + o.lease_timeout_s * interval '1 second' < v_now
-                ) AS complete
+                ) AS complete,
+                EXISTS (
+                    SELECT 1 FROM service_status AS s
+                    JOIN server_registry AS mine ON mine.id = s.service_registry_id
+                    WHERE mine.node_name = p_node
+                ) AS owner
         )
         SELECT json_build_object(
             'renewed', v_renewed,
@@ -252,12 +258,25 @@ BEGIN
                 SELECT id, node_name, region, is_active, last_heartbeat_at, lease_started_at,
                        lease_timeout_s, draining, stopped_at, incarnation, app_healthy,
                        last_verdict
-                FROM server_registry AS r
-                WHERE everyone.complete
-                   OR r.node_name = p_node
-                   OR r.id IN (SELECT service_registry_id FROM service_status)
-                   OR (r.is_active AND (r.stopped_at IS NOT NULL
-                       OR r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' < v_now))
+                FROM server_registry AS r WHERE everyone.complete
+                UNION
+                SELECT id, node_name, region, is_active, last_heartbeat_at, lease_started_at,
+                       lease_timeout_s, draining, stopped_at, incarnation, app_healthy,
+                       last_verdict
+                FROM server_registry AS r WHERE NOT everyone.complete AND r.node_name = p_node
+                UNION
+                SELECT id, node_name, region, is_active, last_heartbeat_at, lease_started_at,
+                       lease_timeout_s, draining, stopped_at, incarnation, app_healthy,
+                       last_verdict
+                FROM server_registry AS r WHERE NOT everyone.complete
+                    AND r.id IN (SELECT service_registry_id FROM service_status)
+                UNION
+                SELECT id, node_name, region, is_active, last_heartbeat_at, lease_started_at,
+                       lease_timeout_s, draining, stopped_at, incarnation, app_healthy,
+                       last_verdict
+                FROM server_registry AS r WHERE NOT everyone.complete AND everyone.owner AND r.is_active
+                    AND (r.stopped_at IS NOT NULL
+                         OR r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' < v_now)
                 ) AS n),
             'services', (SELECT COALESCE(json_agg(s ORDER BY s.service_type), '[]'::json) FROM (
                 SELECT service_type, service_registry_id, epoch, acquired_at, acquired_reason,

@@ -59,6 +59,11 @@ retry_backoff = 0.1
 [scripts.hello]
 argv = ["{sys.executable}", "-c", "print('hello')"]
 timeout = 30
+
+[scripts.tick]
+argv = ["{sys.executable}", "-c", "print('tick')"]
+interval = 0.5
+timeout = 30
 """
     )
     return path
@@ -164,6 +169,8 @@ def test_primary_killed_and_standby_promoted_while_files_arrive_loses_and_moves_
         writer.start()
         time.sleep(2.0)
         before = database_time(cluster)
+        runs = {row.id for row in cluster.query("SELECT id FROM script_run")}
+        assert runs
         killed = pair.kill_primary()
         time.sleep(0.5)
         writable = pair.promote_standby()
@@ -180,6 +187,9 @@ def test_primary_killed_and_standby_promoted_while_files_arrive_loses_and_moves_
         assert handled(tmp_path / "handled.log") == {f"doc-{i:04}.dat": 1 for i in range(FILES)}
         states = cluster.query("SELECT state, count(*) AS n FROM folder_file GROUP BY state")
         assert {row.state: row.n for row in states} == {"processed": FILES}
+        # And every script run recorded before the kill is still there, and runs go on
+        after = {row.id for row in cluster.query("SELECT id FROM script_run")}
+        assert runs < after
         print(
             f"promotion {writable - killed:.2f} s after the kill; first renewal per node "
             + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in sorted(renewed.items()))

@@ -48,15 +48,22 @@ def test_every_node_is_read_when_a_service_needs_a_new_owner(settings):
     assert snapshot is not None and snapshot.complete and len(snapshot.nodes) == 6
 
 
-def test_a_peer_that_may_have_expired_is_read_so_it_can_be_judged(settings):
+def test_a_peer_that_may_have_expired_is_read_by_the_owners_who_judge_it(settings):
+    # Given a owning every service, a peer silent for a minute and a live standby
     add_node(settings, "a")
     for service in SERVICES:
         give(settings, service, "a")
     add_node(settings, "gone", beat_age=60)
     add_node(settings, "alive")
-    snapshot = beat_as(settings, "alive")
-    assert snapshot is not None
-    assert sorted(node.name for node in snapshot.nodes) == ["a", "alive", "gone"]
+    # Then the owner's beat reads the silent peer, to judge it (and mark it inactive)
+    owner = beat_as(settings, "a")
+    assert owner is not None
+    assert sorted(node.name for node in owner.nodes) == ["a", "gone"]
+    # And a standby's beat reads only itself and the owner: its cost does not grow with
+    # the number of nodes, dead or alive
+    standby = beat_as(settings, "alive")
+    assert standby is not None
+    assert sorted(node.name for node in standby.nodes) == ["a", "alive"]
 
 
 def beat_as(settings, name: str):
