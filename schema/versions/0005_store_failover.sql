@@ -84,22 +84,25 @@ BEGIN
                        lease_timeout_s, draining, stopped_at, incarnation, app_healthy,
                        last_verdict
                 FROM server_registry AS r WHERE everyone.complete
-                UNION
+                UNION ALL
                 SELECT id, node_name, region, is_active, last_heartbeat_at, lease_started_at,
                        lease_timeout_s, draining, stopped_at, incarnation, app_healthy,
                        last_verdict
                 FROM server_registry AS r WHERE NOT everyone.complete AND r.node_name = p_node
-                UNION
+                UNION ALL
                 SELECT id, node_name, region, is_active, last_heartbeat_at, lease_started_at,
                        lease_timeout_s, draining, stopped_at, incarnation, app_healthy,
                        last_verdict
-                FROM server_registry AS r WHERE NOT everyone.complete
+                FROM server_registry AS r WHERE NOT everyone.complete AND r.node_name <> p_node
                     AND r.id IN (SELECT service_registry_id FROM service_status)
-                UNION
+                UNION ALL
                 SELECT id, node_name, region, is_active, last_heartbeat_at, lease_started_at,
                        lease_timeout_s, draining, stopped_at, incarnation, app_healthy,
                        last_verdict
                 FROM server_registry AS r WHERE NOT everyone.complete AND everyone.owner AND r.is_active
+                    AND r.node_name <> p_node
+                    AND NOT EXISTS (SELECT 1 FROM service_status AS s
+                                    WHERE s.service_registry_id = r.id)
                     AND (r.stopped_at IS NOT NULL
                          OR r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' < v_now)
                 ) AS n),

@@ -37,7 +37,7 @@ from tests.support.pgbouncer import pgbouncer
 from tests.support.servers import clean_broker, fresh_database, start_servers
 from workers.database import bounded
 from workers.settings import load_settings
-from workers.store import HEARTBEAT_SQL
+from workers.store import ASYNC_COMMIT, HEARTBEAT_SQL
 
 DEFAULTS = {
     "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
@@ -90,7 +90,7 @@ def pgbench_beats(url: str, count: int, seconds: float, logs: Path) -> tuple[lis
     after a warm-up: a new connection's first beats pay for PostgreSQL's caches (catalog,
     the function's plan), which a node pays once per connection, not once per beat."""
     clients = max(2, count // 50)
-    bounds = bounded(load_settings(database_timeout=0.5)).replace("; ", " \\; ")
+    bounds = (bounded(load_settings(database_timeout=0.5)) + ASYNC_COMMIT).replace("; ", " \\; ")
     script = logs / "heartbeat.sql"
     script.write_text(PGBENCH_SCRIPT.format(bounds=bounds))
     command = [
