@@ -53,7 +53,9 @@ def libpq_url(url: str) -> str:
 
 
 def register(url: str, count: int) -> list[tuple[str, str]]:
-    """Register `count` simulated nodes in one statement; their (name, incarnation)."""
+    """Register `count` simulated nodes in one statement; their (name, incarnation). The
+    registry is then analyzed, as autovacuum keeps it in a cluster that has run for a minute
+    (the planner reads the owners by index only once it knows the table's size)."""
     nodes = [(f"sim{i:04d}", incarnation_of(f"sim{i:04d}")) for i in range(count)]
     with psycopg.connect(libpq_url(url), autocommit=True) as connection:
         connection.execute(
@@ -63,6 +65,7 @@ def register(url: str, count: int) -> list[tuple[str, str]]:
             "FROM unnest(%s::text[], %s::text[]) AS t(name, inc)",
             ([name for name, _ in nodes], [inc for _, inc in nodes]),
         )
+        connection.execute("ANALYZE server_registry")
     return nodes
 
 
