@@ -204,6 +204,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_now TIMESTAMPTZ := clock_timestamp();
     v_renewed BOOLEAN;
+    v_owners BIGINT[];
     v_server TEXT := COALESCE(
         host(inet_server_addr()) || ':' || inet_server_port(),
         'socket:' || current_setting('port'));
@@ -229,6 +230,10 @@ BEGIN
         broker_server = COALESCE(p_broker_server, broker_server)
     WHERE node_name = p_node AND incarnation = p_incarnation AND stopped_at IS NULL;
     v_renewed := FOUND;
+    -- The owners' ids as an array: read by the primary key whatever the planner knows of
+    -- service_status (a table of a few rows that autovacuum may never analyze).
+    SELECT array_agg(service_registry_id) INTO v_owners
+    FROM service_status WHERE service_registry_id IS NOT NULL;
     -- One statement (one snapshot of the tables, one database time) for what is returned.
     -- The whole registry only when this node may have to choose among candidates: a service
     -- without a live-looking owner (to claim or take over), a draining node handing over, or
@@ -239,16 +244,15 @@ BEGIN
         WITH everyone AS (
             SELECT p_everyone
                 OR EXISTS (SELECT 1 FROM server_registry WHERE node_name = p_node AND draining)
+                OR EXISTS (SELECT 1 FROM service_status WHERE service_registry_id IS NULL)
                 OR EXISTS (
-                    SELECT 1 FROM service_status AS s
-                    LEFT JOIN server_registry AS o ON o.id = s.service_registry_id
-                    WHERE o.id IS NULL OR NOT o.is_active OR o.stopped_at IS NOT NULL
-                       OR o.last_heartbeat_at + o.lease_timeout_s * interval '1 second' < v_now
+                    SELECT 1 FROM server_registry AS o
+                    WHERE o.id = ANY(v_owners) AND (NOT o.is_active OR o.stopped_at IS NOT NULL
+                       OR o.last_heartbeat_at + o.lease_timeout_s * interval '1 second' < v_now)
                 ) AS complete,
                 EXISTS (
-                    SELECT 1 FROM service_status AS s
-                    JOIN server_registry AS mine ON mine.id = s.service_registry_id
-                    WHERE mine.node_name = p_node
+                    SELECT 1 FROM server_registry AS mine
+                    WHERE mine.node_name = p_node AND mine.id = ANY(v_owners)
                 ) AS owner
         )
         SELECT json_build_object(
@@ -269,15 +273,13 @@ BEGIN
                        lease_timeout_s, draining, stopped_at, incarnation, app_healthy,
                        last_verdict
                 FROM server_registry AS r WHERE NOT everyone.complete AND r.node_name <> p_node
-                    AND r.id IN (SELECT service_registry_id FROM service_status)
+                    AND r.id = ANY(v_owners)
                 UNION ALL
                 SELECT id, node_name, region, is_active, last_heartbeat_at, lease_started_at,
                        lease_timeout_s, draining, stopped_at, incarnation, app_healthy,
                        last_verdict
                 FROM server_registry AS r WHERE NOT everyone.complete AND everyone.owner AND r.is_active
-                    AND r.node_name <> p_node
-                    AND NOT EXISTS (SELECT 1 FROM service_status AS s
-                                    WHERE s.service_registry_id = r.id)
+                    AND r.node_name <> p_node AND r.id <> ALL(v_owners)
                     AND (r.stopped_at IS NOT NULL
                          OR r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' < v_now)
                 ) AS n),
