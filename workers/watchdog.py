@@ -12,11 +12,13 @@ whichever host of a multi-host URL now answers.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 from sqlalchemy import Connection, Engine, event
@@ -32,34 +34,73 @@ def answer_deadline(settings: Settings) -> float:
 
 
 class Watchdog:
-    """Shuts down the socket `fd` after `seconds`, unless `stop` came first."""
+    """Shuts down the socket `fd` once `seconds` pass, unless `stop` came first.
+
+    One thread per process watches every armed deadline (a heap), so arming one costs a
+    lock and a push: a node runs thousands of statements a second when files pour in.
+    """
+
+    _heap: ClassVar[list[tuple[float, int, Watchdog]]] = []
+    _lock: ClassVar[threading.Condition] = threading.Condition()
+    _thread: ClassVar[threading.Thread | None] = None
+    _count: ClassVar[int] = 0
+
+    @classmethod
+    def _forget_after_fork(cls) -> None:
+        """A forked pool process starts with no deadline, a free lock and no thread."""
+        cls._heap = []
+        cls._lock = threading.Condition()
+        cls._thread = None
 
     def __init__(self, fd: int, seconds: float) -> None:
         self._fd = fd
-        self._lock = threading.Lock()
         self._stopped = False
         self.fired = False
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        with Watchdog._lock:
+            Watchdog._count += 1
+            heapq.heappush(Watchdog._heap, (time.monotonic() + seconds, Watchdog._count, self))
+            if Watchdog._thread is None or not Watchdog._thread.is_alive():
+                Watchdog._thread = threading.Thread(
+                    target=Watchdog._watch, name="failover-watchdog", daemon=True
+                )
+                Watchdog._thread.start()
+            elif Watchdog._heap[0][2] is self:
+                Watchdog._lock.notify()
+
+    @staticmethod
+    def _watch() -> None:
+        with Watchdog._lock:
+            while True:
+                while Watchdog._heap and Watchdog._heap[0][2]._stopped:
+                    heapq.heappop(Watchdog._heap)
+                if not Watchdog._heap:
+                    Watchdog._lock.wait()
+                    continue
+                deadline, _, watchdog = Watchdog._heap[0]
+                left = deadline - time.monotonic()
+                if left > 0:
+                    Watchdog._lock.wait(left)
+                    continue
+                heapq.heappop(Watchdog._heap)
+                watchdog._fire()
 
     def _fire(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self.fired = True
-            with contextlib.suppress(OSError):
-                copy = socket.socket(fileno=os.dup(self._fd))
-                try:
-                    copy.shutdown(socket.SHUT_RDWR)
-                finally:
-                    copy.close()
+        """Called with the lock held, so never after `stop` returned."""
+        self.fired = True
+        with contextlib.suppress(OSError):
+            copy = socket.socket(fileno=os.dup(self._fd))
+            try:
+                copy.shutdown(socket.SHUT_RDWR)
+            finally:
+                copy.close()
 
     def stop(self) -> None:
         """The answer came: never touch the socket after this returns (its fd may be reused)."""
-        with self._lock:
+        with Watchdog._lock:
             self._stopped = True
-        self._timer.cancel()
+
+
+os.register_at_fork(after_in_child=Watchdog._forget_after_fork)
 
 
 @contextlib.contextmanager
