@@ -18,7 +18,6 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from tests.support.cluster import Cluster, wait_until
 from tests.support.flower import flower, workers_listed
@@ -441,33 +440,3 @@ def test_a_promotion_reaches_nodes_through_a_pgbouncer_repointed_at_the_new_prim
         for name in NAMES:
             assert cluster.node_row(name).database_server == f"127.0.0.1:{pair.primary.port}"
         print("first renewal per node through a repointed PgBouncer: " + str(renewed))
-
-
-@pytest.mark.skipif(PGBOUNCER is None, reason="pgbouncer is not installed")
-def test_a_multi_host_url_over_one_pgbouncer_per_database_host_follows_a_promotion(
-    tmp_path, pair_database, broker_url
-):
-    pair, _ = pair_database
-    with ExitStack() as stack:
-        # Given three nodes whose multi-host URL names the PgBouncer on each database host
-        bouncers = [
-            stack.enter_context(running_pgbouncer(pair.member_url(member, "failover")))
-            for member in pair.members
-        ]
-        hosts = "&".join(f"host={make_url(b.url).host}:{make_url(b.url).port}" for b in bouncers)
-        url = (
-            f"postgresql+psycopg://postgres@/failover?{hosts}"
-            "&target_session_attrs=read-write&connect_timeout=2"
-        )
-        cluster = cluster_on(tmp_path, url, broker_url)
-        stack.callback(cluster.close)
-        start_three(cluster)
-        # When the primary's host dies (its PgBouncer with it) and the standby is promoted
-        killed = pair.kill_primary()
-        bouncers[0].stop()
-        pair.promote_standby()
-        since = database_time(cluster)
-        # Then every node finds the new primary through the other PgBouncer; nothing moved
-        renewed = renewals(cluster, since, killed)
-        assert_nothing_moved(cluster)
-        print("first renewal per node over two PgBouncers: " + str(renewed))
