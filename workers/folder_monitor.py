@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, text
 
 from workers import store
+from workers.database import transaction
 from workers.errors import ConfigError, StaleEpoch
 from workers.fencing import Fence, fenced, patiently
 from workers.settings import HotFolderSettings, Settings
@@ -286,11 +287,7 @@ def _scan_folder(
             claimed = record_and_claim(connection, folder, arrivals, fence)
         batches = take_batches(connection, folder, settings, fence)
         leftovers = sweep_processing(connection, folder)
-        if leftovers.unrecorded:
-            store.count_restored(connection, fence.me, len(leftovers.unrecorded))
-    for path, directory, name, file_id in leftovers.finished:
-        move_done(path, directory, name, file_id)
-    restore_unrecorded(fence, folder, leftovers.unrecorded)
+    settle_leftovers(settings, fence, folder, leftovers)
     _recorded_listings.discard(listing)
     if not claimed:
         _recorded_listings.add(listing)
@@ -337,11 +334,7 @@ def dispatch(
     with fenced(settings, fence) as connection:
         batches = take_batches(connection, folder, settings, fence)
         leftovers = sweep_processing(connection, folder)
-        if leftovers.unrecorded:
-            store.count_restored(connection, fence.me, len(leftovers.unrecorded))
-    for path, directory, name, file_id in leftovers.finished:
-        move_done(path, directory, name, file_id)
-    restore_unrecorded(fence, folder, leftovers.unrecorded)
+    settle_leftovers(settings, fence, folder, leftovers)
     for batch in batches:
         send_batch(folder.name, batch)
 
@@ -437,15 +430,31 @@ def sweep_processing(connection: Connection, folder: HotFolderSettings) -> Lefto
     return Leftovers(finished, unrecorded)
 
 
+def settle_leftovers(
+    settings: Settings, fence: Fence, folder: HotFolderSettings, leftovers: Leftovers
+) -> None:
+    """After the transaction that found them: finished files go where their state says,
+    unrecorded ones back into the hot folder, and those put back are counted (a write only
+    when there are some)."""
+    for path, directory, name, file_id in leftovers.finished:
+        move_done(path, directory, name, file_id)
+    restored = restore_unrecorded(fence, folder, leftovers.unrecorded)
+    if restored:
+        with transaction(settings) as connection:
+            store.count_restored(connection, fence.me, restored)
+
+
 def restore_unrecorded(
     fence: Fence, folder: HotFolderSettings, files: list[tuple[Path, str]]
-) -> None:
+) -> int:
     """Put files the database has no claim for back into the hot folder, to be claimed
-    again (never over a newer file of the same name)."""
+    again (never over a newer file of the same name); returns how many were put back."""
+    restored = 0
     for path, name in files:
         try:
             os.link(path, folder.path / name)
             os.unlink(path)
+            restored += 1
         except FileExistsError:
             log.error(
                 "node %s: %s/%s is in processing with no claim in the database, and a newer "
@@ -454,12 +463,13 @@ def restore_unrecorded(
             )  # fmt: skip
         except FileNotFoundError:
             continue
-    if files:
+    if restored:
         log.warning(
             "node %s: put %d files of %s back into the hot folder: the database has no claim "
             "for them (it failed over without its last commits); they will be handled again",
-            fence.me.name, len(files), folder.name,
+            fence.me.name, restored, folder.name,
         )  # fmt: skip
+    return restored
 
 
 def _locate(folder: HotFolderSettings, file_id: int, name: str) -> Path | None:
