@@ -109,9 +109,19 @@ CREATE TABLE folder_file (
     next_attempt_at TIMESTAMPTZ,
     finished_at TIMESTAMPTZ,
     error TEXT,
-    CONSTRAINT folder_file_arrival_key UNIQUE (folder, rel_path, size, mtime_ns)
+    -- the file's identity on disk when it was last seen, checked before every rename
+    dev BIGINT,
+    inode BIGINT,
+    -- the incarnation handling it now: no other touches it until that one is done with it
+    -- (it clears the mark) or its lease has run out
+    handler UUID,
+    handling_since TIMESTAMPTZ
 );
 CREATE INDEX folder_file_folder_state_idx ON folder_file (folder, state);
+-- one open record per name; a finished one does not block a new arrival of that name
+CREATE UNIQUE INDEX folder_file_open_key ON folder_file (folder, rel_path)
+    WHERE state IN ('seen', 'claimed', 'processing');
+CREATE INDEX folder_file_handler_idx ON folder_file (handler) WHERE handler IS NOT NULL;
 
 -- The application-script runner's ledger: one row per run, recorded (fenced by the epoch)
 -- before the script starts.
@@ -124,9 +134,13 @@ CREATE TABLE script_run (
     due_at TIMESTAMPTZ,
     started_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
     finished_at TIMESTAMPTZ,
-    status VARCHAR(16) NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'timeout')),
+    status VARCHAR(16) NOT NULL
+        CHECK (status IN ('running', 'succeeded', 'failed', 'timeout', 'killed')),
     exit_code INTEGER,
-    output_tail TEXT
+    output_tail TEXT,
+    -- the process that runs it: only it records the end; its runs are orphans once its
+    -- lease has run out
+    incarnation UUID
 );
 CREATE INDEX script_run_script_idx ON script_run (script, started_at);
 

@@ -10,14 +10,13 @@ transaction that records the run; slots missed while no node owned the service r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import signal
 import subprocess
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,11 +26,15 @@ from croniter import croniter
 from sqlalchemy import Connection, text
 
 from workers.database import one_round_trip
-from workers.fencing import Fence, fenced, patiently
+from workers.fencing import Fence, fenced, reject, retrying
 from workers.settings import ScriptSettings, Settings
+from workers.store import Identity
+from workers.supervision import supervise
 
 log = logging.getLogger(__name__)
 SERVICE = "app_script"
+ORPHANED_RUN = "(its node stopped during the run)"
+LOST_RUN = "(no end was recorded within its timeout and a lease: its message or process was lost)"
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def take_due_run(
         )
         return None
     slot = due(script, last, now)
-    if slot is None or _running(connection, name, fence.epoch, script.timeout + lease):
+    if slot is None or _running(connection, name, fence, script.timeout + lease):
         return None
     connection.execute(
         text("UPDATE script_schedule SET last_due_at = :at WHERE script = :n"),
@@ -102,18 +105,24 @@ def take_due_run(
     return record_start(connection, name, fence, trigger, slot.at)
 
 
-def _running(connection: Connection, name: str, epoch: int, stale_after: float) -> bool:
-    """Whether a run of the script at this epoch may still be running: one recorded less
-    than its timeout and a lease ago (an older one was killed at its timeout, or its
-    message was lost before it started)."""
+def _running(connection: Connection, name: str, fence: Fence, lost_after: float) -> bool:
+    """Whether a run of the script may still be running (on this node, or on a previous
+    owner that has not said it is done and whose lease holds). A run of this incarnation
+    with no end after its timeout and a lease was lost (its message, or a killed pool
+    process): it is closed here, so the script runs again."""
+    connection.execute(
+        text(
+            "UPDATE script_run SET status = 'failed', finished_at = clock_timestamp(), "
+            "output_tail = coalesce(output_tail, '') || :why "
+            "WHERE script = :n AND status = 'running' AND incarnation = :me "
+            "AND started_at < clock_timestamp() - make_interval(secs => :lost)"
+        ),
+        {"n": name, "me": fence.me.incarnation, "lost": lost_after, "why": LOST_RUN},
+    )
     return bool(
         connection.execute(
-            text(
-                "SELECT 1 FROM script_run WHERE script = :n AND status = 'running' "
-                "AND epoch = :epoch "
-                "AND started_at > clock_timestamp() - make_interval(secs => :stale) LIMIT 1"
-            ),
-            {"n": name, "epoch": epoch, "stale": stale_after},
+            text("SELECT 1 FROM script_run WHERE script = :n AND status = 'running' LIMIT 1"),
+            {"n": name},
         ).first()
     )
 
@@ -124,12 +133,14 @@ def record_start(
     return int(
         connection.execute(
             text(
-                "INSERT INTO script_run (script, node, epoch, trigger, due_at, status) "
-                "VALUES (:n, :node, :epoch, :trigger, :due, 'running') RETURNING id"
+                "INSERT INTO script_run "
+                "(script, node, incarnation, epoch, trigger, due_at, status) "
+                "VALUES (:n, :node, :incarnation, :epoch, :trigger, :due, 'running') RETURNING id"
             ),
             {
                 "n": name,
                 "node": fence.me.name,
+                "incarnation": fence.me.incarnation,
                 "epoch": fence.epoch,
                 "trigger": trigger,
                 "due": due_at,
@@ -139,14 +150,19 @@ def record_start(
 
 
 def close_orphans(connection: Connection, fence: Fence) -> None:
-    """Runs left 'running' by a previous owner ended with it: say so in the ledger."""
+    """Runs left 'running' by another incarnation whose lease has run out ended with it: say
+    so in the ledger. Those of a live one are left alone: it kills or finishes them, and
+    records their end itself (a planned handover)."""
     connection.execute(
         text(
-            "UPDATE script_run SET status = 'failed', finished_at = clock_timestamp(), "
-            "output_tail = coalesce(output_tail, '') || '(its node stopped during the run)' "
-            "WHERE status = 'running' AND epoch < :epoch"
+            "UPDATE script_run AS s SET status = 'failed', finished_at = clock_timestamp(), "
+            "output_tail = coalesce(output_tail, '') || :why "
+            "WHERE s.status = 'running' AND s.incarnation IS DISTINCT FROM :me "
+            "AND NOT EXISTS (SELECT 1 FROM server_registry AS r "
+            "WHERE r.incarnation = s.incarnation "
+            "AND r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' > clock_timestamp())"
         ),
-        {"epoch": fence.epoch},
+        {"me": fence.me.incarnation, "why": ORPHANED_RUN},
     )
 
 
@@ -155,49 +171,59 @@ class RunResult:
     status: str
     exit_code: int | None
     output_tail: str
+    killed_for: str | None = None
 
 
-def execute(script: ScriptSettings, lines: int) -> RunResult:
-    """Run the script's argv (no shell) in a process group of its own, killed at the timeout."""
-    process = subprocess.Popen(
-        script.argv,
-        cwd=script.cwd,
-        env={**os.environ, **script.env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
+def execute(script: ScriptSettings, lines: int, fence: Fence | None = None) -> RunResult:
+    """Run the script's argv (no shell) in a process group of its own; the group is killed
+    at the timeout, or as soon as the node may no longer act for the service (`fence`)."""
+    started = time.monotonic()
+    try:
+        process = subprocess.Popen(
+            script.argv,
+            cwd=script.cwd,
+            env={**os.environ, **script.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+    except OSError as error:
+        return RunResult("failed", None, f"could not start: {error}")
     tail: deque[str] = deque(maxlen=lines)
     reader = threading.Thread(target=lambda: tail.extend(process.stdout or []), daemon=True)
     reader.start()
-    try:
-        code = process.wait(timeout=script.timeout)
-        status = "succeeded" if code == 0 else "failed"
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        code = process.wait()
-        status = "timeout"
+    ending = supervise(process, fence, lambda: started + script.timeout)
     reader.join(timeout=2)
-    return RunResult(status, code, "".join(tail)[-8000:])
+    output = "".join(tail)[-8000:]
+    if ending.killed_for:
+        why = ending.killed_for
+        return RunResult("killed", ending.code, f"{output}(killed: {why})", why)
+    if ending.timed_out:
+        return RunResult("timeout", ending.code, output)
+    return RunResult("succeeded" if ending.code == 0 else "failed", ending.code, output)
 
 
-def record_end(connection: Connection, run_id: int, result: RunResult) -> None:
-    connection.execute(
+def record_end(connection: Connection, run_id: int, result: RunResult, me: Identity) -> bool:
+    """Record a run's end, fenced by its own row: only the incarnation that ran it, while
+    the row is still open (another owner closes it only once this one's lease ran out)."""
+    updated = connection.execute(
         text(
             "UPDATE script_run SET status = :status, exit_code = :code, output_tail = :tail, "
-            "finished_at = clock_timestamp() WHERE id = :id"
+            "finished_at = clock_timestamp() "
+            "WHERE id = :id AND status = 'running' AND incarnation = :me"
         ),
         {
             "id": run_id,
             "status": result.status,
             "code": result.exit_code,
             "tail": result.output_tail,
+            "me": me.incarnation,
         },
     )
+    return bool(updated.rowcount)
 
 
 def run_scheduled(settings: Settings, name: str, fence: Fence, run_id: int) -> RunResult | None:
@@ -207,31 +233,40 @@ def run_scheduled(settings: Settings, name: str, fence: Fence, run_id: int) -> R
     with fenced(settings, fence) as connection:
         still = connection.execute(
             text(
-                "UPDATE script_run SET started_at = clock_timestamp() "
-                "WHERE id = :id AND status = 'running' AND epoch = :epoch RETURNING id"
+                "UPDATE script_run SET started_at = clock_timestamp() WHERE id = :id "
+                "AND status = 'running' AND epoch = :epoch AND incarnation = :me RETURNING id"
             ),
-            {"id": run_id, "epoch": fence.epoch},
+            {"id": run_id, "epoch": fence.epoch, "me": fence.me.incarnation},
         ).first()
     return None if still is None else run_recorded(settings, name, fence, run_id)
 
 
 def run_recorded(settings: Settings, name: str, fence: Fence, run_id: int) -> RunResult:
-    """Execute a run whose start is already recorded, and record its end."""
+    """Execute a run whose start is already recorded, and record its end whatever happens."""
     script = settings.script(name)
     log.warning(
         "node %s: running script %s (run %d) at epoch %d", fence.me.name, name, run_id, fence.epoch
     )
-    result = execute(script, settings.script_output_lines)
-    shared = Fence(SERVICE, fence.me, fence.epoch, owner_only=False)
-    patiently(settings, shared, lambda connection: record_end(connection, run_id, result))
+    try:
+        result = execute(script, settings.script_output_lines, fence)
+    except Exception as error:
+        result = RunResult("failed", None, f"{type(error).__name__}: {error}")
+    recorded = retrying(
+        settings, fence.me, lambda connection: record_end(connection, run_id, result, fence.me)
+    )
     log.warning(
-        "node %s: script %s (run %d) %s, exit code %s",
+        "node %s: script %s (run %d) %s, exit code %s%s",
         fence.me.name,
         name,
         run_id,
         result.status,
         result.exit_code,
+        ""
+        if result.status != "killed"
+        else f": {result.output_tail.rsplit('(killed: ', 1)[-1][:-1]}",
     )
+    if not recorded:
+        reject(settings, fence, f"the end of run {run_id} of {name}: another owner closed it")
     return result
 
 

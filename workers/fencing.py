@@ -108,16 +108,27 @@ def patiently(settings: Settings, fence: Fence, effect: Callable[[Connection], T
     failover, a restart) for up to `outage_patience`: an outcome already paid for outside
     the database (a handler run, a script run) is recorded when the database is back, not
     lost and redone. A refusal (`StaleEpoch`) is final and raised at once."""
+
+    def under_fence(connection: Connection) -> T:
+        check_fence(connection, fence)
+        return effect(connection)
+
+    return retrying(settings, fence.me, under_fence)
+
+
+def retrying(settings: Settings, me: Identity, effect: Callable[[Connection], T]) -> T:
+    """Apply `effect` in a transaction, trying again while the database is unavailable, for
+    up to `outage_patience` (for writes fenced by their own rows, such as a file's handler)."""
     deadline = time.monotonic() + outage_patience(settings)
     pause = 0.2
     while True:
         try:
-            with fenced(settings, fence) as connection:
+            with transaction(settings) as connection:
                 return effect(connection)
         except DatabaseUnavailable as error:
             if time.monotonic() + pause > deadline:
                 raise
-            log.info("node %s: %s; trying again in %.1f s", fence.me.name, error, pause)
+            log.info("node %s: %s; trying again in %.1f s", me.name, error, pause)
             time.sleep(pause)
             pause = min(1.0, pause * 2)
 
@@ -128,8 +139,8 @@ def outage_patience(settings: Settings) -> float:
     return max(30.0, 3 * settings.node_lease_timeout())
 
 
-def reject(settings: Settings, fence: Fence, refusal: StaleEpoch) -> None:
-    """The one path for stale work: log it and count it against this node."""
+def reject(settings: Settings, fence: Fence, refusal: StaleEpoch | str) -> None:
+    """The one path for stale work: log it once and count it against this node."""
     log.warning("node %s: rejected stale work on %s: %s", fence.me.name, fence.service, refusal)
     with transaction(settings) as connection:
         record_rejection(connection, fence.me)

@@ -2,16 +2,21 @@
 
 A scan (on the owner of `folder_monitor`, at every heartbeat) lists each folder with
 `os.scandir` (inotify does not fire on NFS or SMB) and, in one fenced transaction per
-folder, records every arrival (folder, name, size, mtime) as `seen` and claims those that
-have stayed the same for the folder's settle time: `INSERT ... ON CONFLICT DO NOTHING` on
-the arrival's unique key, then one `UPDATE` to `processing` under the owner's epoch. Only
-then is each claimed file renamed into the folder's processing area (same filesystem, so
-atomic). Handlers run in batches of files (`handle_files`), at most `folder_parallelism`
-batches at once; each file ends in `processed/` or, after `max_attempts`, in `failed/` with
-the error in the ledger. A node that lost ownership claims nothing and starts no handler.
+folder, records every arrival (name, size, mtime, device, inode) as `seen` and claims those
+that have stayed the same for the folder's settle time, under the owner's epoch. Only then
+is each claimed file renamed into the folder's processing area, after checking (`lstat`, no
+symlink followed) that it is still the very file that was claimed.
 
-Every file is at any time in the hot folder, in processing under a live claim, processed,
-or failed: a new owner adopts the claims of a dead one (the ledger counts the attempts).
+Handlers run in batches (`handle_files`): one fenced transaction marks a batch's files as
+handled by this incarnation, a child process of their own runs the handler on each (its
+process group is killed at the handler's timeout, or as soon as the node may no longer act
+for the service: `workers.supervision`), each handled file is renamed into `.handled/`
+at once (on disk, so a crash never re-runs it), and one transaction records the batch's
+outcomes and clears the marks: the done marker. A new owner leaves marked files alone until
+their handler is done with them or its lease has run out, so two runs never overlap.
+
+Every file is at any time in the hot folder, in processing under a live claim, handled,
+processed, or failed; a new owner adopts the claims of a previous one.
 """
 
 from __future__ import annotations
@@ -20,11 +25,16 @@ import contextlib
 import fnmatch
 import functools
 import importlib
+import json
 import logging
 import os
 import re
+import select
+import stat
 import subprocess
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,18 +42,43 @@ from sqlalchemy import Connection, text
 
 from workers import store
 from workers.database import transaction
-from workers.errors import ConfigError, StaleEpoch
-from workers.fencing import Fence, fenced, patiently
+from workers.errors import ConfigError, DatabaseUnavailable, StaleEpoch
+from workers.fencing import Fence, fenced, patiently, reject, retrying
 from workers.settings import HotFolderSettings, Settings
+from workers.supervision import Forked, supervise
 
 log = logging.getLogger(__name__)
 SERVICE = "folder_monitor"
+HANDLED_DIR = ".handled"
+ID_ROOM = len(str(2**63)) + len("__")
+"""The bytes a processing name (`{id}__{name}`) adds to the file's own name."""
+LIVE_HANDLER = (
+    "EXISTS (SELECT 1 FROM server_registry AS r WHERE r.incarnation = f.handler "
+    "AND r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' > clock_timestamp())"
+)
+"""A file's handler mark holds while that incarnation's lease does (stopped or not)."""
 
 
 class Arrival(NamedTuple):
+    """A regular file in a hot folder, with its identity on disk."""
+
     name: str
     size: int
     mtime_ns: int
+    dev: int
+    inode: int
+
+
+class Claim(NamedTuple):
+    """A claimed file as the ledger recorded it: the identity it must still have."""
+
+    id: int
+    name: str
+    size: int | None
+    mtime_ns: int | None
+    dev: int | None
+    inode: int | None
+    attempts: int = 0
 
 
 # Listings this process has already recorded, as (folder, epoch, hash of the listing): a scan
@@ -67,28 +102,79 @@ def _matcher(patterns: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
 
 
-def list_folder(folder: HotFolderSettings) -> tuple[list[Arrival], list[str]]:
-    """The wanted regular files in the folder, and the names refused (symlinks).
+class Listing(NamedTuple):
+    """What a scan found: the wanted regular files, and the names it refuses with why."""
+
+    arrivals: list[Arrival]
+    refused: list[tuple[str, str]]
+    unusable: list[tuple[str, str]]
+    """Files refused by name (not UTF-8, too long): moved to failed/ so the folder goes on."""
+
+
+SYMLINK = "a symlink or a path outside the folder"
+
+
+def list_folder(folder: HotFolderSettings) -> Listing:
+    """The wanted regular files in the folder and the names refused (symlinks, unusable).
 
     Entries of one `scandir` are the folder's direct children, so only a symlink can
     resolve outside it; symlinks are refused without being followed.
     """
-    arrivals: list[Arrival] = []
-    refused: list[str] = []
+    listing = Listing([], [], [])
     take, skip = _matcher(tuple(folder.patterns)).match, _matcher(tuple(folder.ignore)).match
+    limit = _name_limit(folder)
     try:
         with os.scandir(folder.path) as entries:
             for entry in entries:
-                if not take(entry.name) or skip(entry.name):
-                    continue
-                if entry.is_symlink():
-                    refused.append(entry.name)
-                elif entry.is_file(follow_symlinks=False):
-                    stat = entry.stat(follow_symlinks=False)
-                    arrivals.append(Arrival(entry.name, stat.st_size, stat.st_mtime_ns))
+                if take(entry.name) and not skip(entry.name):
+                    _sort_entry(entry, limit, listing)
     except OSError as error:
         raise FolderUnavailable(f"{folder.path}: {error.strerror or error}") from None
-    return arrivals, refused
+    return listing
+
+
+def _sort_entry(entry: os.DirEntry[str], limit: int, listing: Listing) -> None:
+    problem = unusable_name(entry.name, limit)
+    if entry.is_symlink():
+        listing.refused.append((entry.name, SYMLINK))
+        return
+    try:
+        if not entry.is_file(follow_symlinks=False):
+            return
+        found = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if problem:
+        listing.unusable.append((entry.name, problem))
+    else:
+        arrival = Arrival(entry.name, found.st_size, found.st_mtime_ns, found.st_dev, entry.inode())
+        listing.arrivals.append(arrival)
+
+
+def _name_limit(folder: HotFolderSettings) -> int:
+    """The longest name (in bytes) that still fits the processing area's `{id}__{name}`."""
+    try:
+        longest = os.pathconf(folder.path, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    return longest - ID_ROOM
+
+
+def unusable_name(name: str, limit: int) -> str | None:
+    """Why a file cannot be taken by its name, or None: PostgreSQL text is UTF-8, and the
+    processing area adds the claim's id to the name."""
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8"
+    if len(encoded) > limit:
+        return f"its name is longer than {limit} bytes (the processing area adds the claim id)"
+    return None
+
+
+def shown_name(name: str) -> str:
+    """A name as the ledger can store and an operator can read it (bad bytes escaped)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _arrays(arrivals: list[Arrival]) -> dict[str, list[Any]]:
@@ -96,6 +182,8 @@ def _arrays(arrivals: list[Arrival]) -> dict[str, list[Any]]:
         "names": [a.name for a in arrivals],
         "sizes": [a.size for a in arrivals],
         "mtimes": [a.mtime_ns for a in arrivals],
+        "devs": [a.dev for a in arrivals],
+        "inodes": [a.inode for a in arrivals],
     }
 
 
@@ -108,56 +196,66 @@ def _load_listing(connection: Connection, arrivals: list[Arrival]) -> None:
     connection.execute(
         text(
             "CREATE TEMPORARY TABLE IF NOT EXISTS listing "
-            "(name text, size bigint, mtime bigint) ON COMMIT DROP"
+            "(name text, size bigint, mtime bigint, dev bigint, inode bigint) ON COMMIT DROP"
         )
     )
     connection.execute(
         text(
-            "INSERT INTO listing SELECT * FROM unnest("
-            "CAST(:names AS text[]), CAST(:sizes AS bigint[]), CAST(:mtimes AS bigint[]))"
+            "INSERT INTO listing SELECT * FROM unnest(CAST(:names AS text[]), "
+            "CAST(:sizes AS bigint[]), CAST(:mtimes AS bigint[]), CAST(:devs AS bigint[]), "
+            "CAST(:inodes AS bigint[]))"
         ),
         _arrays(arrivals),
     )
     connection.execute(text("ANALYZE listing"))
 
 
+OPEN = "('seen', 'claimed', 'processing')"
+CLAIM_COLUMNS = "id, rel_path, size, mtime_ns, dev, inode, attempts"
+
+
 def record_and_claim(
     connection: Connection, folder: HotFolderSettings, arrivals: list[Arrival], fence: Fence
-) -> list[tuple[int, str]]:
-    """Record sightings, forget vanished ones, claim the settled ones; return (id, name) claimed."""
+) -> list[Claim]:
+    """Record new arrivals (a sighting whose file changed starts settling again), forget
+    vanished ones, claim the settled ones. A file with no open record is a new arrival, even
+    with the name, size and mtime of one processed before (a second copy)."""
     _load_listing(connection, arrivals)
     params = {"folder": folder.name}
     connection.execute(
         text(
-            "INSERT INTO folder_file (folder, rel_path, size, mtime_ns, state) "
-            "SELECT CAST(:folder AS varchar), l.name, l.size, l.mtime, 'seen' FROM listing l "
-            "WHERE NOT EXISTS (SELECT 1 FROM folder_file f WHERE f.folder = :folder "
-            "AND f.rel_path = l.name AND f.size = l.size AND f.mtime_ns = l.mtime) "
-            "ON CONFLICT ON CONSTRAINT folder_file_arrival_key DO NOTHING"
+            "INSERT INTO folder_file (folder, rel_path, size, mtime_ns, dev, inode, state) "
+            "SELECT CAST(:folder AS varchar), l.name, l.size, l.mtime, l.dev, l.inode, 'seen' "
+            "FROM listing l WHERE NOT EXISTS (SELECT 1 FROM folder_file f "
+            f"WHERE f.folder = :folder AND f.rel_path = l.name AND f.state IN {OPEN} "
+            "AND f.size = l.size AND f.mtime_ns = l.mtime AND f.inode = l.inode "
+            "AND f.dev = l.dev) "
+            f"ON CONFLICT (folder, rel_path) WHERE state IN {OPEN} DO UPDATE "
+            "SET size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, dev = EXCLUDED.dev, "
+            "inode = EXCLUDED.inode, first_seen_at = clock_timestamp() "
+            "WHERE folder_file.state = 'seen'"
         ),
         params,
     )
     connection.execute(
         text(
             "DELETE FROM folder_file WHERE folder = :folder AND state = 'seen' "
-            "AND (rel_path, size, mtime_ns) NOT IN (SELECT name, size, mtime FROM listing)"
+            "AND rel_path NOT IN (SELECT name FROM listing)"
         ),
         params,
     )
     return claim_settled(connection, folder, fence)
 
 
-def claim_settled(
-    connection: Connection, folder: HotFolderSettings, fence: Fence
-) -> list[tuple[int, str]]:
-    """Claim, under the epoch, every sighting unchanged for the settle time; (id, name) each."""
+def claim_settled(connection: Connection, folder: HotFolderSettings, fence: Fence) -> list[Claim]:
+    """Claim, under the epoch, every sighting unchanged for the settle time."""
     claimed = connection.execute(
         text(
             "UPDATE folder_file SET state = 'processing', epoch = :epoch, node = :node, "
             "claimed_at = clock_timestamp() "
             "WHERE folder = :folder AND state = 'seen' "
             "AND first_seen_at <= clock_timestamp() - make_interval(secs => :settle) "
-            "RETURNING id, rel_path"
+            f"RETURNING {CLAIM_COLUMNS}"
         ),
         {
             "folder": folder.name,
@@ -166,27 +264,35 @@ def claim_settled(
             "settle": folder.settle_seconds,
         },
     ).all()
-    return [(row.id, row.rel_path) for row in claimed]
+    return [Claim(*row) for row in claimed]
 
 
 def record_refusals(
-    connection: Connection, folder: HotFolderSettings, names: list[str]
-) -> list[str]:
-    """Record refused names once (symlinks, escapes); return those not refused before."""
+    connection: Connection, folder: HotFolderSettings, refused: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """Record refused names once, with why (symlinks, unusable names); return the new ones."""
+    if not refused:
+        return []
     rows = connection.execute(
         text(
             "INSERT INTO folder_file (folder, rel_path, size, mtime_ns, state, error, finished_at) "
-            "SELECT :folder, name, 0, 0, 'refused', 'a symlink or a path outside the folder', "
-            "clock_timestamp() FROM unnest(CAST(:names AS text[])) AS name "
-            "ON CONFLICT ON CONSTRAINT folder_file_arrival_key DO NOTHING RETURNING rel_path"
+            "SELECT CAST(:folder AS varchar), r.name, 0, 0, 'refused', r.why, clock_timestamp() "
+            "FROM unnest(CAST(:names AS text[]), CAST(:whys AS text[])) AS r(name, why) "
+            "WHERE NOT EXISTS (SELECT 1 FROM folder_file f WHERE f.folder = :folder "
+            "AND f.rel_path = r.name AND f.state = 'refused') RETURNING rel_path, error"
         ),
-        {"folder": folder.name, "names": names},
-    ).scalars()
-    return list(rows)
+        {
+            "folder": folder.name,
+            "names": [shown_name(name) for name, _ in refused],
+            "whys": [why for _, why in refused],
+        },
+    ).all()
+    return [(row.rel_path, row.error) for row in rows]
 
 
 def adopt_orphans(connection: Connection, folder: HotFolderSettings, fence: Fence) -> int:
-    """Take over the claims of a previous owner (a dead node's files in processing)."""
+    """Take over the claims of a previous owner. Files its handlers still hold (marked, lease
+    fresh) stay with them until they are done: `take_batches` skips marked files."""
     result = connection.execute(
         text(
             "UPDATE folder_file SET epoch = :epoch, node = :node, dispatched_at = NULL "
@@ -197,30 +303,94 @@ def adopt_orphans(connection: Connection, folder: HotFolderSettings, fence: Fenc
     return int(result.rowcount)
 
 
+def release_dead_marks(
+    connection: Connection, folder: HotFolderSettings, settings: Settings, fence: Fence
+) -> int:
+    """Clear the handler marks of incarnations whose lease has run out (their handler was
+    killed with them), and this incarnation's own marks older than any batch can run (a
+    killed pool process): those files can be handled again."""
+    stuck_after = folder.handler_timeout * settings.folder_batch_size + settings.lease_timeout
+    result = connection.execute(
+        text(
+            "UPDATE folder_file AS f SET handler = NULL, handling_since = NULL, "
+            "dispatched_at = NULL WHERE f.folder = :folder AND f.state = 'processing' "
+            "AND f.handler IS NOT NULL AND CASE WHEN f.handler = :me "
+            "THEN f.handling_since < clock_timestamp() - make_interval(secs => :stuck) "
+            f"ELSE NOT {LIVE_HANDLER} END"
+        ),
+        {"folder": folder.name, "me": fence.me.incarnation, "stuck": stuck_after},
+    )
+    return int(result.rowcount)
+
+
 def processing_path(folder: HotFolderSettings, file_id: int, name: str) -> Path:
     return folder.processing / f"{file_id}__{name}"
 
 
-def move_into_processing(folder: HotFolderSettings, claimed: list[tuple[int, str]]) -> None:
-    """Rename each claimed file into the processing area (the handler finds it either way)."""
+def handled_path(folder: HotFolderSettings, file_id: int, name: str) -> Path:
+    return folder.path / HANDLED_DIR / f"{file_id}__{name}"
+
+
+def same_file(path: Path, claim: Claim, whole: bool = True) -> bool:
+    """Whether `path` (not followed if a symlink) is still the claimed file: same device and
+    inode and, with `whole`, same size and mtime. Unknown identities (older rows) match."""
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(found.st_mode):
+        return False
+    if claim.inode is None or claim.dev is None:
+        return True
+    same = (found.st_dev, found.st_ino) == (claim.dev, claim.inode)
+    if whole and claim.size is not None:
+        same = same and (found.st_size, found.st_mtime_ns) == (claim.size, claim.mtime_ns)
+    return same
+
+
+def move_into_processing(folder: HotFolderSettings, claimed: list[Claim]) -> list[int]:
+    """Rename each claimed file into the processing area if it is still the file claimed;
+    return the ids of those that changed or were replaced since (their claims are undone)."""
     folder.processing.mkdir(parents=True, exist_ok=True)
-    for file_id, name in claimed:
+    changed = []
+    for claim in claimed:
+        source = folder.path / claim.name
+        if not same_file(source, claim):
+            if source.exists():
+                changed.append(claim.id)
+            continue
         with contextlib.suppress(FileNotFoundError):
-            os.rename(folder.path / name, processing_path(folder, file_id, name))
+            os.rename(source, processing_path(folder, claim.id, claim.name))
+    return changed
+
+
+def undo_claims(connection: Connection, ids: list[int]) -> None:
+    """Forget claims whose file changed before it was taken: the next scan sees it anew."""
+    connection.execute(
+        text(
+            "DELETE FROM folder_file WHERE id = ANY(:ids) AND state = 'processing' "
+            "AND handler IS NULL"
+        ),
+        {"ids": ids},
+    )
 
 
 def take_batches(
     connection: Connection, folder: HotFolderSettings, settings: Settings, fence: Fence
 ) -> list[list[int]]:
-    """Mark due files dispatched, up to the parallelism, and return them in batches."""
+    """Mark due files dispatched, up to the parallelism, and return them in batches. A batch
+    whose message was lost (never started) is sent again after about a lease."""
+    release_dead_marks(connection, folder, settings, fence)
     size = settings.folder_batch_size
-    ttl = folder.handler_timeout * size
+    lost_after = settings.node_lease_timeout() + settings.heartbeat_interval
+    params = {"folder": folder.name, "epoch": fence.epoch, "lost": lost_after}
     in_flight = connection.execute(
         text(
             "SELECT count(*) FROM folder_file WHERE folder = :folder AND state = 'processing' "
-            "AND dispatched_at > clock_timestamp() - make_interval(secs => :ttl)"
+            "AND (handler IS NOT NULL "
+            "OR dispatched_at > clock_timestamp() - make_interval(secs => :lost))"
         ),
-        {"folder": folder.name, "ttl": ttl},
+        params,
     ).scalar_one()
     room = settings.folder_parallelism * size - in_flight
     if room <= 0:
@@ -229,13 +399,13 @@ def take_batches(
         text(
             "UPDATE folder_file SET dispatched_at = clock_timestamp() WHERE id IN ("
             " SELECT id FROM folder_file WHERE folder = :folder AND state = 'processing'"
-            " AND epoch = :epoch"
+            " AND epoch = :epoch AND handler IS NULL"
             " AND (dispatched_at IS NULL"
-            "      OR dispatched_at <= clock_timestamp() - make_interval(secs => :ttl))"
+            "      OR dispatched_at <= clock_timestamp() - make_interval(secs => :lost))"
             " AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp())"
             " ORDER BY id LIMIT :room FOR UPDATE SKIP LOCKED) RETURNING id"
         ),
-        {"folder": folder.name, "epoch": fence.epoch, "ttl": ttl, "room": room},
+        {**params, "room": room},
     ).scalars()
     ordered = sorted(ids)
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
@@ -244,10 +414,17 @@ def take_batches(
 def scan(
     settings: Settings, fence: Fence, send_batch: Callable[[str, list[int]], None]
 ) -> dict[str, int]:
-    """One scan of every hot folder; returns how many files each newly claimed."""
+    """One scan of every hot folder; returns how many files each newly claimed. A folder that
+    fails for a reason of its own is logged and skipped: the others are still scanned."""
     claimed_per_folder = {}
     for folder in settings.folders():
-        claimed_per_folder[folder.name] = _scan_folder(settings, folder, fence, send_batch)
+        try:
+            claimed_per_folder[folder.name] = _scan_folder(settings, folder, fence, send_batch)
+        except (StaleEpoch, DatabaseUnavailable):
+            raise
+        except Exception:
+            log.exception("node %s: scan of hot folder %s failed", fence.me.name, folder.name)
+            claimed_per_folder[folder.name] = 0
     return claimed_per_folder
 
 
@@ -258,7 +435,7 @@ def _scan_folder(
     send_batch: Callable[[str, list[int]], None],
 ) -> int:
     try:
-        arrivals, refused = list_folder(folder)
+        found = list_folder(folder)
     except FolderUnavailable as error:
         log.warning(
             "node %s: hot folder %s unavailable, retrying at the next scan: %s",
@@ -267,26 +444,23 @@ def _scan_folder(
             error,
         )
         return 0
-    listing = (folder.name, fence.epoch, hash((tuple(arrivals), tuple(refused))))
-    unchanged = listing in _recorded_listings
-    adopted = 0
+    listing = (folder.name, fence.epoch, hash((tuple(found.arrivals), tuple(found.refused))))
+    unchanged = listing in _recorded_listings and not found.unusable
+    adopted, refusals = 0, []
     with fenced(settings, fence) as connection:
         if not _folder_lock(connection, folder):
             return 0
         if unchanged:
             claimed = claim_settled(connection, folder, fence)
         else:
-            for name in record_refusals(connection, folder, refused):
-                log.warning(
-                    "node %s: refused %s/%s: a symlink or a path outside the folder",
-                    fence.me.name,
-                    folder.name,
-                    name,
-                )
+            refusals = record_refusals(connection, folder, found.refused + found.unusable)
             adopted = adopt_orphans(connection, folder, fence)
-            claimed = record_and_claim(connection, folder, arrivals, fence)
+            claimed = record_and_claim(connection, folder, found.arrivals, fence)
         batches = take_batches(connection, folder, settings, fence)
         leftovers = sweep_processing(connection, folder)
+    if not unchanged:
+        _report_refusals(fence, folder, refusals)
+    set_aside(fence, folder, found.unusable)
     settle_leftovers(settings, fence, folder, leftovers)
     _recorded_listings.discard(listing)
     if not claimed:
@@ -299,20 +473,58 @@ def _scan_folder(
             folder.name,
             fence.epoch,
         )
-    for _file_id, name in claimed:
+    for claim in claimed:
         log.info(
             "node %s: claimed %s/%s at epoch %d: unchanged for %g s",
             fence.me.name,
             folder.name,
-            name,
+            claim.name,
             fence.epoch,
             folder.settle_seconds,
         )
-
-    move_into_processing(folder, claimed)
+    changed = move_into_processing(folder, claimed)
+    if changed:
+        _undo_changed(settings, fence, folder, changed)
     for batch in batches:
-        send_batch(folder.name, batch)
-    return len(claimed)
+        rest = [file_id for file_id in batch if file_id not in changed]
+        if rest:
+            send_batch(folder.name, rest)
+    return len(claimed) - len(changed)
+
+
+def _report_refusals(
+    fence: Fence, folder: HotFolderSettings, refusals: list[tuple[str, str]]
+) -> None:
+    for name, why in refusals:
+        log.warning("node %s: refused %s/%s: %s", fence.me.name, folder.name, name, why)
+
+
+def set_aside(fence: Fence, folder: HotFolderSettings, unusable: list[tuple[str, str]]) -> None:
+    """Move files that cannot be taken by their name into failed/ (their refusal recorded)."""
+    for name, _why in unusable:
+        target = folder.failed / name
+        if target.exists():
+            continue
+        folder.failed.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(folder.path / name, target)
+
+
+def _undo_changed(
+    settings: Settings, fence: Fence, folder: HotFolderSettings, changed: list[int]
+) -> None:
+    log.warning(
+        "node %s: %d claimed files of %s changed or were replaced before they were taken: "
+        "they are seen anew at the next scan",
+        fence.me.name,
+        len(changed),
+        folder.name,
+    )
+    try:
+        with fenced(settings, fence) as connection:
+            undo_claims(connection, changed)
+    except StaleEpoch as refusal:
+        reject(settings, fence, refusal)
 
 
 def _folder_lock(connection: Connection, folder: HotFolderSettings) -> bool:
@@ -346,88 +558,358 @@ def folder_named(settings: Settings, name: str) -> HotFolderSettings:
     raise ConfigError(f"unknown hot folder {name!r}")
 
 
+# ---------------------------------------------------------------- handling a batch
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one file of a batch: `processed`, `failed`, `retry` (after `delay`),
+    or `untried` (never started, or stopped through no fault of its own)."""
+
+    kind: str
+    error: str | None = None
+    delay: float = 0.0
+
+
 def handle_files(
     settings: Settings, folder: HotFolderSettings, ids: list[int], fence: Fence
 ) -> int:
-    """Run the handler on each file of a batch; returns how many were handled."""
-    handled = 0
-    for file_id in ids:
-        try:
-            handled += _handle_one(settings, folder, file_id, fence)
-        except StaleEpoch as refusal:
-            log.warning("node %s: rejected stale work on %s: %s", fence.me.name, SERVICE, refusal)
-            return handled
-    return handled
-
-
-def _start(connection: Connection, file_id: int, epoch: int) -> Any:
-    return connection.execute(
-        text(
-            "UPDATE folder_file SET attempts = attempts + 1, dispatched_at = clock_timestamp() "
-            "WHERE id = :id AND state = 'processing' AND epoch = :epoch "
-            "AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp()) "
-            "RETURNING id, rel_path, attempts"
-        ),
-        {"id": file_id, "epoch": epoch},
-    ).first()
-
-
-def _handle_one(settings: Settings, folder: HotFolderSettings, file_id: int, fence: Fence) -> int:
-    row = patiently(settings, fence, lambda connection: _start(connection, file_id, fence.epoch))
-    if row is None:
+    """Handle a batch: mark it (one fenced transaction), run the handler on each file in a
+    supervised child process, record every outcome and clear the marks (one transaction);
+    returns how many files were handled."""
+    try:
+        claims = patiently(settings, fence, lambda connection: start_batch(connection, ids, fence))
+    except StaleEpoch as refusal:
+        reject(settings, fence, refusal)
         return 0
-    path = _locate(folder, file_id, row.rel_path)
-    error: str | None = "the file is missing from the processing area"
-    if path is not None:
-        error = run_handler(folder, path)
-    done_dir = patiently(
-        settings, fence, lambda connection: _finish(connection, folder, row, path, error, fence)
+    if not claims:
+        return 0
+    outcomes = run_batch(folder, claims, fence)
+    recorded = retrying(
+        settings,
+        fence.me,
+        lambda connection: record_batch(connection, fence, claims, outcomes),
     )
-    if done_dir is not None and path is not None:
-        move_done(path, done_dir, row.rel_path, row.id)
-    return 1
+    if len(recorded) < len(claims):
+        lost = len(claims) - len(recorded)
+        reject(
+            settings,
+            fence,
+            f"{lost} outcomes in {folder.name}: their marks are gone (another handler took "
+            "the files after this node's lease ran out, or the database lost the claims)",
+        )
+    move_finished(folder, [claim for claim in claims if claim.id in recorded], outcomes)
+    return sum(1 for claim in claims if outcomes[claim.id].kind != "untried")
+
+
+def start_batch(connection: Connection, ids: list[int], fence: Fence) -> list[Claim]:
+    """Mark the batch's files as handled by this incarnation (skipping any marked already)."""
+    rows = connection.execute(
+        text(
+            "UPDATE folder_file SET attempts = attempts + 1, handler = :me, "
+            "handling_since = clock_timestamp(), dispatched_at = clock_timestamp() "
+            "WHERE id = ANY(:ids) AND state = 'processing' AND epoch = :epoch "
+            "AND handler IS NULL "
+            "AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp()) "
+            f"RETURNING {CLAIM_COLUMNS}"
+        ),
+        {"ids": ids, "epoch": fence.epoch, "me": fence.me.incarnation},
+    ).all()
+    return sorted((Claim(*row) for row in rows), key=lambda claim: claim.id)
+
+
+def run_batch(folder: HotFolderSettings, claims: list[Claim], fence: Fence) -> dict[int, Outcome]:
+    """Each file's outcome: handled before (found in `.handled/`), missing, or run now."""
+    outcomes: dict[int, Outcome] = {}
+    ready = []
+    for claim in claims:
+        where = _locate(folder, claim)
+        if where == "handled":
+            outcomes[claim.id] = Outcome("processed")
+        elif where is None:
+            outcomes[claim.id] = Outcome("failed", "the file is missing, or was replaced")
+        else:
+            ready.append(claim)
+    if ready:
+        outcomes.update(_run_children(folder, ready, fence))
+    return {claim.id: _with_retry(folder, claim, outcomes[claim.id]) for claim in claims}
+
+
+def _with_retry(folder: HotFolderSettings, claim: Claim, outcome: Outcome) -> Outcome:
+    """A handler failure is retried (with backoff) until the folder's `max_attempts`."""
+    if outcome.kind != "failed" or claim.attempts >= folder.max_attempts:
+        return outcome
+    if outcome.error and outcome.error.startswith("the file is missing"):
+        return outcome
+    delay = folder.retry_backoff * 2 ** (claim.attempts - 1)
+    return Outcome("retry", outcome.error, delay)
+
+
+def _locate(folder: HotFolderSettings, claim: Claim) -> str | None:
+    """Where the claimed file is: `handled` (its handler already succeeded), `ready` (in
+    processing, moved there now if it still waits in the hot folder), or None (missing)."""
+    if handled_path(folder, claim.id, claim.name).exists():
+        return "handled"
+    target = processing_path(folder, claim.id, claim.name)
+    if target.exists():
+        return "ready"
+    source = folder.path / claim.name
+    if not same_file(source, claim):
+        return None
+    folder.processing.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:
+        return None
+    return "ready"
+
+
+def _run_children(
+    folder: HotFolderSettings, claims: list[Claim], fence: Fence
+) -> dict[int, Outcome]:
+    """Run the handler on the claimed files in one child process (a process group of its
+    own), killed at a file's timeout or when the fence is lost; the outcome of each file."""
+    (folder.path / HANDLED_DIR).mkdir(exist_ok=True)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child process
+        os.close(read_end)
+        _child_main(folder, claims, write_end)
+    os.close(write_end)
+    reports = _Reports(read_end)
+    ending = supervise(Forked(pid), fence, reports.deadline(folder.handler_timeout), reports.read)
+    reports.read(0)
+    os.close(read_end)
+    return reports.outcomes(claims, ending.killed_for, ending.timed_out, folder.handler_timeout)
+
+
+class _Reports:
+    """The lines a handler child writes: `S id` (started), `O id` (handled), `E id error`."""
+
+    def __init__(self, descriptor: int) -> None:
+        self.descriptor = descriptor
+        self.buffer = b""
+        self.started: dict[int, float] = {}
+        self.ended: dict[int, Outcome] = {}
+
+    def read(self, wait: float) -> None:
+        while select.select([self.descriptor], [], [], wait)[0]:
+            chunk = os.read(self.descriptor, 65536)
+            if not chunk:
+                return
+            self.buffer += chunk
+            *lines, self.buffer = self.buffer.split(b"\n")
+            for line in lines:
+                self._note(line.decode("utf-8", "replace"))
+            wait = 0
+
+    def _note(self, line: str) -> None:
+        kind, _, rest = line.partition(" ")
+        number, _, error = rest.partition(" ")
+        if kind == "S":
+            self.started[int(number)] = time.monotonic()
+        elif kind == "O":
+            self.ended[int(number)] = Outcome("processed")
+        elif kind == "E":
+            self.ended[int(number)] = Outcome("failed", error)
+
+    def deadline(self, timeout: float) -> Callable[[], float | None]:
+        def current() -> float | None:
+            running = [at for number, at in self.started.items() if number not in self.ended]
+            return running[-1] + timeout if running else None
+
+        return current
+
+    def outcomes(
+        self, claims: list[Claim], killed_for: str | None, timed_out: bool, timeout: float
+    ) -> dict[int, Outcome]:
+        found = {}
+        for claim in claims:
+            if claim.id in self.ended:
+                found[claim.id] = self.ended[claim.id]
+            elif claim.id in self.started and timed_out:
+                found[claim.id] = Outcome("failed", f"timed out after {timeout:g} s")
+            elif claim.id in self.started and not killed_for:
+                found[claim.id] = Outcome("failed", "the handler process died")
+            else:
+                found[claim.id] = Outcome("untried", killed_for)
+        return found
+
+
+def _child_main(folder: HotFolderSettings, claims: list[Claim], descriptor: int) -> None:
+    """In the handler child: handle each file, rename each success into `.handled/` at once."""
+    code = 0
+    try:
+        os.setsid()
+        for claim in claims:
+            os.write(descriptor, f"S {claim.id}\n".encode())
+            path = processing_path(folder, claim.id, claim.name)
+            error = run_handler(folder, path)
+            if error is None and not _mark_handled(folder, claim, path):
+                error = "the file was replaced in the processing area"
+            line = f"O {claim.id}" if error is None else f"E {claim.id} {_one_line(error)}"
+            os.write(descriptor, f"{line}\n".encode())
+    except BaseException:
+        code = 70
+    finally:
+        os._exit(code)
+
+
+def _one_line(error: str) -> str:
+    return " ".join(error.split())[:2000]
+
+
+def _mark_handled(folder: HotFolderSettings, claim: Claim, path: Path) -> bool:
+    """Rename a handled file into `.handled/` (it may have been changed by its handler, so
+    only its device and inode are checked); a handler that removed it leaves nothing to do."""
+    if not path.exists():
+        return True
+    if not same_file(path, claim, whole=False):
+        return False
+    os.rename(path, handled_path(folder, claim.id, claim.name))
+    return True
+
+
+def record_batch(
+    connection: Connection, fence: Fence, claims: list[Claim], outcomes: dict[int, Outcome]
+) -> set[int]:
+    """Record every outcome of a batch and clear its marks, in one statement, fenced by the
+    marks: only files this incarnation still holds. Returns the ids recorded."""
+    rows = [
+        {"id": claim.id, "kind": outcomes[claim.id].kind, "error": outcomes[claim.id].error,
+         "delay": outcomes[claim.id].delay}
+        for claim in claims
+    ]  # fmt: skip
+    recorded = connection.execute(
+        text(
+            "UPDATE folder_file AS f SET "
+            "state = CASE WHEN o.kind IN ('processed', 'failed') THEN o.kind ELSE f.state END, "
+            "error = CASE WHEN o.kind = 'untried' THEN f.error ELSE o.error END, "
+            "finished_at = CASE WHEN o.kind IN ('processed', 'failed') "
+            "THEN clock_timestamp() END, "
+            "attempts = f.attempts - CASE WHEN o.kind = 'untried' THEN 1 ELSE 0 END, "
+            "next_attempt_at = CASE WHEN o.kind = 'retry' "
+            "THEN clock_timestamp() + make_interval(secs => o.delay) ELSE f.next_attempt_at END, "
+            "handler = NULL, handling_since = NULL, dispatched_at = NULL "
+            "FROM json_to_recordset(CAST(:outcomes AS json)) "
+            "AS o(id bigint, kind text, error text, delay float8) "
+            "WHERE f.id = o.id AND f.state = 'processing' AND f.handler = :me RETURNING f.id"
+        ),
+        {"outcomes": json.dumps(rows), "me": fence.me.incarnation},
+    ).scalars()
+    found = set(recorded)
+    _log_outcomes(fence, claims, outcomes, found)
+    return found
+
+
+def _log_outcomes(
+    fence: Fence, claims: list[Claim], outcomes: dict[int, Outcome], recorded: set[int]
+) -> None:
+    for claim in claims:
+        outcome = outcomes[claim.id]
+        who = f"node {fence.me.name}: {claim.name} (epoch {fence.epoch}, attempt {claim.attempts})"
+        if claim.id not in recorded:
+            continue
+        if outcome.kind == "failed":
+            log.error("%s failed for good: %s", who, outcome.error)
+        elif outcome.kind == "retry":
+            log.warning(
+                "%s handler failed, retrying in %.1f s: %s", who, outcome.delay, outcome.error
+            )
+        elif outcome.kind == "untried" and outcome.error:
+            log.warning("%s stopped before it was handled: %s", who, outcome.error)
+
+
+def move_finished(
+    folder: HotFolderSettings, claims: list[Claim], outcomes: dict[int, Outcome]
+) -> None:
+    """After the outcomes committed: handled files into processed/, failed ones into failed/."""
+    for claim in claims:
+        kind = outcomes[claim.id].kind
+        if kind == "processed":
+            move_done(
+                handled_path(folder, claim.id, claim.name), folder.processed, claim.name, claim.id
+            )
+        elif kind == "failed":
+            move_done(
+                processing_path(folder, claim.id, claim.name), folder.failed, claim.name, claim.id
+            )
 
 
 def move_done(path: Path, directory: Path, name: str, file_id: int) -> None:
     """Move a finished file out of processing, after its state committed. Another process
-    may have moved it already (`sweep_processing`): then there is nothing to do."""
-    with contextlib.suppress(FileNotFoundError):
+    may have moved it already (`sweep_processing`): then there is nothing to do. A move that
+    fails (the destination went away) leaves the file where it is, said once."""
+    try:
         os.rename(path, _destination(directory, name, file_id))
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        log.error("could not move %s into %s: %s; it stays where it is", path, directory, error)
 
 
 class Leftovers(NamedTuple):
-    """Files in processing that no handler will finish (see `sweep_processing`)."""
+    """Files in processing or handled that no handler will finish (see `sweep_processing`)."""
 
     finished: list[tuple[Path, Path, str, int]]
     unrecorded: list[tuple[Path, str]]
 
 
-def sweep_processing(connection: Connection, folder: HotFolderSettings) -> Leftovers:
-    """What is left in processing that no handler will finish: files whose state committed
-    as finished (their owner died between the commit and the move), and files the database
-    has no claim for (it failed over and lost its last commits). Listed before the query,
-    so a file renamed in after its claim committed is always found with its claim."""
-    if not folder.processing.is_dir():
-        return Leftovers([], [])
-    left = {}
-    for entry in os.scandir(folder.processing):
+def _entries(directory: Path) -> dict[int, tuple[Path, str]]:
+    """The `{id}__{name}` files of a processing or handled area, by claim id."""
+    if not directory.is_dir():
+        return {}
+    found = {}
+    for entry in os.scandir(directory):
         number, _, name = entry.name.partition("__")
         if number.isdigit() and name:
-            left[int(number)] = (Path(entry.path), name)
-    if not left:
+            found[int(number)] = (Path(entry.path), name)
+    return found
+
+
+def sweep_processing(connection: Connection, folder: HotFolderSettings) -> Leftovers:
+    """What is left that no handler will finish: files whose state committed as finished
+    (their owner died between the commit and the move), handled files whose outcome was
+    never recorded (recorded now, as processed: a handler never runs twice), and files the
+    database has no claim for (it failed over and lost its last commits). Listed before the
+    query, so a file renamed in after its claim committed is always found with its claim."""
+    waiting = _entries(folder.processing)
+    handled = _entries(folder.path / HANDLED_DIR)
+    if not waiting and not handled:
         return Leftovers([], [])
+    _record_handled(connection, handled)
     rows = connection.execute(
         text("SELECT id, rel_path, state FROM folder_file WHERE id = ANY(:ids)"),
-        {"ids": list(left)},
+        {"ids": list(waiting) + list(handled)},
     ).all()
-    claims = {row.id: row for row in rows if row.rel_path == left[row.id][1]}
-    finished = [
-        (path, folder.processed if claims[i].state == "processed" else folder.failed, name, i)
-        for i, (path, name) in left.items()
-        if i in claims and claims[i].state in ("processed", "failed")
-    ]
-    unrecorded = [(path, name) for i, (path, name) in left.items() if i not in claims]
+    finished, unrecorded = [], []
+    states = {row.id: row for row in rows}
+    for area in (waiting, handled):
+        for file_id, (path, name) in area.items():
+            row = states.get(file_id)
+            if row is None or row.rel_path != name:
+                if area is handled:
+                    finished.append((path, folder.processed, name, file_id))
+                else:
+                    unrecorded.append((path, name))
+            elif row.state in ("processed", "failed"):
+                target = folder.processed if row.state == "processed" else folder.failed
+                finished.append((path, target, name, file_id))
     return Leftovers(finished, unrecorded)
+
+
+def _record_handled(connection: Connection, handled: dict[int, tuple[Path, str]]) -> None:
+    """Handled files whose handler is gone without recording them are processed."""
+    if handled:
+        connection.execute(
+            text(
+                "UPDATE folder_file AS f SET state = 'processed', error = NULL, "
+                "finished_at = clock_timestamp(), handler = NULL, handling_since = NULL "
+                "WHERE f.id = ANY(:ids) AND f.state = 'processing' "
+                f"AND (f.handler IS NULL OR NOT {LIVE_HANDLER})"
+            ),
+            {"ids": list(handled)},
+        )
 
 
 def settle_leftovers(
@@ -472,19 +954,6 @@ def restore_unrecorded(
     return restored
 
 
-def _locate(folder: HotFolderSettings, file_id: int, name: str) -> Path | None:
-    """Where the claimed file is now: in processing, or still in the hot folder (moved in)."""
-    target = processing_path(folder, file_id, name)
-    if target.exists():
-        return target
-    try:
-        folder.processing.mkdir(parents=True, exist_ok=True)
-        os.rename(folder.path / name, target)
-        return target
-    except FileNotFoundError:
-        return None
-
-
 def run_handler(folder: HotFolderSettings, path: Path) -> str | None:
     """Run the folder's handler on `path`; return the error, or None on success."""
     try:
@@ -522,59 +991,19 @@ def _destination(directory: Path, name: str, file_id: int) -> Path:
     return target if not target.exists() else directory / f"{name}.{file_id}"
 
 
-def _finish(
-    connection: Connection,
-    folder: HotFolderSettings,
-    row: Any,
-    path: Path | None,
-    error: str | None,
-    fence: Fence,
-) -> Path | None:
-    """Record the outcome under the fence; the folder the file then goes to (None: retry)."""
-    who = (
-        f"node {fence.me.name}: {folder.name}/{row.rel_path} "
-        f"(epoch {fence.epoch}, attempt {row.attempts})"
-    )
-    if error is None:
-        return folder.processed if _set_state(connection, row, "processed", None, who) else None
-    if row.attempts >= folder.max_attempts or path is None:
-        if not _set_state(connection, row, "failed", error, who):
-            return None
-        log.error("%s failed for good: %s", who, error)
-        return folder.failed
-    delay = folder.retry_backoff * 2 ** (row.attempts - 1)
-    connection.execute(
-        text(
-            "UPDATE folder_file SET dispatched_at = NULL, error = :error, "
-            "next_attempt_at = clock_timestamp() + make_interval(secs => :delay) "
-            "WHERE id = :id AND rel_path = :name AND state = 'processing'"
-        ),
-        {"id": row.id, "name": row.rel_path, "error": error, "delay": delay},
-    )
-    log.warning("%s handler failed, retrying in %.1f s: %s", who, delay, error)
-    return None
-
-
-def _set_state(connection: Connection, row: Any, state: str, error: str | None, who: str) -> bool:
-    """Record a file's outcome; False (and one line) when its claim is gone: the database
-    failed over without it, and the file goes back to the hot folder at the next scan."""
-    updated = connection.execute(
-        text(
-            "UPDATE folder_file SET state = :state, error = :error, "
-            "finished_at = clock_timestamp() "
-            "WHERE id = :id AND rel_path = :name AND state = 'processing'"
-        ),
-        {"id": row.id, "name": row.rel_path, "state": state, "error": error},
-    ).rowcount
-    if not updated:
-        log.warning("%s: its claim is gone from the database; not recording it %s", who, state)
-    return bool(updated)
-
-
 def check_folders(settings: Settings) -> None:
-    """At node start: every folder exists and every handler imports (one line if not)."""
+    """At node start: every folder exists, its processed and failed folders are on its
+    filesystem (a rename must be atomic), and every handler imports (one line if not)."""
     for folder in settings.folders():
         if not folder.path.is_dir():
             raise ConfigError(f"hot folder {folder.name}: {folder.path} is not a directory")
+        device = folder.path.stat().st_dev
+        for kind, directory in (("processed_dir", folder.processed), ("failed_dir", folder.failed)):
+            directory.mkdir(parents=True, exist_ok=True)
+            if directory.stat().st_dev != device:
+                raise ConfigError(
+                    f"hot folder {folder.name}: {kind} {directory} is on another filesystem "
+                    f"than {folder.path} (files are moved by an atomic rename)"
+                )
         if folder.handler:
             load_handler(folder.handler)

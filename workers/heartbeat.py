@@ -18,7 +18,7 @@ from typing import Protocol
 
 import requests
 
-from workers import local_state, store
+from workers import local_fence, local_state, store
 from workers.decide import Acquire, Decision, Dispatch, Handover, MarkInactive, Wait, decide
 from workers.settings import Settings
 from workers.snapshot import Snapshot
@@ -83,12 +83,15 @@ def run_cycle(settings: Settings, me: Identity, transport: Transport, beat: Beat
         beat.broker_round_trip_ms,
         local_state.recall(me.incarnation, "heartbeat_cycle_ms"),
     )
-    sent = time.perf_counter()
+    sent = time.monotonic()
     snapshot = store.heartbeat(settings, me, problem is None, latency, beat.broker_server)
-    _measure(settings, me, (time.perf_counter() - sent) * 1000, beat)
+    _measure(settings, me, (time.monotonic() - sent) * 1000, beat)
     if snapshot is None:
         return Decision((), "this incarnation is stopped or replaced")
+    if problem is None:
+        local_fence.renewed(me.incarnation, sent, settings.node_lease_timeout())
     notice_lost_changes(me, snapshot)
+    local_fence.owns(me.incarnation, _epochs(snapshot), _mine(snapshot, me))
     decision = decide(snapshot, me.name, settings.policy())
     if problem:
         log.warning("node %s: not renewing its lease: %s", me.name, problem)
@@ -114,8 +117,18 @@ def notice_lost_changes(me: Identity, snapshot: Snapshot) -> None:
                 service.epoch,
                 int(seen),
             )
-        if seen != service.epoch:
-            local_state.remember(me.incarnation, key, service.epoch)
+
+
+def _epochs(snapshot: Snapshot) -> dict[str, int]:
+    return {service.name: service.epoch for service in snapshot.services}
+
+
+def _mine(snapshot: Snapshot, me: Identity) -> set[str]:
+    """The services this incarnation owns in the snapshot."""
+    node = snapshot.node(me.name)
+    if node is None or node.incarnation != me.incarnation:
+        return set()
+    return {service.name for service in snapshot.services if service.owner_id == node.id}
 
 
 def _measure(settings: Settings, me: Identity, db_ms: float, beat: Beat) -> None:

@@ -29,10 +29,11 @@ from celery.signals import (
     task_received,
     task_revoked,
     worker_process_init,
+    worker_shutdown,
     worker_shutting_down,
 )
 
-from workers import local_state, store
+from workers import local_fence, local_state, store
 from workers.database import (
     close_idle_connections,
     connect_ahead,
@@ -120,7 +121,7 @@ def register_death(app: Any, settings: Settings, me: Identity) -> None:
     with transaction(settings) as connection:
         released = store.release_services(connection, me)
         snapshot = store.read_snapshot(connection)
-    local_state.forget(me.incarnation)
+    local_fence.released(me.incarnation, dict(released))
     for service, epoch in released:
         log.warning("node %s: released %s at epoch %d: graceful stop", me.name, service, epoch)
     if not released:
@@ -210,6 +211,13 @@ def _release_on_shutdown(**_: Any) -> None:
             log.error("node %s: could not release its services: %s", me.name, error)
 
 
+def _forget_local_state(**_: Any) -> None:
+    """The worker is done (its tasks finished or were killed): drop the host's shared state."""
+    incarnation = os.environ.get(INCARNATION_VAR)
+    if incarnation:
+        local_state.forget(incarnation)
+
+
 def _off_the_queue(name: str) -> None:
     """A heartbeat or service-work message left the node's queue: the next may be sent."""
     incarnation = os.environ.get(INCARNATION_VAR)
@@ -246,6 +254,7 @@ def install(app: Any) -> None:
     """Add the node's bootstep to a Celery app's worker."""
     app.steps["worker"].add(NodeLifecycle)
     worker_shutting_down.connect(_release_on_shutdown, weak=False)
+    worker_shutdown.connect(_forget_local_state, weak=False)
     worker_process_init.connect(_fresh_engines_in_child, weak=False)
     task_received.connect(_received, weak=False)
     task_revoked.connect(_dropped, weak=False)

@@ -113,6 +113,10 @@ folder_file = Table(
     Column("next_attempt_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
     Column("error", Text),
+    Column("dev", BigInteger),
+    Column("inode", BigInteger),
+    Column("handler", Uuid),
+    Column("handling_since", DateTime(timezone=True)),
 )
 
 script_run = Table(
@@ -121,6 +125,7 @@ script_run = Table(
     Column("id", BigInteger, primary_key=True),
     Column("script", String(63), nullable=False),
     Column("node", String(63), nullable=False),
+    Column("incarnation", Uuid),
     Column("epoch", BigInteger, nullable=False),
     Column("trigger", String(16), nullable=False),
     Column("due_at", DateTime(timezone=True)),

@@ -295,12 +295,12 @@ def test_files_whose_claims_the_database_lost_go_back_to_the_hot_folder_and_are_
     )
     # Then the finished handler recorded and moved nothing
     assert not (inbox / "processed").exists()
-    # When the owner scans again, Then every file without its claim is back in the hot
-    # folder and counted; then each is claimed and handled again
+    # When the owner scans again, Then the file whose handler succeeded goes to processed/
+    # (never handled twice), and every file not yet handled is back in the hot folder and
+    # counted; then each is claimed and handled again
     settings = with_folder(settings, inbox)
     folder_monitor.scan(settings, fence, lambda name, ids: None)
     assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == [
-        "inflight.dat",
         "reissued.dat",
         "waiting.dat",
     ]
@@ -308,9 +308,9 @@ def test_files_whose_claims_the_database_lost_go_back_to_the_hot_folder_and_are_
         restored = connection.execute(
             text("SELECT restored_files FROM server_registry WHERE node_name = 'a'")
         ).scalar_one()
-    assert restored == 3
+    assert restored == 2
     run_until_idle(settings, fence)
-    assert handled(handler_log) == {"inflight.dat": 2, "reissued.dat": 1, "waiting.dat": 1}
+    assert handled(handler_log) == {"inflight.dat": 1, "reissued.dat": 1, "waiting.dat": 1}
     assert sorted(p.name for p in (inbox / "processed").iterdir()) == [
         "inflight.dat",
         "reissued.dat",

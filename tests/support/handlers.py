@@ -7,10 +7,22 @@ import time
 from pathlib import Path
 
 
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
 def record(path: Path) -> None:
-    """Log `<original name> <pid> <parent pid>`: a file handled twice shows up twice."""
+    """Log `<original name> <pid> <parent> <grandparent> <node> <monotonic>`: a file handled
+    twice shows up twice (handlers run in a child of the worker, or of its pool process)."""
     name = path.name.split("__", 1)[1]
-    line = f"{name} {os.getpid()} {os.getppid()}\n".encode()
+    parent = os.getppid()
+    node = os.environ.get("FAILOVER_NODE_NAME", "-")
+    line = f"{name} {os.getpid()} {parent} {_parent_of(parent)} {node} {time.monotonic()}\n"
+    _append(line.encode())
+
+
+def _append(line: bytes) -> None:
     descriptor = os.open(
         os.environ["FAILOVER_TEST_HANDLER_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT
     )
@@ -35,8 +47,7 @@ def workers_that_handled(log: Path, workers: set[int]) -> set[int]:
     pool) or in a pool child of theirs (prefork)."""
     found = set()
     for line in log.read_text().splitlines() if log.exists() else []:
-        pid, parent = (int(part) for part in line.split()[1:3])
-        found.add(pid if pid in workers else parent)
+        found |= {int(part) for part in line.split()[1:4]} & workers
     return found
 
 
@@ -59,3 +70,43 @@ def lose_claim(path: Path) -> None:
     file_id = int(path.name.split("__", 1)[0])
     with psycopg.connect(os.environ["FAILOVER_TEST_LOSE_CLAIM_URL"], autocommit=True) as db:
         db.execute("DELETE FROM folder_file WHERE id = %s", (file_id,))
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process still runs (a zombie has finished running)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def span(path: Path) -> None:
+    """Log `start` and `end` (name, node, pid, monotonic stamp) to $FAILOVER_TEST_SPAN_LOG
+    around a sleep of $FAILOVER_TEST_HANDLER_SECONDS; log `overlap` if an earlier run of
+    this file is still alive when this one starts. Then `record` the completed run."""
+    name = path.name.split("__", 1)[1]
+    log = Path(os.environ["FAILOVER_TEST_SPAN_LOG"])
+    node = os.environ.get("FAILOVER_NODE_NAME", "-")
+    running = [
+        int(line.split()[3])
+        for line in (log.read_text().splitlines() if log.exists() else [])
+        if line.split()[:2] == ["start", name]
+    ]
+    with log.open("a") as out:
+        if any(_alive(pid) for pid in running):
+            out.write(f"overlap {name} {node} {os.getpid()} {time.monotonic()}\n")
+        out.write(f"start {name} {node} {os.getpid()} {time.monotonic()}\n")
+    time.sleep(float(os.environ.get("FAILOVER_TEST_HANDLER_SECONDS", "1")))
+    with log.open("a") as out:
+        out.write(f"end {name} {node} {os.getpid()} {time.monotonic()}\n")
+    record(path)
+
+
+def spans(log: Path) -> dict[str, list[str]]:
+    """Each kind of span line (`start`, `end`, `overlap`) with the file names it names."""
+    found: dict[str, list[str]] = {"start": [], "end": [], "overlap": []}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        kind, name = line.split()[:2]
+        found[kind].append(name)
+    return found
