@@ -23,8 +23,10 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.prompt import Prompt
+from rich.text import Text
 
 from workers.local_cluster import LocalCluster
 from workers.settings import load_settings
@@ -170,7 +172,9 @@ class Demo:
         self._pause_live()
         names = [name for name, _region in NODES]
         choice = Prompt.ask(
-            f"Kill which node? ({SERVICE} is on [bold]{owner}[/])", choices=names, default=owner
+            f"Kill which node? ({SERVICE} is on [bold]{escape(owner)}[/])",
+            choices=names,
+            default=owner,
         )
         self._resume_live()
         return choice
@@ -235,7 +239,7 @@ class Demo:
 
     def _step(self, line: str) -> None:
         if self.headless:
-            self.console.print(f"[dim]{line}[/]")
+            self.console.print(Text(line, style="dim"))
         self.story.add(f"- {line}")
         self._refresh()
 
@@ -264,7 +268,7 @@ class Demo:
         work = self.cluster.ticks(SERVICE, epoch)
         steps = "\n".join(line for line in self.story.lines[-6:])
         footer = f"{SERVICE} on {owner} at epoch {epoch}: {work} units of work done\n{steps}"
-        return Group(render(report), Panel(footer, title="demo"))
+        return Group(render(report), Panel(Text(footer), title="demo"))
 
 
 def write_demo_config(folder: Path) -> Path:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from contextvars import ContextVar
 from datetime import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -32,6 +33,10 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 SERVICES = ("folder_monitor", "app_script")
 
 WINDOW_PATTERN = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+MASK = "***"
+SECRET_PARAMETER = re.compile(r"((?:^|[&;])[^=&;#]*password=)[^&;#]*", re.IGNORECASE)
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TOML_POSITION = re.compile(r"^(?P<reason>.*?)\s*\(at line (?P<line>\d+), column (?P<column>\d+)\)$")
 
 _config_file: ContextVar[Path | None] = ContextVar("failover_config_file", default=None)
 
@@ -189,6 +194,7 @@ class Settings(BaseSettings):
     folder_dispatch: str = "owner"
     scripts: dict[str, ScriptSettings] = {}
     script_output_lines: int = Field(default=20, ge=1)
+    child_env_passthrough: list[str] = []
 
     @classmethod
     def settings_customise_sources(
@@ -247,6 +253,16 @@ class Settings(BaseSettings):
         for name in value:
             if not NAME_PATTERN.match(name):
                 raise ValueError(f"script name {name!r}: lowercase letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("child_env_passthrough")
+    @classmethod
+    def _check_passthrough(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name.upper().startswith(ENV_PREFIX):
+                raise ValueError(f"{name}: {ENV_PREFIX}* variables never reach a child process")
+            if not ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
         return value
 
     @field_validator("folder_dispatch")
@@ -350,11 +366,13 @@ class Settings(BaseSettings):
         return self.node_name, self.region
 
     def describe(self) -> dict[str, Any]:
-        """The settings as an operator may see them: every URL with its password masked."""
+        """The settings as an operator may see them: URL passwords and script env values masked."""
         shown = self.model_dump()
         for key in ("database_url", "admin_database_url", "broker_url", "result_backend"):
             if shown[key]:
                 shown[key] = mask_url(shown[key])
+        for script in shown["scripts"].values():
+            script["env"] = {name: MASK for name in script["env"]}
         return shown
 
 
@@ -374,8 +392,28 @@ def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settin
         return Settings(**{key: value for key, value in flags.items() if value is not None})
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error)) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(describe_toml_error(path, error)) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"configuration error: {path}: not UTF-8 text (byte {error.start})"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"configuration error: {path}: {error.strerror or error}") from None
     finally:
         _config_file.reset(token)
+
+
+def describe_toml_error(path: str | Path | None, error: tomllib.TOMLDecodeError) -> str:
+    """One line naming the file, line and column of a TOML syntax error, and why."""
+    message = " ".join(str(error).split()) or "invalid TOML"
+    found = TOML_POSITION.match(message)
+    if found is None:
+        return f"configuration error: {path}: {message}"
+    return (
+        f"configuration error: {path} line {found['line']}, column {found['column']}: "
+        f"{found['reason']}"
+    )
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -390,14 +428,14 @@ def describe_validation_error(error: ValidationError) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by `***`, safe to print or log."""
+    """The URL with any password (user info or query) replaced by `***`, safe to print or log."""
     return ";".join(_mask_one(part) for part in url.split(";"))
 
 
 def _mask_one(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    head, mark, query = url.partition("?")
+    parts = urlsplit(head)
+    if parts.password is not None:
+        masked = f"{parts.username or ''}:{MASK}@{parts.netloc.rsplit('@', 1)[1]}"
+        head = head.replace(parts.netloc, masked, 1)
+    return head + mark + SECRET_PARAMETER.sub(rf"\g<1>{MASK}", query)

@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import Connection, select, text
 
 from workers import store
@@ -224,22 +225,26 @@ def cluster_status(connection: Connection, settings: Settings, events: int = 10)
     }
 
 
-def _node_state(node: dict[str, Any]) -> str:
+Cell = str | Text
+
+
+def _node_state(node: dict[str, Any]) -> Text:
     if node["stopped"]:
-        return "[dim]stopped[/]"
+        return Text("stopped", style="dim")
     if node["live"]:
-        return "[yellow]draining[/]" if node["draining"] else "[green]live[/]"
-    return "[red]dead[/]" if not node["active"] else "[red]lease expired[/]"
+        return Text("draining", style="yellow") if node["draining"] else Text("live", "green")
+    return Text("dead" if not node["active"] else "lease expired", style="red")
 
 
-def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple[Cell, ...]]) -> Table:
+    """A table whose plain-string cells are shown literally: stored text is never markup."""
     table = Table(*columns, title=title, title_justify="left")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in row))
     return table
 
 
-def _node_row(node: dict[str, Any]) -> tuple[str, ...]:
+def _node_row(node: dict[str, Any]) -> tuple[Cell, ...]:
     return (
         node["name"],
         node["region"],
@@ -253,10 +258,10 @@ def _node_row(node: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
-def _service_row(service: dict[str, Any]) -> tuple[str, ...]:
-    owner = service["owner"] or "[red]nobody[/]"
+def _service_row(service: dict[str, Any]) -> tuple[Cell, ...]:
+    owner = Text(service["owner"]) if service["owner"] else Text("nobody", style="red")
     if service["owner"] and not service["owner_live"]:
-        owner += " [red](not live)[/]"
+        owner.append(" (not live)", style="red")
     return (
         service["service"],
         owner,
@@ -268,7 +273,7 @@ def _service_row(service: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
-def _event_row(event: dict[str, Any]) -> tuple[str, ...]:
+def _event_row(event: dict[str, Any]) -> tuple[Cell, ...]:
     return (
         event["at"],
         event["service"],
@@ -311,7 +316,7 @@ def render(status: dict[str, Any]) -> RenderableType:
 
 def _service_tables(status: dict[str, Any]) -> list[Table]:
     tables = []
-    rows: list[tuple[str, ...]]
+    rows: list[tuple[Cell, ...]]
     if status["folders"]:
         columns: tuple[str, ...] = (
             "folder",
@@ -340,7 +345,7 @@ def _service_tables(status: dict[str, Any]) -> list[Table]:
     return tables
 
 
-def _script_row(script: dict[str, Any]) -> tuple[str, ...]:
+def _script_row(script: dict[str, Any]) -> tuple[Cell, ...]:
     last = script["last_run"]
     when = f"{last['started_at']} on {last['node']} ({last['trigger']})" if last else "never"
     result = f"{last['status']} (exit {last['exit_code']})" if last else "-"

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.registry import add_node, give
+from workers import store
+from workers.database import transaction
 
 CHECKOUT = Path(__file__).parents[2]
 
@@ -110,6 +112,37 @@ def test_an_old_schema_says_to_upgrade(servers):
 )
 def test_bad_configuration_is_one_line_exit_2(args, env, named):
     assert named in assert_one_line_error(failover(*args, **env), 2)
+
+
+def test_a_toml_syntax_error_is_one_line_exit_2_naming_file_line_and_column(tmp_path):
+    config = tmp_path / "failover.toml"
+    config.write_text('region = "eu"\nlease_timeout = 3\nnode_name = = "a"\n')
+    message = assert_one_line_error(failover("--config", str(config), "status"), 2)
+    assert f"configuration error: {config} line 3, column 13: " in message
+    message = assert_one_line_error(failover("status", FAILOVER_CONFIG=str(config)), 2)
+    assert f"{config} line 3, column 13" in message
+
+
+MARKUP = "[/x] [bold]oops[/bold] [link=http://evil]here[/link]"
+
+
+def test_stored_text_that_looks_like_markup_is_shown_literally(settings, database_url):
+    # Given a manual move and a graceful stop whose reason, actor and verdict look like markup
+    a = add_node(settings, "a")
+    b = add_node(settings, "b")
+    give(settings, "folder_monitor", "a")
+    with transaction(settings) as connection:
+        refusal, _epoch = store.move_here(connection, b, "folder_monitor", f"ops{MARKUP}", MARKUP)
+    assert refusal is None
+    with transaction(settings) as connection:
+        store.release_services(connection, a, why=MARKUP)
+    env = {"FAILOVER_DATABASE_URL": database_url, "COLUMNS": "400"}
+    # When status and history are shown as tables, Then they succeed and show the text as is
+    for command in (["status"], ["history"], ["history", "folder_monitor"]):
+        result = failover(*command, **env)
+        assert result.returncode == 0, result.stderr
+        assert MARKUP in result.stdout, result.stdout
+    assert f"stopped: {MARKUP}" in failover("status", **env).stdout
 
 
 def test_unknown_command_is_a_usage_error():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from workers.errors import ConfigError
@@ -144,3 +146,69 @@ def test_a_sentinel_broker_needs_its_master_name():
     config = celery_config(load_settings(broker_url=url, sentinel_master="mymaster"))
     assert config["broker_transport_options"]["master_name"] == "mymaster"
     assert config["result_backend"] == url
+
+
+def test_a_toml_syntax_error_names_the_file_line_and_column(tmp_path):
+    config = tmp_path / "failover.toml"
+    config.write_text('region = "eu"\n\nlease_timeout = = 3\n')
+    with pytest.raises(ConfigError) as error:
+        load_settings(config)
+    message = str(error.value)
+    assert message.startswith(f"configuration error: {config} line 3, column 17: ")
+    assert "\n" not in message
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    config = tmp_path / "failover.toml"
+    config.write_bytes(b'region = "\xff"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(config)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_config_file_is_a_config_error(tmp_path):
+    config = tmp_path / "failover.toml"
+    config.write_text('region = "eu"\n')
+    config.chmod(0)
+    with pytest.raises(ConfigError, match="Permission denied"):
+        load_settings(config)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u@h/db?password=s3cret", "postgresql://u@h/db?password=***"),
+        (
+            "postgresql://u@h/db?sslmode=require&sslpassword=s3cret&connect_timeout=2",
+            "postgresql://u@h/db?sslmode=require&sslpassword=***&connect_timeout=2",
+        ),
+        ("redis://h:6379/0?Password=s3cret", "redis://h:6379/0?Password=***"),
+        ("redis+socket:///run/r.sock?password=s3cret", "redis+socket:///run/r.sock?password=***"),
+        ("postgresql://u:s3cret@h/db?password=s3cret", "postgresql://u:***@h/db?password=***"),
+        ("postgresql://u@h/db?passwordless=1", "postgresql://u@h/db?passwordless=1"),
+    ],
+)
+def test_a_password_in_the_query_string_is_masked(url, shown):
+    assert mask_url(url) == shown
+
+
+def test_script_env_values_are_masked_when_settings_are_shown(tmp_path):
+    config = tmp_path / "f.toml"
+    config.write_text('[scripts.report]\nargv = ["report"]\nenv = { API_TOKEN = "t0ken" }\n')
+    loaded = load_settings(config)
+    shown = loaded.describe()
+    assert shown["scripts"]["report"]["env"] == {"API_TOKEN": "***"}
+    assert "t0ken" not in str(shown)
+    assert loaded.scripts["report"].env == {"API_TOKEN": "t0ken"}
+
+
+def test_a_failover_variable_cannot_be_passed_through_to_children(tmp_path):
+    config = tmp_path / "f.toml"
+    config.write_text('child_env_passthrough = ["PYTHONPATH", "FAILOVER_DATABASE_URL"]\n')
+    with pytest.raises(ConfigError) as error:
+        load_settings(config)
+    assert "FAILOVER_CHILD_ENV_PASSTHROUGH" in str(error.value)
+    assert "FAILOVER_DATABASE_URL" in str(error.value) and "\n" not in str(error.value)
+    assert load_settings(child_env_passthrough=["PYTHONPATH"]).child_env_passthrough == [
+        "PYTHONPATH"
+    ]
