@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 from croniter import croniter
 from sqlalchemy import Connection, text
 
+from workers.children import child_environment
 from workers.database import one_round_trip
 from workers.fencing import Fence, fenced, reject, retrying
 from workers.settings import ScriptSettings, Settings
@@ -174,15 +175,18 @@ class RunResult:
     killed_for: str | None = None
 
 
-def execute(script: ScriptSettings, lines: int, fence: Fence | None = None) -> RunResult:
-    """Run the script's argv (no shell) in a process group of its own; the group is killed
-    at the timeout, or as soon as the node may no longer act for the service (`fence`)."""
+def execute(
+    script: ScriptSettings, lines: int, fence: Fence | None = None, passthrough: Sequence[str] = ()
+) -> RunResult:
+    """Run the script's argv (no shell) in a process group of its own, with only the
+    environment a child gets (`workers.children`); the group is killed at the timeout, or
+    as soon as the node may no longer act for the service (`fence`)."""
     started = time.monotonic()
     try:
         process = subprocess.Popen(
             script.argv,
             cwd=script.cwd,
-            env={**os.environ, **script.env},
+            env=child_environment(script.env, passthrough),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -248,7 +252,9 @@ def run_recorded(settings: Settings, name: str, fence: Fence, run_id: int) -> Ru
         "node %s: running script %s (run %d) at epoch %d", fence.me.name, name, run_id, fence.epoch
     )
     try:
-        result = execute(script, settings.script_output_lines, fence)
+        result = execute(
+            script, settings.script_output_lines, fence, settings.child_env_passthrough
+        )
     except Exception as error:
         result = RunResult("failed", None, f"{type(error).__name__}: {error}")
     recorded = retrying(

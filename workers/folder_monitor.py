@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Connection, text
 
 from workers import store
+from workers.children import child_environment
 from workers.database import transaction
 from workers.errors import ConfigError, DatabaseUnavailable, StaleEpoch
 from workers.fencing import Fence, fenced, patiently, reject, retrying
@@ -81,9 +82,10 @@ class Claim(NamedTuple):
     attempts: int = 0
 
 
-# Listings this process has already recorded, as (folder, epoch, hash of the listing): a scan
-# that finds the very same files again only needs to claim the ones that have now settled.
-_recorded_listings: set[tuple[str, int, int]] = set()
+# Listings this process has already recorded, as (folder, incarnation, epoch, hash of the
+# listing): a scan that finds the very same files again only needs to claim the ones that
+# have now settled.
+_recorded_listings: set[tuple[str, str, int, int]] = set()
 
 
 class FolderUnavailable(Exception):
@@ -444,7 +446,8 @@ def _scan_folder(
             error,
         )
         return 0
-    listing = (folder.name, fence.epoch, hash((tuple(found.arrivals), tuple(found.refused))))
+    seen = hash((tuple(found.arrivals), tuple(found.refused)))
+    listing = (folder.name, fence.me.incarnation, fence.epoch, seen)
     unchanged = listing in _recorded_listings and not found.unusable
     adopted, refusals = 0, []
     with fenced(settings, fence) as connection:
@@ -584,7 +587,8 @@ def handle_files(
         return 0
     if not claims:
         return 0
-    outcomes = run_batch(folder, claims, fence)
+    environment = child_environment({}, settings.child_env_passthrough)
+    outcomes = run_batch(folder, claims, fence, environment)
     recorded = retrying(
         settings,
         fence.me,
@@ -618,8 +622,11 @@ def start_batch(connection: Connection, ids: list[int], fence: Fence) -> list[Cl
     return sorted((Claim(*row) for row in rows), key=lambda claim: claim.id)
 
 
-def run_batch(folder: HotFolderSettings, claims: list[Claim], fence: Fence) -> dict[int, Outcome]:
-    """Each file's outcome: handled before (found in `.handled/`), missing, or run now."""
+def run_batch(
+    folder: HotFolderSettings, claims: list[Claim], fence: Fence, environment: dict[str, str]
+) -> dict[int, Outcome]:
+    """Each file's outcome: handled before (found in `.handled/`), missing, or run now (a
+    `command` gets `environment`)."""
     outcomes: dict[int, Outcome] = {}
     ready = []
     for claim in claims:
@@ -631,7 +638,7 @@ def run_batch(folder: HotFolderSettings, claims: list[Claim], fence: Fence) -> d
         else:
             ready.append(claim)
     if ready:
-        outcomes.update(_run_children(folder, ready, fence))
+        outcomes.update(_run_children(folder, ready, fence, environment))
     return {claim.id: _with_retry(folder, claim, outcomes[claim.id]) for claim in claims}
 
 
@@ -665,7 +672,7 @@ def _locate(folder: HotFolderSettings, claim: Claim) -> str | None:
 
 
 def _run_children(
-    folder: HotFolderSettings, claims: list[Claim], fence: Fence
+    folder: HotFolderSettings, claims: list[Claim], fence: Fence, environment: dict[str, str]
 ) -> dict[int, Outcome]:
     """Run the handler on the claimed files in one child process (a process group of its
     own), killed at a file's timeout or when the fence is lost; the outcome of each file."""
@@ -674,7 +681,7 @@ def _run_children(
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child process
         os.close(read_end)
-        _child_main(folder, claims, write_end)
+        _child_main(folder, claims, write_end, environment)
     os.close(write_end)
     reports = _Reports(read_end)
     ending = supervise(Forked(pid), fence, reports.deadline(folder.handler_timeout), reports.read)
@@ -736,7 +743,9 @@ class _Reports:
         return found
 
 
-def _child_main(folder: HotFolderSettings, claims: list[Claim], descriptor: int) -> None:
+def _child_main(
+    folder: HotFolderSettings, claims: list[Claim], descriptor: int, environment: dict[str, str]
+) -> None:
     """In the handler child: handle each file, rename each success into `.handled/` at once."""
     code = 0
     try:
@@ -744,7 +753,7 @@ def _child_main(folder: HotFolderSettings, claims: list[Claim], descriptor: int)
         for claim in claims:
             os.write(descriptor, f"S {claim.id}\n".encode())
             path = processing_path(folder, claim.id, claim.name)
-            error = run_handler(folder, path)
+            error = run_handler(folder, path, environment)
             if error is None and not _mark_handled(folder, claim, path):
                 error = "the file was replaced in the processing area"
             line = f"O {claim.id}" if error is None else f"E {claim.id} {_one_line(error)}"
@@ -954,15 +963,20 @@ def restore_unrecorded(
     return restored
 
 
-def run_handler(folder: HotFolderSettings, path: Path) -> str | None:
-    """Run the folder's handler on `path`; return the error, or None on success."""
+def run_handler(
+    folder: HotFolderSettings, path: Path, environment: dict[str, str] | None = None
+) -> str | None:
+    """Run the folder's handler on `path` (a `command` with `environment` only); return the
+    error, or None on success."""
     try:
         if folder.handler:
             load_handler(folder.handler)(path)
             return None
         assert folder.command is not None
         argv = [part.replace("{path}", str(path)) for part in folder.command]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=folder.handler_timeout)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=folder.handler_timeout, env=environment
+        )
         if done.returncode != 0:
             last = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
             return f"exit {done.returncode}: {last[0]}"
