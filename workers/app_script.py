@@ -199,7 +199,8 @@ def execute(
     tail: deque[str] = deque(maxlen=lines)
     reader = threading.Thread(target=lambda: tail.extend(process.stdout or []), daemon=True)
     reader.start()
-    ending = supervise(process, fence, lambda: started + script.timeout)
+    what = f"script {' '.join(script.argv)[:80]}"
+    ending = supervise(process, what, fence, lambda: started + script.timeout)
     reader.join(timeout=2)
     output = "".join(tail)[-8000:]
     if ending.killed_for:

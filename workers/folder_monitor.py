@@ -684,7 +684,9 @@ def _run_children(
         _child_main(folder, claims, write_end, environment)
     os.close(write_end)
     reports = _Reports(read_end)
-    ending = supervise(Forked(pid), fence, reports.deadline(folder.handler_timeout), reports.read)
+    what = f"the handler of {len(claims)} files of {folder.name}"
+    timeout = reports.deadline(folder.handler_timeout)
+    ending = supervise(Forked(pid), what, fence, timeout, reports.read)
     reports.read(0)
     os.close(read_end)
     return reports.outcomes(claims, ending.killed_for, ending.timed_out, folder.handler_timeout)

@@ -10,6 +10,7 @@ service moved on). Killing the group takes the child's own children along.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -20,6 +21,7 @@ from typing import Protocol
 from workers import local_fence
 from workers.fencing import Fence
 
+log = logging.getLogger(__name__)
 POLL_SECONDS = 0.05
 
 
@@ -63,12 +65,14 @@ def kill_group(child: Child) -> None:
 
 def supervise(
     child: Child,
+    what: str,
     fence: Fence | None,
     deadline: Callable[[], float | None],
     tick: Callable[[float], None] = time.sleep,
 ) -> Ending:
-    """Wait for `child`; kill its group when `deadline()` (monotonic) passes or the fence is
-    lost. `tick(seconds)` waits between polls (a caller may read the child's output there)."""
+    """Wait for `child` (`what` it runs, for the log); kill its group when `deadline()`
+    (monotonic) passes or the fence is lost. `tick(seconds)` waits between polls (a caller
+    may read the child's output there)."""
     while True:
         code = child.poll()
         if code is not None:
@@ -77,6 +81,9 @@ def supervise(
         limit = deadline()
         timed_out = limit is not None and time.monotonic() > limit
         if reason or timed_out:
+            who = f"node {fence.me.name}" if fence else "this node"
+            why = reason or "its timeout passed"
+            log.warning("%s: killed %s (process group %d): %s", who, what, child.pid, why)
             kill_group(child)
             while child.poll() is None:
                 time.sleep(0.01)

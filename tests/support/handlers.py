@@ -110,3 +110,21 @@ def spans(log: Path) -> dict[str, list[str]]:
         kind, name = line.split()[:2]
         found[kind].append(name)
     return found
+
+
+def script_span(log: str) -> None:
+    """A long script: log `start <pid>` (after `overlap <pid>` if an earlier run is still
+    alive), sleep a minute, log `end <pid>`."""
+    path = Path(log)
+    earlier = [
+        int(line.split()[1])
+        for line in (path.read_text().splitlines() if path.exists() else [])
+        if line.startswith("start ")
+    ]
+    with path.open("a") as out:
+        if any(_alive(pid) for pid in earlier):
+            out.write(f"overlap {os.getpid()}\n")
+        out.write(f"start {os.getpid()} {time.monotonic()}\n")
+    time.sleep(60)
+    with path.open("a") as out:
+        out.write(f"end {os.getpid()}\n")
