@@ -46,7 +46,9 @@ def custom(settings, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("team_rollup", None)
     declared = settings.model_copy(
-        update={"services": {SERVICE: ServiceSettings(handler="team_rollup:roll_up", interval=3600)}}
+        update={
+            "services": {SERVICE: ServiceSettings(handler="team_rollup:roll_up", interval=3600)}
+        }
     )
     with transaction(declared) as connection:
         connection.execute(text("CREATE TABLE rollup (node TEXT, epoch BIGINT)"))
@@ -111,7 +113,9 @@ def test_a_stale_owners_write_is_refused_counted_once_and_not_applied(custom, ca
     assert rollups(custom) == []
     assert rejected(custom, "a") == 1
     assert rejected(custom, "b") == 0
-    lines = [r.message for r in caplog.records if "rejected stale work on ledger_rollup" in r.message]
+    lines = [
+        r.message for r in caplog.records if "rejected stale work on ledger_rollup" in r.message
+    ]
     assert len(lines) == 1 and "owner b" in lines[0]
 
 

@@ -69,7 +69,7 @@ def test_a_toml_service_is_registered_after_the_built_ins(tmp_path, monkeypatch)
     ("body", "named"),
     [
         ('[services.x_y]\nhandler = "not a spec"\n', "must be package.module:function"),
-        ('[services.x_y]\ninterval = -1\n', "greater than 0"),
+        ("[services.x_y]\ninterval = -1\n", "greater than 0"),
         ('[services.folder_monitor]\nhandler = "a:b"\n', "is a built-in service"),
         ('[services.Bad-Name]\nhandler = "a:b"\n', "lowercase snake_case"),
         ('[services.x_y]\nhandler = "a:b"\ncron = "* * * * *"\n', "Extra inputs"),
@@ -119,9 +119,7 @@ def test_a_handler_that_cannot_run_fails_the_start_check(
     assert "\n" not in message
 
 
-def test_an_entry_point_declares_a_service_and_a_table_gives_it_an_interval(
-    tmp_path, monkeypatch
-):
+def test_an_entry_point_declares_a_service_and_a_table_gives_it_an_interval(tmp_path, monkeypatch):
     module(tmp_path, monkeypatch, "team_c", "def sync(fence):\n    return 'synced'\n")
     dist = tmp_path / "team_c-1.0.dist-info"
     dist.mkdir()
