@@ -142,3 +142,21 @@ def test_status_shows_the_custom_service_with_its_ticks(custom):
     console = Console(width=200, record=True)
     console.print(render(report))
     assert "Custom services" in console.export_text()
+
+
+def test_metrics_export_the_custom_service_with_the_built_ins(custom):
+    from workers.fencing import record_ticks
+    from workers.metrics import ClusterCollector
+
+    me = add_node(custom, "a")
+    epoch = give(custom, SERVICE, "a")
+    for _ in range(3):
+        record_ticks(custom, me, [(SERVICE, epoch)])
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in ClusterCollector(custom).collect()
+        for sample in family.samples
+    }
+    assert samples[("failover_custom_service_ticks", (("service", SERVICE),))] == 3
+    assert samples[("failover_service_owner", (("node", "a"), ("service", SERVICE)))] == 1
+    assert samples[("failover_service_epoch", (("service", SERVICE),))] == epoch
