@@ -67,16 +67,13 @@ def db_upgrade(ctx: click.Context) -> None:
 @click.pass_context
 def worker(ctx: click.Context, /, **flags: Any) -> None:
     """Run a node: its Celery worker on node.NAME and its own staggered heartbeat."""
-    from workers import store
-    from workers.app_script import check_scripts
+    from workers import services, store
     from workers.database import transaction
-    from workers.folder_monitor import check_folders
 
     settings = _settings(ctx, **flags)
     _export(ctx, flags)
     name, _region = settings.require_node()
-    check_folders(settings)
-    check_scripts(settings)
+    services.check_all(settings)
     with transaction(settings) as connection:
         holder = store.name_holder(connection, name)
     if holder:

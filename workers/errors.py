@@ -29,3 +29,4 @@ class StaleEpoch(FailoverError):
     """A service side effect was fenced off: this node no longer owns the service at that epoch."""
 
     exit_code = 1
+    counted = False

@@ -140,7 +140,12 @@ def outage_patience(settings: Settings) -> float:
 
 
 def reject(settings: Settings, fence: Fence, refusal: StaleEpoch | str) -> None:
-    """The one path for stale work: log it once and count it against this node."""
+    """The one path for stale work: log it and count it against this node, once per refusal
+    (a refusal re-raised through several layers is still one rejected side effect)."""
+    if isinstance(refusal, StaleEpoch):
+        if refusal.counted:
+            return
+        refusal.counted = True
     log.warning("node %s: rejected stale work on %s: %s", fence.me.name, fence.service, refusal)
     with transaction(settings) as connection:
         record_rejection(connection, fence.me)

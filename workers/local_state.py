@@ -92,3 +92,16 @@ def remember(incarnation: str, name: str, value: float) -> None:
 def recall(incarnation: str, name: str) -> float | None:
     """The measurement kept by `remember`, or None."""
     return _read_float(state_dir(incarnation) / f"{name}.value")
+
+
+def take_turn(incarnation: str, kind: str, every: float | None) -> bool:
+    """Whether `kind` may start now on this node, at most once per `every` seconds (None:
+    each time); when it may, its start is stamped. Callers hold `alone(kind)`."""
+    path = state_dir(incarnation) / f"{kind}.started"
+    last = _read_float(path)
+    now = time.monotonic()
+    if every is not None and last is not None and now - last < every:
+        return False
+    with contextlib.suppress(OSError):
+        _write_float(path, now)
+    return True

@@ -60,9 +60,9 @@ def move(
     settings: Settings, app: Any, service: str, to: str | None, why: str, timeout: float
 ) -> MoveOutcome:
     """Ask the target to take the service and wait for the outcome; raise `Refused` if not."""
-    require_service(service)
     with transaction(settings) as connection:
         snapshot = store.read_snapshot(connection)
+    require_service(service, (s.name for s in snapshot.services))
     target = choose_target(settings, snapshot, service, to)
     before = snapshot.service(service)
     args = (service, operator(), why)

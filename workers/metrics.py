@@ -2,7 +2,9 @@
 
 One small server for the whole cluster (run it anywhere that reaches the database): per
 service its owner and epoch, per node its lease age, liveness and draining flag, and
-counters of ownership changes by reason and of side effects the epoch fence rejected.
+counters of ownership changes by reason and of side effects the epoch fence rejected; and
+what each service's status section exports (files waiting per folder, a custom service's
+ticks), through `workers.services`.
 Counters come from append-only data (the history table, a per-node counter), so they only
 go up, as Prometheus expects.
 """
@@ -17,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from workers import store
+from workers import services, store
 from workers.database import transaction
 from workers.errors import FailoverError
 from workers.settings import Settings
@@ -55,6 +57,7 @@ class ClusterCollector(Collector):
                 )
             ).all()
             rows = connection.execute(select(nodes_t)).all()
+            sections = services.status_sections(connection, self.settings)
         return [
             *_service_families(snapshot),
             *_node_families(snapshot),
@@ -78,7 +81,20 @@ class ClusterCollector(Collector):
             ),
             *_latency_families(rows),
             *_server_families(rows),
+            *_section_families(sections),
         ]
+
+
+def _section_families(sections: dict[str, list[Any]]) -> list[Metric]:
+    """Each service's numeric status fields that its section exports, as gauges."""
+    families: list[Metric] = []
+    for section in services.SECTIONS:
+        for gauge in section.gauges:
+            family = GaugeMetricFamily(gauge.metric, gauge.help, labels=[section.label])
+            for row in sections.get(section.key, []):
+                family.add_metric([str(row[section.label])], row[gauge.field])
+            families.append(family)
+    return families
 
 
 LATENCIES = (

@@ -33,7 +33,7 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from workers import local_fence, local_state, store
+from workers import local_fence, local_state, services, store
 from workers.database import (
     close_idle_connections,
     connect_ahead,
@@ -100,9 +100,11 @@ def registration(settings: Settings) -> Registration:
 
 
 def register_birth(settings: Settings, me: Identity) -> None:
-    """Register this incarnation; then hold connections only where heartbeats will run."""
+    """Register this incarnation and give each declared service its row; then hold
+    connections only where heartbeats will run."""
     with transaction(settings) as connection:
         store.register_node(connection, registration(settings), me.incarnation)
+        services.declare(connection, settings)
     if settings.pool == "prefork":
         close_idle_connections()
     else:

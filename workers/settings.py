@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Iterable
 from contextvars import ContextVar
 from datetime import time
 from pathlib import Path
@@ -30,7 +31,10 @@ from workers.placement import Placement
 
 ENV_PREFIX = "FAILOVER_"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-SERVICES = ("folder_monitor", "app_script")
+BUILTIN_SERVICES = ("folder_monitor", "app_script")
+SERVICE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+HANDLER_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+ENTRY_POINT_GROUP = "celery_failover.services"
 
 WINDOW_PATTERN = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 MASK = "***"
@@ -156,6 +160,29 @@ class ScriptSettings(BaseModel):
         return self
 
 
+class ServiceSettings(BaseModel):
+    """A team's own singleton service: `[services.<name>]` in the TOML file."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    handler: str | None = None
+    interval: float | None = Field(default=None, gt=0)
+
+    @field_validator("handler")
+    @classmethod
+    def _check_handler(cls, value: str | None) -> str | None:
+        if value is not None and not HANDLER_SPEC.match(value):
+            raise ValueError(f"{value!r} must be package.module:function")
+        return value
+
+
+def entry_point_services() -> dict[str, str]:
+    """The services installed packages declare in `celery_failover.services`: name -> spec."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 class Settings(BaseSettings):
     """A node's configuration; the field name is the TOML key, `FAILOVER_<NAME>` its variable."""
 
@@ -195,6 +222,7 @@ class Settings(BaseSettings):
     scripts: dict[str, ScriptSettings] = {}
     script_output_lines: int = Field(default=20, ge=1)
     child_env_passthrough: list[str] = []
+    services: dict[str, ServiceSettings] = {}
 
     @classmethod
     def settings_customise_sources(
@@ -310,13 +338,35 @@ class Settings(BaseSettings):
             raise ValueError("must be prefork, threads or solo")
         return value
 
-    @field_validator("placement")
+    @field_validator("services")
     @classmethod
-    def _check_services(cls, value: dict[str, PlacementSettings]) -> dict[str, PlacementSettings]:
-        unknown = set(value) - set(SERVICES)
-        if unknown:
-            raise ValueError(f"unknown service {', '.join(sorted(unknown))}: use {SERVICES}")
+    def _check_service_names(cls, value: dict[str, ServiceSettings]) -> dict[str, ServiceSettings]:
+        for name in value:
+            if name in BUILTIN_SERVICES:
+                raise ValueError(f"{name!r} is a built-in service: choose another name")
+            if not SERVICE_NAME_PATTERN.match(name):
+                raise ValueError(
+                    f"service name {name!r}: lowercase snake_case, such as nightly_sync"
+                )
         return value
+
+    @model_validator(mode="after")
+    def _check_placements(self) -> Settings:
+        """A placement names a service this configuration declares (built-in, TOML, entry point)."""
+        unknown = set(self.placement) - set(BUILTIN_SERVICES) - set(self.services)
+        if unknown:
+            unknown -= set(entry_point_services())
+        if unknown:
+            raise ValueError(
+                f"{ENV_PREFIX}PLACEMENT: unknown service {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(self.service_names())})"
+            )
+        return self
+
+    def service_names(self) -> list[str]:
+        """Every service this node's configuration declares: the built-ins first."""
+        custom = sorted(set(self.services) | set(entry_point_services()))
+        return [*BUILTIN_SERVICES, *(name for name in custom if name not in BUILTIN_SERVICES)]
 
     @model_validator(mode="after")
     def _check_timing(self) -> Settings:
@@ -376,10 +426,12 @@ class Settings(BaseSettings):
         return shown
 
 
-def require_service(service: str) -> None:
-    """A usage error unless `service` is one of the cluster's services."""
-    if service not in SERVICES:
-        raise ConfigError(f"unknown service {service!r}: use one of {', '.join(SERVICES)}")
+def require_service(service: str, known: Iterable[str] = BUILTIN_SERVICES) -> None:
+    """A usage error unless `service` is one of `known` (the services with a row in the
+    database, which is the truth: a custom service another node declared counts)."""
+    names = sorted(known)
+    if service not in names:
+        raise ConfigError(f"unknown service {service!r}: use one of {', '.join(names)}")
 
 
 def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settings:

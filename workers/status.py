@@ -9,9 +9,9 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, select
 
-from workers import store
+from workers import services, store
 from workers.decide import Policy
 from workers.errors import ConfigError
 from workers.settings import Settings, require_service
@@ -123,7 +123,7 @@ def history(
     """Ownership changes, newest first, optionally for one service and since a moment."""
     query = select(history_t).order_by(history_t.c.changed_at.desc(), history_t.c.id.desc())
     if service is not None:
-        require_service(service)
+        require_service(service, services.known_services(connection))
         query = query.where(history_t.c.service_type == service)
     if since is not None:
         start = parse_since(since, store.database_now(connection))
@@ -143,84 +143,17 @@ def history(
     ]
 
 
-def folder_summaries(connection: Connection, settings: Settings) -> list[dict[str, Any]]:
-    """Per hot folder: files waiting, in processing, and processed or failed in the last hour."""
-    recent = "finished_at > now() - interval '1 hour'"
-    counts = connection.execute(
-        text(
-            "SELECT folder, "
-            "count(*) FILTER (WHERE state = 'seen') AS waiting, "
-            "count(*) FILTER (WHERE state IN ('claimed', 'processing')) AS processing, "
-            f"count(*) FILTER (WHERE state = 'processed' AND {recent}) AS processed, "
-            f"count(*) FILTER (WHERE state = 'failed' AND {recent}) AS failed, "
-            "count(*) FILTER (WHERE state = 'refused') AS refused "
-            "FROM folder_file GROUP BY folder"
-        )
-    )
-    by_folder = {row.folder: row for row in counts}
-    summaries = []
-    for folder in settings.folders():
-        row = by_folder.get(folder.name)
-        summaries.append(
-            {
-                "folder": folder.name,
-                "path": str(folder.path),
-                "waiting": row.waiting if row else 0,
-                "processing": row.processing if row else 0,
-                "processed_last_hour": row.processed if row else 0,
-                "failed_last_hour": row.failed if row else 0,
-                "refused": row.refused if row else 0,
-            }
-        )
-    return summaries
-
-
-def script_summaries(connection: Connection, settings: Settings) -> list[dict[str, Any]]:
-    """Per script: its schedule, its last run with the result, and the next due time."""
-    from workers.app_script import next_due
-
-    summaries = []
-    for name, script in sorted(settings.scripts.items()):
-        last = connection.execute(
-            text("SELECT * FROM script_run WHERE script = :n ORDER BY id DESC LIMIT 1"), {"n": name}
-        ).first()
-        last_due = connection.execute(
-            text("SELECT last_due_at FROM script_schedule WHERE script = :n"), {"n": name}
-        ).scalar()
-        upcoming = next_due(script, last_due) if last_due else None
-        summaries.append(
-            {
-                "script": name,
-                "schedule": f"every {script.interval:g} s" if script.interval else script.cron,
-                "last_run": None
-                if last is None
-                else {
-                    "node": last.node,
-                    "epoch": last.epoch,
-                    "trigger": last.trigger,
-                    "status": last.status,
-                    "exit_code": last.exit_code,
-                    "started_at": _iso(last.started_at),
-                    "finished_at": _iso(last.finished_at),
-                },
-                "next_due_at": _iso(upcoming),
-            }
-        )
-    return summaries
-
-
 def cluster_status(connection: Connection, settings: Settings, events: int = 10) -> dict[str, Any]:
     """Nodes, services and the latest ownership events, read in one transaction."""
     policy = settings.policy()
     snapshot = store.read_snapshot(connection)
     rows = {row.node_name: row for row in connection.execute(select(nodes_t))}
-    services = connection.execute(select(services_t).order_by(services_t.c.service_type))
+    owned = connection.execute(select(services_t).order_by(services_t.c.service_type))
     return {
         "database_time": _iso(snapshot.now),
         "nodes": [_node_entry(snapshot, node, rows[node.name]) for node in snapshot.nodes],
-        "services": [_service_entry(snapshot, row, policy) for row in services],
-        "folders": folder_summaries(connection, settings),
-        "scripts": script_summaries(connection, settings),
+        "services": [_service_entry(snapshot, row, policy) for row in owned],
+        **services.status_sections(connection, settings),
         "events": history(connection, limit=events),
     }
 
@@ -315,47 +248,12 @@ def render(status: dict[str, Any]) -> RenderableType:
 
 
 def _service_tables(status: dict[str, Any]) -> list[Table]:
-    tables = []
-    rows: list[tuple[Cell, ...]]
-    if status["folders"]:
-        columns: tuple[str, ...] = (
-            "folder",
-            "path",
-            "waiting",
-            "processing",
-            "processed (1 h)",
-            "failed (1 h)",
-        )
-        rows = [
-            (
-                f["folder"],
-                f["path"],
-                str(f["waiting"]),
-                str(f["processing"]),
-                str(f["processed_last_hour"]),
-                str(f["failed_last_hour"]),
-            )
-            for f in status["folders"]
-        ]
-        tables.append(_table("Hot folders", columns, rows))
-    if status["scripts"]:
-        columns = ("script", "schedule", "last run", "result", "next due")
-        rows = [_script_row(s) for s in status["scripts"]]
-        tables.append(_table("Scripts", columns, rows))
-    return tables
-
-
-def _script_row(script: dict[str, Any]) -> tuple[Cell, ...]:
-    last = script["last_run"]
-    when = f"{last['started_at']} on {last['node']} ({last['trigger']})" if last else "never"
-    result = f"{last['status']} (exit {last['exit_code']})" if last else "-"
-    return (
-        script["script"],
-        script["schedule"] or "on demand",
-        when,
-        result,
-        script["next_due_at"] or "-",
-    )
+    """A table per services' section that has rows (hot folders, scripts, custom services)."""
+    return [
+        _table(section.title, section.columns, [section.cells(row) for row in status[section.key]])
+        for section in services.SECTIONS
+        if status.get(section.key)
+    ]
 
 
 def event_table(title: str, events: list[dict[str, Any]]) -> Table:

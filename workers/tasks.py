@@ -5,9 +5,10 @@
 - `failover.manual_failover`: move a service here, asked by an operator or a draining owner;
   consuming it proves this node is alive and its worker consumes.
 - `failover.service_work`: the work of every service this node owns, one message per beat:
-  a fenced, observable tick of each, the folder monitor's scan (claim, then dispatch
-  `failover.handle_files` batches) and the script runner's due runs
-  (`failover.scheduled_run`); `failover.run_script` runs a script on demand.
+  a fenced, observable tick of each, then each one's work through `workers.services` (the
+  folder monitor's scan dispatches `failover.handle_files` batches, the script runner's due
+  runs `failover.scheduled_run`, a custom service calls its handler);
+  `failover.run_script` runs a script on demand.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from workers import app_script, backlog, folder_monitor, local_state, store
+from workers import app_script, backlog, folder_monitor, local_state, services, store
 from workers.celery import app
 from workers.database import transaction
 from workers.decide import Acquire, Dispatch, Handover
 from workers.errors import StaleEpoch
-from workers.fencing import Fence, fenced, record_ticks, reject
+from workers.fencing import Fence, record_ticks, reject
 from workers.heartbeat import Beat, run_cycle
 from workers.node import current_identity, current_settings
 from workers.routing import (
@@ -32,12 +33,12 @@ from workers.routing import (
     RUN_SCRIPT,
     SCHEDULED_RUN,
     SERVICE_WORK,
-    SHARED_QUEUE,
     TAKEOVER,
     WAITING_MAX_AGE,
     node_queue,
     send_to_node,
 )
+from workers.services.builtin import batch_sender
 from workers.settings import Settings
 from workers.store import Identity
 
@@ -171,29 +172,27 @@ def _service_work(settings: Settings, me: Identity, pairs: list[tuple[str, int]]
     return done
 
 
+class CelerySender:
+    """How a service's work sends tasks: `SCHEDULED_RUN` to its node, batches to a queue."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+
+    def to_node(self, task: str, args: tuple[Any, ...], expires: float) -> None:
+        send_to_node(app, task, self.node, args, expires)
+
+    def to_queue(self, task: str, args: tuple[Any, ...], queue: str, expires: float) -> None:
+        app.send_task(task, args=args, queue=queue, expires=expires)
+
+
 def _own_work(settings: Settings, fence: Fence) -> Any:
-    """What a built-in service does at each beat beyond its tick."""
-    if fence.service == app_script.SERVICE and settings.scripts and app_script.any_due(settings):
-        with fenced(settings, fence) as connection:
-            runs = app_script.take_due_runs(connection, settings, fence)
-        for name, run_id in runs:
-            args = (name, run_id, fence.epoch)
-            send_to_node(app, SCHEDULED_RUN, fence.me.name, args, settings.lease_timeout)
-        return [name for name, _ in runs]
-    if fence.service == folder_monitor.SERVICE and settings.folders():
-        return folder_monitor.scan(settings, fence, _batch_sender(settings, fence.me, fence.epoch))
-    return None
+    """What the service does at each beat beyond its tick, through the service registry."""
+    return services.run_work(settings, fence, CelerySender(fence.me.name))
 
 
 def _batch_sender(settings: Settings, me: Identity, epoch: int) -> Callable[[str, list[int]], None]:
     """Where handler batches go: the owner's own queue, or the shared processing queue."""
-    queue = SHARED_QUEUE if settings.folder_dispatch == "shared" else node_queue(me.name)
-    expires = max(60.0, settings.lease_timeout * 20)
-
-    def send(folder: str, ids: list[int]) -> None:
-        app.send_task(HANDLE_FILES, args=(folder, ids, epoch), queue=queue, expires=expires)
-
-    return send
+    return batch_sender(settings, CelerySender(me.name), epoch)
 
 
 @app.task(name=HANDLE_FILES, ignore_result=True)
@@ -229,8 +228,9 @@ def run_script(name: str, epoch: int) -> dict[str, Any]:
     """An on-demand run of an allow-listed script, refused before it starts if stale."""
     settings = current_settings()
     me = current_identity()
+    fence = Fence(app_script.SERVICE, me, epoch)
     try:
-        return app_script.run_now(settings, name, Fence(app_script.SERVICE, me, epoch))
+        return app_script.run_now(settings, name, fence)
     except StaleEpoch as refusal:
-        log.warning("node %s: refused to run %s: %s", me.name, name, refusal)
+        reject(settings, fence, refusal)
         return {"run": None, "status": "refused", "exit_code": None, "output_tail": str(refusal)}

@@ -69,9 +69,9 @@ def in_the_middle(tmp_path: Path) -> None:
     def busy() -> bool:
         log = tmp_path / "spans.log"
         lines = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
-        ended = {int(line[3]) for line in lines if line[0] == "end"}
-        started = {int(line[3]) for line in lines if line[0] == "start"}
-        return any(psutil.pid_exists(pid) for pid in started - ended)
+        ended = {(line[1], line[3]) for line in lines if line[0] == "end"}
+        started = {(line[1], line[3]) for line in lines if line[0] == "start"}
+        return any(psutil.pid_exists(int(pid)) for _name, pid in started - ended)
 
     wait_until(busy, 30, "a handler in flight")
 

@@ -1,0 +1,79 @@
+"""The one interface of a singleton service: all the node, the tasks, status and the metrics
+know of one.
+
+A service is owned by one node at a time (a `service_status` row), fenced by its epoch, and
+moved, drained and shown by the framework. What it does is its own:
+
+- `configured(settings)`: whether this node's configuration gives it anything to do;
+- `check(settings)`: at node start, raise `ConfigError` (one line, exit 2) if it cannot run;
+- `adopt(settings, fence)`: once per epoch on its new owner, before its first work: take over
+  what a previous owner left unfinished (a no-op where `work` does it anyway);
+- `work(settings, fence, send)`: its work at each beat on the owner, every side effect under
+  `fence` (a `StaleEpoch` it raises is counted by the framework);
+- `status(connection, settings)`: its rows in `failover status` (`section` says where, how
+  they are drawn as a table, and which fields the metrics export).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from sqlalchemy import Connection
+
+from workers.fencing import Fence
+from workers.settings import Settings
+
+Row = dict[str, Any]
+
+
+class Sender(Protocol):
+    """How a service sends Celery tasks: to its node's own queue, or to a named queue.
+    `expires` is in seconds from now."""
+
+    node: str
+
+    def to_node(self, task: str, args: tuple[Any, ...], expires: float) -> None: ...
+
+    def to_queue(self, task: str, args: tuple[Any, ...], queue: str, expires: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class Gauge:
+    """A numeric field of a status row exported as a Prometheus gauge."""
+
+    field: str
+    metric: str
+    help: str
+
+
+@dataclass(frozen=True)
+class Section:
+    """Where a service's status rows go: their key in `failover status --json`, their table
+    for people, and their gauges for `failover metrics` (labelled by the row's `label`)."""
+
+    key: str
+    title: str
+    columns: tuple[str, ...]
+    cells: Callable[[Row], tuple[str, ...]]
+    label: str
+    gauges: tuple[Gauge, ...] = ()
+
+
+@runtime_checkable
+class SingletonService(Protocol):
+    """A singleton duty that exactly one node performs at a time (see the module docstring)."""
+
+    name: str
+    section: Section | None
+
+    def configured(self, settings: Settings) -> bool: ...
+
+    def check(self, settings: Settings) -> None: ...
+
+    def adopt(self, settings: Settings, fence: Fence) -> None: ...
+
+    def work(self, settings: Settings, fence: Fence, send: Sender) -> Any: ...
+
+    def status(self, connection: Connection, settings: Settings) -> list[Row]: ...

@@ -1,0 +1,134 @@
+"""Which services a node runs, and the framework's calls into them.
+
+`services_for(settings)`: the built-ins, then the TOML file's `[services.<name>]`, then the
+entry points of group `celery_failover.services` (a TOML table without a handler gives an
+entry point its interval).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects.postgresql import insert
+
+from workers import local_state
+from workers.errors import ConfigError
+from workers.fencing import Fence
+from workers.services.base import Row, Section, Sender, SingletonService
+from workers.services.builtin import FOLDERS, SCRIPTS, AppScriptService, FolderMonitorService
+from workers.services.custom import CUSTOM, CustomService, load_spec
+from workers.settings import BUILTIN_SERVICES, ENTRY_POINT_GROUP, Settings
+from workers.tables import service_status as services_t
+
+log = logging.getLogger(__name__)
+SECTIONS: tuple[Section, ...] = (FOLDERS, SCRIPTS, CUSTOM)
+_cache: list[tuple[Settings, dict[str, SingletonService]]] = []
+_undeclared_said: set[tuple[str, int]] = set()
+
+
+def _load_entry_point(name: str, entry: EntryPoint) -> Any:
+    try:
+        return entry.load()
+    except Exception as error:
+        reason = f"{type(error).__name__}: {error}".splitlines()[0]
+        raise ConfigError(
+            f"service {name}: entry point {entry.value!r} cannot be imported: {reason}"
+        ) from None
+
+
+def _custom(settings: Settings) -> dict[str, SingletonService]:
+    found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    custom: dict[str, SingletonService] = {}
+    for name in settings.service_names():
+        if name in BUILTIN_SERVICES:
+            continue
+        declared = settings.services.get(name)
+        interval = declared.interval if declared else None
+        if declared and declared.handler:
+            loader = partial(load_spec, name, declared.handler)
+            custom[name] = CustomService(name, declared.handler, interval, loader)
+        elif name in found:
+            entry = found[name]
+            loader = partial(_load_entry_point, name, entry)
+            custom[name] = CustomService(name, entry.value, interval, loader)
+        else:
+            raise ConfigError(
+                f'service {name}: no handler (set handler = "package.module:function", '
+                f"or install a package with a {ENTRY_POINT_GROUP} entry point named {name})"
+            )
+    return custom
+
+
+def services_for(settings: Settings) -> dict[str, SingletonService]:
+    """Every service this configuration declares, by name: the built-ins first."""
+    for cached, known in _cache:
+        if cached is settings:
+            return known
+    services: dict[str, SingletonService] = {
+        FolderMonitorService.name: FolderMonitorService(),
+        AppScriptService.name: AppScriptService(),
+        **_custom(settings),
+    }
+    _cache[:] = [(settings, services)]
+    return services
+
+
+def check_all(settings: Settings) -> None:
+    """At node start: every service can run here (one `ConfigError` line if one cannot)."""
+    for service in services_for(settings).values():
+        service.check(settings)
+
+
+def declare(connection: Connection, settings: Settings) -> None:
+    """Give each declared service its row (unowned, epoch 0) unless it has one already."""
+    rows = [{"service_type": name, "epoch": 0} for name in services_for(settings)]
+    connection.execute(
+        insert(services_t).values(rows).on_conflict_do_nothing(index_elements=["service_type"])
+    )
+
+
+def known_services(connection: Connection) -> list[str]:
+    """The cluster's services: those with a row in the database, whoever declared them."""
+    rows = connection.execute(select(services_t.c.service_type).order_by(services_t.c.service_type))
+    return list(rows.scalars())
+
+
+def run_work(settings: Settings, fence: Fence, send: Sender) -> Any:
+    """A service's work on its owner: adopt once per epoch, then its work of this beat."""
+    service = services_for(settings).get(fence.service)
+    if service is None:
+        _undeclared(fence)
+        return None
+    key = f"adopted.{fence.service}"
+    if local_state.recall(fence.me.incarnation, key) != fence.epoch:
+        service.adopt(settings, fence)
+        local_state.remember(fence.me.incarnation, key, fence.epoch)
+    return service.work(settings, fence, send)
+
+
+def _undeclared(fence: Fence) -> None:
+    """Say once per epoch that this node owns a service its configuration does not declare."""
+    if (fence.service, fence.epoch) in _undeclared_said:
+        return
+    _undeclared_said.add((fence.service, fence.epoch))
+    log.warning(
+        "node %s: owns %s at epoch %d but its configuration does not declare it: it does "
+        "nothing here (give every node the same [services] table)",
+        fence.me.name,
+        fence.service,
+        fence.epoch,
+    )
+
+
+def status_sections(connection: Connection, settings: Settings) -> dict[str, list[Row]]:
+    """Each section's rows for `failover status` and the metrics, from every service."""
+    sections: dict[str, list[Row]] = {section.key: [] for section in SECTIONS}
+    for service in services_for(settings).values():
+        if service.section is not None:
+            rows = service.status(connection, settings)
+            sections.setdefault(service.section.key, []).extend(rows)
+    return sections
