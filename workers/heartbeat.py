@@ -18,7 +18,7 @@ from typing import Protocol
 
 import requests
 
-from workers import local_state, store
+from workers import db_clock, local_state, store
 from workers.decide import Acquire, Decision, Dispatch, Handover, MarkInactive, Wait, decide
 from workers.settings import Settings
 from workers.snapshot import Snapshot
@@ -83,11 +83,12 @@ def run_cycle(settings: Settings, me: Identity, transport: Transport, beat: Beat
         beat.broker_round_trip_ms,
         local_state.recall(me.incarnation, "heartbeat_cycle_ms"),
     )
-    sent = time.perf_counter()
+    sent, asked = time.perf_counter(), time.monotonic()
     snapshot = store.heartbeat(settings, me, problem is None, latency, beat.broker_server)
     _measure(settings, me, (time.perf_counter() - sent) * 1000, beat)
     if snapshot is None:
         return Decision((), "this incarnation is stopped or replaced")
+    db_clock.sample(me.incarnation, snapshot.now, asked, time.monotonic())
     notice_lost_changes(me, snapshot)
     decision = decide(snapshot, me.name, settings.policy())
     if problem:

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from workers import app_script, backlog, folder_monitor, local_state, store
+from workers import app_script, backlog, db_clock, folder_monitor, local_state, store
 from workers.celery import app
 from workers.database import transaction
 from workers.decide import Acquire, Dispatch, Handover
@@ -35,8 +35,10 @@ from workers.routing import (
     SHARED_QUEUE,
     TAKEOVER,
     WAITING_MAX_AGE,
+    expired,
     node_queue,
     send_to_node,
+    send_to_queue,
 )
 from workers.settings import Settings
 from workers.store import Identity
@@ -65,7 +67,8 @@ class CeleryTransport:
 
     def request_handover(self, action: Handover) -> None:
         args = (action.service, f"node {self.node} (draining)", f"{self.node} is draining")
-        send_to_node(app, MANUAL_FAILOVER, action.to, args, self.expires)
+        now = db_clock.database_time(current_settings(), current_identity().incarnation)
+        send_to_node(app, MANUAL_FAILOVER, action.to, args, deadline=now + self.expires)
 
 
 @app.task(name=HEARTBEAT, ignore_result=True)
@@ -86,6 +89,8 @@ def heartbeat(
     if (node, incarnation) != (me.name, me.incarnation):
         log.info("node %s: dropped a heartbeat meant for %s/%s", me.name, node, incarnation)
         return "dropped"
+    if expired(settings, me):
+        return "expired"
     transport = CeleryTransport(me.name, settings.heartbeat_interval)
     decision = run_cycle(settings, me, transport, Beat(tick, broker_round_trip_ms, broker_server))
     log.debug("node %s: %s", me.name, decision.verdict)
@@ -121,6 +126,8 @@ def manual_failover(service: str, actor: str, why: str) -> dict[str, Any]:
     """Move `service` to this node (reason `manual`), under the same lock as a takeover."""
     settings = current_settings()
     me = current_identity()
+    if expired(settings, me):
+        return {"service": service, "node": me.name, "epoch": None, "refusal": "expired unused"}
     with transaction(settings) as connection:
         refusal, epoch = store.move_here(connection, me, service, actor, why)
     if refusal:
@@ -187,11 +194,15 @@ def _own_work(settings: Settings, fence: Fence) -> Any:
 
 def _batch_sender(settings: Settings, me: Identity, epoch: int) -> Callable[[str, list[int]], None]:
     """Where handler batches go: the owner's own queue, or the shared processing queue."""
-    queue = SHARED_QUEUE if settings.folder_dispatch == "shared" else node_queue(me.name)
     expires = max(60.0, settings.lease_timeout * 20)
 
     def send(folder: str, ids: list[int]) -> None:
-        app.send_task(HANDLE_FILES, args=(folder, ids, epoch), queue=queue, expires=expires)
+        args = (folder, ids, epoch)
+        if settings.folder_dispatch != "shared":
+            send_to_node(app, HANDLE_FILES, me.name, args, expires)
+            return
+        deadline = db_clock.database_time(settings, me.incarnation) + expires
+        send_to_queue(app, HANDLE_FILES, SHARED_QUEUE, args, deadline=deadline)
 
     return send
 
@@ -201,6 +212,8 @@ def handle_files(folder: str, ids: list[int], epoch: int) -> int:
     """Run the folder's handler on a batch of claimed files, then ask for more work."""
     settings = current_settings()
     me = current_identity()
+    if expired(settings, me):
+        return 0
     shared = settings.folder_dispatch == "shared"
     fence = Fence(folder_monitor.SERVICE, me, epoch, owner_only=not shared)
     hot_folder = folder_monitor.folder_named(settings, folder)
@@ -229,6 +242,8 @@ def run_script(name: str, epoch: int) -> dict[str, Any]:
     """An on-demand run of an allow-listed script, refused before it starts if stale."""
     settings = current_settings()
     me = current_identity()
+    if expired(settings, me):
+        return {"run": None, "status": "refused", "exit_code": None, "output_tail": "expired"}
     try:
         return app_script.run_now(settings, name, Fence(app_script.SERVICE, me, epoch))
     except StaleEpoch as refusal:
