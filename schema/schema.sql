@@ -112,6 +112,8 @@ CREATE TABLE folder_file (
     CONSTRAINT folder_file_arrival_key UNIQUE (folder, rel_path, size, mtime_ns)
 );
 CREATE INDEX folder_file_folder_state_idx ON folder_file (folder, state);
+CREATE INDEX folder_file_finished_idx ON folder_file (finished_at)
+    WHERE state IN ('processed', 'failed', 'refused');
 
 -- The application-script runner's ledger: one row per run, recorded (fenced by the epoch)
 -- before the script starts.
@@ -129,6 +131,8 @@ CREATE TABLE script_run (
     output_tail TEXT
 );
 CREATE INDEX script_run_script_idx ON script_run (script, started_at);
+CREATE INDEX script_run_running_idx ON script_run (script, epoch) WHERE status = 'running';
+CREATE INDEX script_run_finished_idx ON script_run (finished_at) WHERE status <> 'running';
 
 -- The last scheduled time each script was run for, so a slot runs once, on one owner.
 CREATE TABLE script_schedule (
