@@ -118,6 +118,8 @@ CREATE TABLE folder_file (
     handling_since TIMESTAMPTZ
 );
 CREATE INDEX folder_file_folder_state_idx ON folder_file (folder, state);
+CREATE INDEX folder_file_finished_idx ON folder_file (finished_at)
+    WHERE state IN ('processed', 'failed', 'refused');
 -- one open record per name; a finished one does not block a new arrival of that name
 CREATE UNIQUE INDEX folder_file_open_key ON folder_file (folder, rel_path)
     WHERE state IN ('seen', 'claimed', 'processing');
@@ -143,6 +145,8 @@ CREATE TABLE script_run (
     incarnation UUID
 );
 CREATE INDEX script_run_script_idx ON script_run (script, started_at);
+CREATE INDEX script_run_running_idx ON script_run (script, epoch) WHERE status = 'running';
+CREATE INDEX script_run_finished_idx ON script_run (finished_at) WHERE status <> 'running';
 
 -- The last scheduled time each script was run for, so a slot runs once, on one owner.
 CREATE TABLE script_schedule (

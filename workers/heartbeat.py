@@ -18,7 +18,7 @@ from typing import Protocol
 
 import requests
 
-from workers import local_fence, local_state, store
+from workers import db_clock, local_fence, local_state, store
 from workers.decide import Acquire, Decision, Dispatch, Handover, MarkInactive, Wait, decide
 from workers.settings import Settings
 from workers.snapshot import Snapshot
@@ -88,6 +88,7 @@ def run_cycle(settings: Settings, me: Identity, transport: Transport, beat: Beat
     _measure(settings, me, (time.monotonic() - sent) * 1000, beat)
     if snapshot is None:
         return Decision((), "this incarnation is stopped or replaced")
+    db_clock.sample(me.incarnation, snapshot.now, sent, time.monotonic())
     if problem is None:
         local_fence.renewed(me.incarnation, sent, settings.node_lease_timeout())
     notice_lost_changes(me, snapshot)

@@ -66,7 +66,8 @@ def move(
     target = choose_target(settings, snapshot, service, to)
     before = snapshot.service(service)
     args = (service, operator(), why)
-    result = send_to_node(app, MANUAL_FAILOVER, target, args, timeout)
+    deadline = snapshot.now.timestamp() + timeout
+    result = send_to_node(app, MANUAL_FAILOVER, target, args, deadline=deadline)
     try:
         outcome = result.get(timeout=timeout + 1.0, disable_sync_subtasks=False)
     except Exception:
@@ -166,7 +167,8 @@ def run_script_now(
         raise Refused("no node owns app_script now: is any node running?")
     if not owner.is_live(snapshot.now):
         raise Refused(f"the owner of app_script, {owner.name}, is not live (no fresh lease)")
-    result = send_to_node(app, RUN_SCRIPT, owner.name, (name, service.epoch), timeout)
+    deadline = snapshot.now.timestamp() + timeout
+    result = send_to_node(app, RUN_SCRIPT, owner.name, (name, service.epoch), deadline=deadline)
     queued = {"node": owner.name, "epoch": service.epoch}
     if not wait:
         result.forget()

@@ -136,9 +136,9 @@ def register_death(app: Any, settings: Settings, me: Identity) -> None:
         for peer in first_candidates(snapshot, service, policy.placement(service))
     }
     for peer in nudged:
-        send_to_node(
-            app, HEARTBEAT, peer.name, (peer.name, peer.incarnation), settings.heartbeat_interval
-        )
+        args = (peer.name, peer.incarnation)
+        deadline = snapshot.now.timestamp() + settings.heartbeat_interval
+        send_to_node(app, HEARTBEAT, peer.name, args, deadline=deadline)
 
 
 def first_candidates(snapshot: Snapshot, service: str, placement: Placement) -> list[Node]:

@@ -211,6 +211,7 @@ class Settings(BaseSettings):
     region_lease_timeout: dict[str, float] = {}
 
     node_retention_days: float = Field(default=7.0, gt=0)
+    ledger_retention_days: float = Field(default=30.0, gt=0)
     pool: str = "threads"
     concurrency: int = Field(default=6, ge=4)
     log_level: str = "INFO"

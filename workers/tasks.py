@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from workers import app_script, backlog, folder_monitor, local_state, services, store
+from workers import app_script, backlog, db_clock, folder_monitor, local_state, services, store
 from workers.celery import app
 from workers.database import transaction
 from workers.decide import Acquire, Dispatch, Handover
@@ -35,8 +35,10 @@ from workers.routing import (
     SERVICE_WORK,
     TAKEOVER,
     WAITING_MAX_AGE,
+    expired,
     node_queue,
     send_to_node,
+    send_to_queue,
 )
 from workers.services.builtin import batch_sender
 from workers.settings import Settings
@@ -66,7 +68,8 @@ class CeleryTransport:
 
     def request_handover(self, action: Handover) -> None:
         args = (action.service, f"node {self.node} (draining)", f"{self.node} is draining")
-        send_to_node(app, MANUAL_FAILOVER, action.to, args, self.expires)
+        now = db_clock.database_time(current_settings(), current_identity().incarnation)
+        send_to_node(app, MANUAL_FAILOVER, action.to, args, deadline=now + self.expires)
 
 
 @app.task(name=HEARTBEAT, ignore_result=True)
@@ -87,6 +90,8 @@ def heartbeat(
     if (node, incarnation) != (me.name, me.incarnation):
         log.info("node %s: dropped a heartbeat meant for %s/%s", me.name, node, incarnation)
         return "dropped"
+    if expired(settings, me):
+        return "expired"
     transport = CeleryTransport(me.name, settings.heartbeat_interval)
     decision = run_cycle(settings, me, transport, Beat(tick, broker_round_trip_ms, broker_server))
     log.debug("node %s: %s", me.name, decision.verdict)
@@ -122,6 +127,8 @@ def manual_failover(service: str, actor: str, why: str) -> dict[str, Any]:
     """Move `service` to this node (reason `manual`), under the same lock as a takeover."""
     settings = current_settings()
     me = current_identity()
+    if expired(settings, me):
+        return {"service": service, "node": me.name, "epoch": None, "refusal": "expired unused"}
     with transaction(settings) as connection:
         refusal, epoch = store.move_here(connection, me, service, actor, why)
     if refusal:
@@ -173,26 +180,33 @@ def _service_work(settings: Settings, me: Identity, pairs: list[tuple[str, int]]
 
 
 class CelerySender:
-    """How a service's work sends tasks: `SCHEDULED_RUN` to its node, batches to a queue."""
+    """How a service's work sends tasks: to this node's own queue, limited by this host's
+    clock, or to another queue (the shared one), limited by a deadline on the database's."""
 
-    def __init__(self, node: str) -> None:
-        self.node = node
+    def __init__(self, settings: Settings, me: Identity) -> None:
+        self.settings = settings
+        self.me = me
+        self.node = me.name
 
     def to_node(self, task: str, args: tuple[Any, ...], expires: float) -> None:
         send_to_node(app, task, self.node, args, expires)
 
     def to_queue(self, task: str, args: tuple[Any, ...], queue: str, expires: float) -> None:
-        app.send_task(task, args=args, queue=queue, expires=expires)
+        if queue == node_queue(self.node):
+            send_to_queue(app, task, queue, args, expires)
+            return
+        deadline = db_clock.database_time(self.settings, self.me.incarnation) + expires
+        send_to_queue(app, task, queue, args, deadline=deadline)
 
 
 def _own_work(settings: Settings, fence: Fence) -> Any:
     """What the service does at each beat beyond its tick, through the service registry."""
-    return services.run_work(settings, fence, CelerySender(fence.me.name))
+    return services.run_work(settings, fence, CelerySender(settings, fence.me))
 
 
 def _batch_sender(settings: Settings, me: Identity, epoch: int) -> Callable[[str, list[int]], None]:
     """Where handler batches go: the owner's own queue, or the shared processing queue."""
-    return batch_sender(settings, CelerySender(me.name), epoch)
+    return batch_sender(settings, CelerySender(settings, me), epoch)
 
 
 @app.task(name=HANDLE_FILES, ignore_result=True)
@@ -200,6 +214,8 @@ def handle_files(folder: str, ids: list[int], epoch: int) -> int:
     """Run the folder's handler on a batch of claimed files, then ask for more work."""
     settings = current_settings()
     me = current_identity()
+    if expired(settings, me):
+        return 0
     shared = settings.folder_dispatch == "shared"
     fence = Fence(folder_monitor.SERVICE, me, epoch, owner_only=not shared)
     hot_folder = folder_monitor.folder_named(settings, folder)
@@ -228,6 +244,8 @@ def run_script(name: str, epoch: int) -> dict[str, Any]:
     """An on-demand run of an allow-listed script, refused before it starts if stale."""
     settings = current_settings()
     me = current_identity()
+    if expired(settings, me):
+        return {"run": None, "status": "refused", "exit_code": None, "output_tail": "expired"}
     fence = Fence(app_script.SERVICE, me, epoch)
     try:
         return app_script.run_now(settings, name, fence)

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects.postgresql import insert
 
-from workers import local_state
+from workers import local_state, retention
 from workers.errors import ConfigError
 from workers.fencing import Fence
 from workers.services.base import Row, Section, Sender, SingletonService
@@ -107,7 +107,9 @@ def run_work(settings: Settings, fence: Fence, send: Sender) -> Any:
     if local_state.recall(fence.me.incarnation, key) != fence.epoch:
         service.adopt(settings, fence)
         local_state.remember(fence.me.incarnation, key, fence.epoch)
-    return service.work(settings, fence, send)
+    done = service.work(settings, fence, send)
+    retention.prune_when_due(settings, fence)
+    return done
 
 
 def _undeclared(fence: Fence) -> None:

@@ -1,0 +1,93 @@
+"""Retention of the ledgers: only finished rows older than the retention go, a bounded batch
+at a time, and each owner prunes at most once per period."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from workers import local_state, retention, store
+from workers.database import transaction
+
+OLD = "clock_timestamp() - interval '31 days'"
+RECENT = "clock_timestamp() - interval '29 days'"
+
+
+def fill(settings) -> None:
+    """Files and runs in every state, finished 31 days ago, 29 days ago, or not at all."""
+    with transaction(settings) as connection:
+        for age, when in (("old", OLD), ("recent", RECENT)):
+            connection.execute(
+                text(
+                    "INSERT INTO folder_file (folder, rel_path, size, mtime_ns, state, "
+                    f"finished_at) SELECT 'inbox', '{age}-' || s || '-' || i, i, i, s, {when} "
+                    "FROM unnest(ARRAY['processed', 'failed', 'refused']) AS s, "
+                    "generate_series(1, 5) AS i"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO script_run (script, node, epoch, trigger, status, "
+                    f"started_at, finished_at) SELECT 'stamp', 'a', 1, 'schedule', s, {when}, "
+                    f"{when} FROM unnest(ARRAY['succeeded', 'failed', 'timeout']) AS s, "
+                    "generate_series(1, 5) AS i"
+                )
+            )
+        connection.execute(
+            text(
+                "INSERT INTO folder_file (folder, rel_path, size, mtime_ns, state, first_seen_at) "
+                f"SELECT 'inbox', 'busy-' || s, 1, 1, s, {OLD} "
+                "FROM unnest(ARRAY['seen', 'claimed', 'processing']) AS s"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO script_run (script, node, epoch, trigger, status, started_at) "
+                f"VALUES ('stamp', 'a', 1, 'schedule', 'running', {OLD})"
+            )
+        )
+
+
+def names(settings, sql: str) -> set[str]:
+    with transaction(settings) as connection:
+        return {row[0] for row in connection.execute(text(sql))}
+
+
+def test_retention_deletes_only_old_finished_rows_a_bounded_batch_at_a_time(settings):
+    fill(settings)
+    files_before = names(settings, "SELECT rel_path FROM folder_file")
+    # Each call deletes at most its limit, oldest finished first
+    with transaction(settings) as connection:
+        assert retention.prune_folder_files(connection, 30, limit=10) == 10
+        assert retention.prune_script_runs(connection, 30, limit=10) == 10
+    with transaction(settings) as connection:
+        assert retention.prune_ledger(connection, "folder_monitor", 30) == 5
+        assert retention.prune_ledger(connection, "app_script", 30) == 5
+        assert retention.prune_ledger(connection, "billing", 30) == 0
+        assert retention.prune_folder_files(connection, 30) == 0
+        assert retention.prune_script_runs(connection, 30) == 0
+    # Then the old finished rows are gone; the recent ones and those in flight stay
+    kept = names(settings, "SELECT rel_path FROM folder_file")
+    assert kept == {name for name in files_before if not name.startswith("old-")}
+    assert {name for name in kept if name.startswith("busy-")} == {
+        "busy-seen",
+        "busy-claimed",
+        "busy-processing",
+    }
+    runs = names(
+        settings,
+        "SELECT status || (finished_at IS NULL OR finished_at > clock_timestamp() "
+        "- interval '30 days') FROM script_run",
+    )
+    assert runs == {"succeededtrue", "failedtrue", "timeouttrue", "runningtrue"}
+    assert len(names(settings, "SELECT id FROM script_run")) == 16
+
+
+def test_each_owner_prunes_at_most_once_per_period():
+    incarnation = store.new_incarnation()
+    try:
+        assert retention.prune_due(incarnation, "folder_monitor")
+        assert not retention.prune_due(incarnation, "folder_monitor")
+        assert retention.prune_due(incarnation, "app_script")
+        assert retention.prune_due(incarnation, "folder_monitor", every=0.0)
+    finally:
+        local_state.forget(incarnation)

@@ -1,0 +1,92 @@
+"""Retention of the services' ledgers: finished rows older than `ledger_retention_days` go.
+
+`folder_file` and `script_run` gain a row per file and per run forever otherwise. The owner
+of each service prunes its own ledger from its service work, at most once an hour per node
+(`prune_due`, a monotonic throttle in the incarnation's local state), and at most `limit`
+rows per table per call, so one call never holds its locks for long; a backlog is worked
+off an hour at a time. Rows still in flight (a file waiting or in processing, a script
+running) are never touched, and `ownership_history` is kept whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from sqlalchemy import Connection, text
+
+from workers import local_state
+from workers.database import transaction
+from workers.fencing import Fence
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY = 3600.0
+LIMIT = 10_000
+FINISHED_FILES = "('processed', 'failed', 'refused')"
+SERVICE_LEDGERS = {"folder_monitor": "folder_file", "app_script": "script_run"}
+
+
+def prune_due(incarnation: str, service: str, every: float = PRUNE_EVERY) -> bool:
+    """Whether this node should prune `service`'s ledger now; if so, the next is `every` s away."""
+    key = f"pruned.{service}"
+    last = local_state.recall(incarnation, key)
+    now = time.monotonic()
+    if last is not None and now - last < every:
+        return False
+    local_state.remember(incarnation, key, now)
+    return True
+
+
+def prune_folder_files(connection: Connection, days: float, limit: int = LIMIT) -> int:
+    """Delete up to `limit` files processed, failed or refused more than `days` days ago."""
+    deleted = connection.execute(
+        text(
+            "DELETE FROM folder_file WHERE id IN ("
+            f" SELECT id FROM folder_file WHERE state IN {FINISHED_FILES}"
+            " AND finished_at < clock_timestamp() - :days * interval '1 day'"
+            " ORDER BY finished_at LIMIT :limit FOR UPDATE SKIP LOCKED)"
+        ),
+        {"days": days, "limit": limit},
+    )
+    return int(deleted.rowcount)
+
+
+def prune_script_runs(connection: Connection, days: float, limit: int = LIMIT) -> int:
+    """Delete up to `limit` script runs that ended more than `days` days ago."""
+    deleted = connection.execute(
+        text(
+            "DELETE FROM script_run WHERE id IN ("
+            " SELECT id FROM script_run WHERE status <> 'running'"
+            " AND finished_at < clock_timestamp() - :days * interval '1 day'"
+            " ORDER BY finished_at LIMIT :limit FOR UPDATE SKIP LOCKED)"
+        ),
+        {"days": days, "limit": limit},
+    )
+    return int(deleted.rowcount)
+
+
+def prune_ledger(connection: Connection, service: str, days: float, limit: int = LIMIT) -> int:
+    """Prune the ledger of built-in `service` (none for another service); rows deleted."""
+    table = SERVICE_LEDGERS.get(service)
+    if table == "folder_file":
+        return prune_folder_files(connection, days, limit)
+    if table == "script_run":
+        return prune_script_runs(connection, days, limit)
+    return 0
+
+
+def prune_when_due(settings: Settings, fence: Fence) -> int:
+    """On the owner, about once an hour: delete its service's finished ledger rows older than
+    `ledger_retention_days` (no fence needed: nobody acts on finished rows); rows deleted."""
+    if not prune_due(fence.me.incarnation, fence.service):
+        return 0
+    with transaction(settings) as connection:
+        deleted = prune_ledger(connection, fence.service, settings.ledger_retention_days)
+    if deleted:
+        log.info(
+            "node %s: deleted %d finished %s ledger rows older than %g days",
+            fence.me.name, deleted, fence.service, settings.ledger_retention_days,
+        )  # fmt: skip
+    return deleted
