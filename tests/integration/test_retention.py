@@ -91,3 +91,35 @@ def test_each_owner_prunes_at_most_once_per_period():
         assert retention.prune_due(incarnation, "folder_monitor", every=0.0)
     finally:
         local_state.forget(incarnation)
+
+
+class Collected:
+    """A sender that keeps what a service's work would send (no broker needed here)."""
+
+    node = "a"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, tuple]] = []
+
+    def to_node(self, task, args, expires) -> None:
+        self.sent.append((task, args))
+
+    def to_queue(self, task, args, queue, expires) -> None:
+        self.sent.append((task, args))
+
+
+def test_the_owners_service_work_prunes_its_own_ledger(settings):
+    from tests.support.registry import add_node, give
+    from workers import services
+    from workers.fencing import Fence
+
+    fill(settings)
+    me = add_node(settings, "a", lease=30)
+    fence = Fence("app_script", me, give(settings, "app_script", "a"))
+    services.run_work(settings, fence, Collected())
+    with transaction(settings) as connection:
+        runs = connection.execute(text("SELECT count(*) FROM script_run")).scalar_one()
+        files = connection.execute(text("SELECT count(*) FROM folder_file")).scalar_one()
+    assert runs == 16  # the 15 recent runs and the one still running: the old ones went
+    assert files == 33  # another service's ledger is left to its owner
+    local_state.forget(me.incarnation)
