@@ -49,3 +49,11 @@ def cluster(tmp_path: Path, database_url: str, broker_url: str) -> Iterator[Clus
         yield running
     finally:
         running.close()
+
+
+@pytest.fixture
+def handler_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where `tests.support.handlers` log each call, for this test."""
+    log = tmp_path / "handled.log"
+    monkeypatch.setenv("FAILOVER_TEST_HANDLER_LOG", str(log))
+    return log

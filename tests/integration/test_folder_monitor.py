@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from tests.support.folders import ledger, owner, run_until_idle, with_folder
 from tests.support.handlers import handled
 from tests.support.registry import add_node, give
 from workers import folder_monitor
@@ -20,44 +20,6 @@ from workers.fencing import Fence
 from workers.settings import HotFolderSettings, Settings
 
 SERVICE = "folder_monitor"
-
-
-@pytest.fixture
-def handler_log(tmp_path, monkeypatch) -> Path:
-    log = tmp_path / "handled.log"
-    monkeypatch.setenv("FAILOVER_TEST_HANDLER_LOG", str(log))
-    return log
-
-
-def with_folder(settings: Settings, path: Path, **options) -> Settings:
-    folder = HotFolderSettings(
-        name="inbox",
-        path=path,
-        **{"handler": "tests.support.handlers:record", "settle_seconds": 0, **options},
-    )
-    return settings.model_copy(update={"hot_folders": [folder]})
-
-
-def owner(settings: Settings, name: str = "a") -> Fence:
-    me = add_node(settings, name)
-    return Fence(SERVICE, me, give(settings, SERVICE, name))
-
-
-def run_until_idle(settings: Settings, fence: Fence) -> None:
-    """Scan, then run every dispatched batch, until nothing is left to do."""
-    folder = settings.folders()[0]
-    for _ in range(20):
-        batches: list[list[int]] = []
-        folder_monitor.scan(settings, fence, lambda name, ids, found=batches: found.append(ids))
-        for ids in batches:
-            folder_monitor.handle_files(settings, folder, ids, fence)
-        if not batches:
-            return
-
-
-def ledger(settings: Settings) -> list:
-    with transaction(settings) as connection:
-        return list(connection.execute(text("SELECT * FROM folder_file ORDER BY id")))
 
 
 def test_each_file_is_claimed_once_handled_once_and_moved_to_processed(

@@ -16,6 +16,8 @@ import psutil
 import pytest
 from sqlalchemy import text
 
+from tests.support import folders
+from tests.support.folders import ledger, run_until_idle, scan, with_folder
 from tests.support.handlers import handled
 from tests.support.registry import add_node, give
 from workers import app_script, folder_monitor, local_fence, local_state
@@ -28,46 +30,8 @@ from workers.settings import HotFolderSettings, ScriptSettings, Settings
 FOLDER = "folder_monitor"
 
 
-@pytest.fixture
-def handler_log(tmp_path, monkeypatch) -> Path:
-    log = tmp_path / "handled.log"
-    monkeypatch.setenv("FAILOVER_TEST_HANDLER_LOG", str(log))
-    return log
-
-
-def with_folder(settings: Settings, path: Path, **options) -> Settings:
-    folder = HotFolderSettings(
-        name="inbox",
-        path=path,
-        **{"handler": "tests.support.handlers:record", "settle_seconds": 0, **options},
-    )
-    return settings.model_copy(update={"hot_folders": [folder]})
-
-
 def owner(settings: Settings, name: str, lease: float = 30) -> Fence:
-    me = add_node(settings, name, lease=lease)
-    return Fence(FOLDER, me, give(settings, FOLDER, name))
-
-
-def scan(settings: Settings, fence: Fence) -> list[list[int]]:
-    batches: list[list[int]] = []
-    folder_monitor.scan(settings, fence, lambda name, ids: batches.append(ids))
-    return batches
-
-
-def run_until_idle(settings: Settings, fence: Fence) -> None:
-    folder = settings.folders()[0]
-    for _ in range(20):
-        batches = scan(settings, fence)
-        for ids in batches:
-            folder_monitor.handle_files(settings, folder, ids, fence)
-        if not batches:
-            return
-
-
-def ledger(settings: Settings) -> list:
-    with transaction(settings) as connection:
-        return list(connection.execute(text("SELECT * FROM folder_file ORDER BY id")))
+    return folders.owner(settings, name, lease)
 
 
 def inbox_with(tmp_path: Path, *names: str) -> Path:
