@@ -29,7 +29,7 @@ from workers.children import child_environment
 from workers.database import one_round_trip
 from workers.fencing import Fence, fenced, reject, retrying
 from workers.settings import ScriptSettings, Settings
-from workers.store import Identity
+from workers.store import Identity, live_incarnation
 from workers.supervision import supervise
 
 log = logging.getLogger(__name__)
@@ -159,9 +159,7 @@ def close_orphans(connection: Connection, fence: Fence) -> None:
             "UPDATE script_run AS s SET status = 'failed', finished_at = clock_timestamp(), "
             "output_tail = coalesce(output_tail, '') || :why "
             "WHERE s.status = 'running' AND s.incarnation IS DISTINCT FROM :me "
-            "AND NOT EXISTS (SELECT 1 FROM server_registry AS r "
-            "WHERE r.incarnation = s.incarnation "
-            "AND r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' > clock_timestamp())"
+            f"AND NOT {live_incarnation('s.incarnation')}"
         ),
         {"me": fence.me.incarnation, "why": ORPHANED_RUN},
     )

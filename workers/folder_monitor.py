@@ -53,10 +53,7 @@ SERVICE = "folder_monitor"
 HANDLED_DIR = ".handled"
 ID_ROOM = len(str(2**63)) + len("__")
 """The bytes a processing name (`{id}__{name}`) adds to the file's own name."""
-LIVE_HANDLER = (
-    "EXISTS (SELECT 1 FROM server_registry AS r WHERE r.incarnation = f.handler "
-    "AND r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' > clock_timestamp())"
-)
+LIVE_HANDLER = store.live_incarnation("f.handler")
 """A file's handler mark holds while that incarnation's lease does (stopped or not)."""
 
 

@@ -29,6 +29,17 @@ from workers.tables import server_registry as nodes_t
 from workers.tables import service_status as services_t
 
 NOW = func.clock_timestamp()
+
+
+def live_incarnation(column: str) -> str:
+    """SQL: the incarnation in `column` holds a fresh lease (stopped or not): its work on
+    files and scripts is still its own until it says it is done."""
+    return (
+        f"EXISTS (SELECT 1 FROM server_registry AS r WHERE r.incarnation = {column} "
+        "AND r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' > clock_timestamp())"
+    )
+
+
 STALE_INCARNATION = "this process is no longer the node's current incarnation"
 LEASE_EXPIRES = nodes_t.c.last_heartbeat_at + nodes_t.c.lease_timeout_s * literal_column(
     "interval '1 second'"
