@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import Cluster
+from tests.support.handlers import PASSTHROUGH
 from tests.support.servers import Servers, clean_broker, fresh_database, start_servers
 from workers.settings import Settings, load_settings
 
@@ -39,6 +40,7 @@ def settings(database_url: str, broker_url: str) -> Settings:
         heartbeat_interval=0.3,
         lease_timeout=1.5,
         database_timeout=0.3,
+        child_env_passthrough=PASSTHROUGH,
     )
 
 
@@ -55,5 +57,5 @@ def cluster(tmp_path: Path, database_url: str, broker_url: str) -> Iterator[Clus
 def handler_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Where `tests.support.handlers` log each call, for this test."""
     log = tmp_path / "handled.log"
-    monkeypatch.setenv("FAILOVER_TEST_HANDLER_LOG", str(log))
+    monkeypatch.setenv("TEST_HANDLER_LOG", str(log))
     return log

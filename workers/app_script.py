@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import subprocess
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,7 +31,7 @@ from workers.database import one_round_trip
 from workers.fencing import Fence, fenced, reject, retrying
 from workers.settings import ScriptSettings, Settings
 from workers.store import Identity, live_incarnation
-from workers.supervision import supervise
+from workers.supervision import Watch, die_with_parent, end_subtree, guarded, supervise
 
 log = logging.getLogger(__name__)
 SERVICE = "app_script"
@@ -176,10 +177,32 @@ class RunResult:
 def execute(
     script: ScriptSettings, lines: int, fence: Fence | None = None, passthrough: Sequence[str] = ()
 ) -> RunResult:
-    """Run the script's argv (no shell) in a process group of its own, with only the
-    environment a child gets (`workers.children`); the group is killed at the timeout, or
-    as soon as the node may no longer act for the service (`fence`)."""
+    """Run the script's argv (no shell) below a guard (`supervision.guarded`), with only the
+    environment a child gets (`workers.children`): it and all it started are killed at the
+    timeout, as soon as the node may no longer act for the service (`fence`), when the
+    node's worker dies, and when the script ends."""
+    what = f"script {' '.join(script.argv)[:80]}"
+
+    def in_guard(watch: Watch) -> dict[str, Any]:
+        return asdict(_run_in_guard(script, lines, fence, passthrough, what, watch))
+
+    result = guarded(in_guard, what)
+    if result is None:
+        return RunResult("killed", None, "(killed: its guard process died)", "its guard died")
+    return RunResult(**result)
+
+
+def _run_in_guard(
+    script: ScriptSettings,
+    lines: int,
+    fence: Fence | None,
+    passthrough: Sequence[str],
+    what: str,
+    watch: Watch,
+) -> RunResult:
+    """In the guard: start the script, keep the tail of its output, stop it in time."""
     started = time.monotonic()
+    guard = os.getpid()
     try:
         process = subprocess.Popen(
             script.argv,
@@ -190,15 +213,15 @@ def execute(
             stdin=subprocess.DEVNULL,
             text=True,
             errors="replace",
-            start_new_session=True,
+            preexec_fn=lambda: die_with_parent(guard),
         )
     except OSError as error:
         return RunResult("failed", None, f"could not start: {error}")
     tail: deque[str] = deque(maxlen=lines)
     reader = threading.Thread(target=lambda: tail.extend(process.stdout or []), daemon=True)
     reader.start()
-    what = f"script {' '.join(script.argv)[:80]}"
-    ending = supervise(process, what, fence, lambda: started + script.timeout)
+    ending = supervise(process, what, fence, lambda: started + script.timeout, watch=watch)
+    end_subtree()
     reader.join(timeout=2)
     output = "".join(tail)[-8000:]
     if ending.killed_for:

@@ -31,7 +31,6 @@ import os
 import re
 import select
 import stat
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from workers.database import transaction
 from workers.errors import ConfigError, DatabaseUnavailable, StaleEpoch
 from workers.fencing import Fence, fenced, patiently, reject, retrying
 from workers.settings import HotFolderSettings, Settings
-from workers.supervision import Forked, supervise
+from workers.supervision import Forked, Watch, die_with_parent, guarded, run_command, supervise
 
 log = logging.getLogger(__name__)
 SERVICE = "folder_monitor"
@@ -671,19 +670,42 @@ def _locate(folder: HotFolderSettings, claim: Claim) -> str | None:
 def _run_children(
     folder: HotFolderSettings, claims: list[Claim], fence: Fence, environment: dict[str, str]
 ) -> dict[int, Outcome]:
-    """Run the handler on the claimed files in one child process (a process group of its
-    own), killed at a file's timeout or when the fence is lost; the outcome of each file."""
+    """Run the handler on the claimed files in one child process below a guard
+    (`supervision.guarded`), killed at a file's timeout, when the fence is lost or when the
+    node's worker dies; the outcome of each file."""
     (folder.path / HANDLED_DIR).mkdir(exist_ok=True)
+    what = f"the handler of {len(claims)} files of {folder.name}"
+
+    def in_guard(watch: Watch) -> dict[str, list[Any]]:
+        found = _batch_in_guard(folder, claims, fence, environment, what, watch)
+        return {str(number): [o.kind, o.error, o.delay] for number, o in found.items()}
+
+    result = guarded(in_guard, what)
+    if result is None:
+        return {claim.id: Outcome("untried", "its guard process died") for claim in claims}
+    return {int(number): Outcome(*outcome) for number, outcome in result.items()}
+
+
+def _batch_in_guard(
+    folder: HotFolderSettings,
+    claims: list[Claim],
+    fence: Fence,
+    environment: dict[str, str],
+    what: str,
+    watch: Watch,
+) -> dict[int, Outcome]:
+    """In the guard: fork the batch child, follow its reports, and stop it in time."""
+    guard = os.getpid()
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child process
+    if pid == 0:  # pragma: no cover - the batch child
         os.close(read_end)
+        die_with_parent(guard)
         _child_main(folder, claims, write_end, environment)
     os.close(write_end)
     reports = _Reports(read_end)
-    what = f"the handler of {len(claims)} files of {folder.name}"
     timeout = reports.deadline(folder.handler_timeout)
-    ending = supervise(Forked(pid), what, fence, timeout, reports.read)
+    ending = supervise(Forked(pid), what, fence, timeout, reports.read, watch)
     reports.read(0)
     os.close(read_end)
     return reports.outcomes(claims, ending.killed_for, ending.timed_out, folder.handler_timeout)
@@ -748,7 +770,8 @@ def _child_main(
     """In the handler child: handle each file, rename each success into `.handled/` at once."""
     code = 0
     try:
-        os.setsid()
+        os.environ.clear()
+        os.environ.update(environment)
         for claim in claims:
             os.write(descriptor, f"S {claim.id}\n".encode())
             path = processing_path(folder, claim.id, claim.name)
@@ -973,15 +996,10 @@ def run_handler(
             return None
         assert folder.command is not None
         argv = [part.replace("{path}", str(path)) for part in folder.command]
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=folder.handler_timeout, env=environment
-        )
-        if done.returncode != 0:
-            last = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
-            return f"exit {done.returncode}: {last[0]}"
-        return None
-    except subprocess.TimeoutExpired:
-        return f"timed out after {folder.handler_timeout:g} s"
+        code, last = run_command(argv, environment, folder.handler_timeout)
+        if code is None:
+            return f"timed out after {folder.handler_timeout:g} s"
+        return f"exit {code}: {last}" if code != 0 else None
     except Exception as error:
         return f"{type(error).__name__}: {error}"
 

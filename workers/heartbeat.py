@@ -90,9 +90,15 @@ def run_cycle(settings: Settings, me: Identity, transport: Transport, beat: Beat
         return Decision((), "this incarnation is stopped or replaced")
     db_clock.sample(me.incarnation, snapshot.now, sent, time.monotonic())
     if problem is None:
-        local_fence.renewed(me.incarnation, sent, settings.node_lease_timeout())
+        local_fence.renewed(
+            me.incarnation,
+            sent,
+            settings.node_lease_timeout(),
+            settings.heartbeat_interval,
+            settings.fence_margin,
+        )
     notice_lost_changes(me, snapshot)
-    local_fence.owns(me.incarnation, _epochs(snapshot), _mine(snapshot, me))
+    local_fence.observed(me.incarnation, _epochs(snapshot), _mine(snapshot, me), sent)
     decision = decide(snapshot, me.name, settings.policy())
     if problem:
         log.warning("node %s: not renewing its lease: %s", me.name, problem)
@@ -106,8 +112,8 @@ def notice_lost_changes(me: Identity, snapshot: Snapshot) -> None:
     than an earlier beat read (a standby promoted without the primary's last commits). The
     database stays the truth: the node decides, and its fence checks, on what it says now."""
     for service in snapshot.services:
-        key = f"epoch.{service.name}"
-        seen = local_state.recall(me.incarnation, key)
+        known = local_fence.held(me.incarnation, service.name)
+        seen = known.epoch if known is not None else None
         if seen is not None and service.epoch < seen:
             log.warning(
                 "node %s: the database is behind what this node saw: %s is at epoch %d, an "
@@ -116,7 +122,7 @@ def notice_lost_changes(me: Identity, snapshot: Snapshot) -> None:
                 me.name,
                 service.name,
                 service.epoch,
-                int(seen),
+                seen,
             )
 
 

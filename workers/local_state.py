@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def state_dir(incarnation: str) -> Path:
@@ -105,3 +107,33 @@ def take_turn(incarnation: str, kind: str, every: float | None) -> bool:
     with contextlib.suppress(OSError):
         _write_float(path, now)
     return True
+
+
+def remember_record(incarnation: str, name: str, record: dict[str, Any]) -> None:
+    """Keep a small record (JSON) for this incarnation's processes, replaced atomically."""
+    path = state_dir(incarnation) / f"{name}.json"
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    with contextlib.suppress(OSError):
+        partial.write_text(json.dumps(record))
+        os.replace(partial, path)
+
+
+def recall_record(incarnation: str, name: str) -> dict[str, Any] | None:
+    """The record kept by `remember_record`, or None."""
+    try:
+        found = json.loads((state_dir(incarnation) / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+@contextlib.contextmanager
+def exclusive(incarnation: str, name: str) -> Iterator[None]:
+    """Hold the node's lock for `name` (waiting for it): a read, compare and write of a
+    record by one process at a time."""
+    with (state_dir(incarnation) / f"{name}.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -33,7 +33,7 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from workers import local_fence, local_state, services, store
+from workers import local_fence, local_state, services, store, supervision
 from workers.database import (
     close_idle_connections,
     connect_ahead,
@@ -172,6 +172,7 @@ class NodeLifecycle(bootsteps.StartStopStep):  # type: ignore[misc]
             log.warning("no node: set %s or consume one node.<name> queue", NODE_VAR)
             return
         me = adopt_node(name, os.environ.get(INCARNATION_VAR))
+        supervision.watch_node_process(os.getpid())
         queues = worker.app.amqp.queues
         wanted = [node_queue(me.name)]
         if current_settings().folder_dispatch == "shared":

@@ -18,7 +18,16 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from workers import app_script, backlog, db_clock, folder_monitor, local_state, services, store
+from workers import (
+    app_script,
+    backlog,
+    db_clock,
+    folder_monitor,
+    local_fence,
+    local_state,
+    services,
+    store,
+)
 from workers.celery import app
 from workers.database import transaction
 from workers.decide import Acquire, Dispatch, Handover
@@ -109,6 +118,7 @@ def takeover(service: str, from_node: str | None, epoch: int, reason: str, why: 
     if refusal:
         log.info("node %s: did not take %s: %s", me.name, service, refusal)
         return f"refused: {refusal}"
+    local_fence.acquired(me.incarnation, service, epoch + 1)
     source = f"from {from_node}" if from_node else "unowned"
     log.warning(
         "node %s: took %s (%s) at epoch %d, reason %s: %s",
@@ -136,6 +146,7 @@ def manual_failover(service: str, actor: str, why: str) -> dict[str, Any]:
             "node %s: refused to take %s (asked by %s): %s", me.name, service, actor, refusal
         )
     else:
+        local_fence.acquired(me.incarnation, service, epoch)
         log.warning(
             "node %s: took %s at epoch %d, reason manual, by %s: %s",
             me.name,

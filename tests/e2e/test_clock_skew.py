@@ -114,7 +114,7 @@ def test_shared_handler_batches_run_on_a_node_an_hour_ahead(tmp_path, database_u
         config(tmp_path, inbox, settle=0),
         FAILOVER_FOLDER_DISPATCH="shared",
         FAILOVER_FOLDER_BATCH_SIZE="5",
-        FAILOVER_TEST_HANDLER_SECONDS="0.02",
+        TEST_HANDLER_SECONDS="0.02",
     )
     try:
         a = cluster.start_live("a", "r1")

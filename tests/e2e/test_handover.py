@@ -52,9 +52,9 @@ def handover_cluster(
         database_url,
         broker_url,
         FAILOVER_CONFIG=str(config(tmp_path, inbox, seconds, scripts)),
-        FAILOVER_TEST_HANDLER_LOG=str(tmp_path / "handled.log"),
-        FAILOVER_TEST_SPAN_LOG=str(tmp_path / "spans.log"),
-        FAILOVER_TEST_HANDLER_SECONDS=str(seconds),
+        TEST_HANDLER_LOG=str(tmp_path / "handled.log"),
+        TEST_SPAN_LOG=str(tmp_path / "spans.log"),
+        TEST_HANDLER_SECONDS=str(seconds),
     )
     return cluster, inbox
 

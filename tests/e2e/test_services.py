@@ -38,7 +38,7 @@ def services_cluster(
 ) -> Cluster:
     settings = {
         "FAILOVER_CONFIG": str(toml),
-        "FAILOVER_TEST_HANDLER_LOG": str(tmp_path / "handled.log"),
+        "TEST_HANDLER_LOG": str(tmp_path / "handled.log"),
         "FAILOVER_FOLDER_BATCH_SIZE": "50",
         **env,
     }
@@ -253,7 +253,7 @@ def test_shared_processing_queue_spreads_handlers_over_the_nodes(
         toml,
         FAILOVER_FOLDER_DISPATCH="shared",
         FAILOVER_FOLDER_BATCH_SIZE="5",
-        FAILOVER_TEST_HANDLER_SECONDS="0.02",
+        TEST_HANDLER_SECONDS="0.02",
     )
     try:
         a = cluster.start_live("a", "r1")

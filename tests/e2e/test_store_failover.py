@@ -82,7 +82,7 @@ def cluster_on(tmp_path: Path, database_url: str, broker_url: str, **env: str) -
         database_url,
         broker_url,
         FAILOVER_CONFIG=str(config(tmp_path, inbox)),
-        FAILOVER_TEST_HANDLER_LOG=str(tmp_path / "handled.log"),
+        TEST_HANDLER_LOG=str(tmp_path / "handled.log"),
         **{**TIMING, **env},
     )
 
@@ -278,7 +278,7 @@ def test_asynchronous_standby_missing_a_move_is_the_truth_and_the_lost_claims_ar
 ):
     pair, url = pair_database
     inbox = tmp_path / "inbox"
-    cluster = cluster_on(tmp_path, url, broker_url, FAILOVER_TEST_HANDLER_SECONDS="0.3")
+    cluster = cluster_on(tmp_path, url, broker_url, TEST_HANDLER_SECONDS="0.3")
     try:
         # Given three nodes, a owning both services, and a standby that has stopped
         # receiving WAL (asynchronous replication, behind)

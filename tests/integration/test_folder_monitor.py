@@ -232,7 +232,7 @@ def test_files_whose_claims_the_database_lost_go_back_to_the_hot_folder_and_are_
     for name in ("inflight.dat", "waiting.dat", "reissued.dat"):
         (inbox / name).write_text(name)
     losing = with_folder(settings, inbox, handler="tests.support.handlers:lose_claim")
-    monkeypatch.setenv("FAILOVER_TEST_LOSE_CLAIM_URL", libpq_url(settings))
+    monkeypatch.setenv("TEST_LOSE_CLAIM_URL", libpq_url(settings))
     fence = owner(losing)
     folder_monitor.scan(losing, fence, lambda name, ids: None)
     ids = {row.rel_path: row.id for row in ledger(settings)}

@@ -90,18 +90,18 @@ def test_the_old_owner_kills_its_handler_when_it_loses_the_service(
     settings, tmp_path, handler_log, monkeypatch
 ):
     # Given a handler that takes long, running for owner a
-    monkeypatch.setenv("FAILOVER_TEST_HANDLER_SECONDS", "30")
+    monkeypatch.setenv("TEST_HANDLER_SECONDS", "30")
     settings = with_folder(
         settings, inbox_with(tmp_path, "x.dat"), handler="tests.support.handlers:slow"
     )
     old = owner(settings, "a")
     (batch,) = scan(settings, old)
-    local_fence.owns(old.me.incarnation, {FOLDER: old.epoch}, {FOLDER})
+    local_fence.observed(old.me.incarnation, {FOLDER: old.epoch}, {FOLDER}, time.monotonic())
 
     # When a's heartbeat sees the service at a new epoch half a second later
     def lose() -> None:
         time.sleep(0.5)
-        local_fence.owns(old.me.incarnation, {FOLDER: old.epoch + 1}, set())
+        local_fence.observed(old.me.incarnation, {FOLDER: old.epoch + 1}, set(), time.monotonic())
 
     import threading
 
@@ -120,17 +120,17 @@ def test_the_old_owner_kills_its_handler_when_it_loses_the_service(
 def test_a_node_past_its_local_lease_deadline_kills_its_handler_and_script(
     settings, tmp_path, handler_log, monkeypatch
 ):
-    monkeypatch.setenv("FAILOVER_TEST_HANDLER_SECONDS", "30")
+    monkeypatch.setenv("TEST_HANDLER_SECONDS", "30")
     settings = with_folder(
         settings, inbox_with(tmp_path, "x.dat"), handler="tests.support.handlers:slow"
     )
     fence = owner(settings, "a")
     (batch,) = scan(settings, fence)
     # Its last renewal was sent now, with a lease of one second (then no renewal comes)
-    local_fence.renewed(fence.me.incarnation, time.monotonic(), 1.0)
+    local_fence.renewed(fence.me.incarnation, time.monotonic(), 1.0, 0.0, 0.0)
     folder_monitor.handle_files(settings, settings.folders()[0], batch, fence)
     assert handled(handler_log) == {}
-    local_fence.renewed(fence.me.incarnation, time.monotonic(), 2.0)
+    local_fence.renewed(fence.me.incarnation, time.monotonic(), 2.0, 0.0, 0.0)
     pid_file = tmp_path / "script.pid"
     script = ScriptSettings(
         argv=[sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"],

@@ -6,12 +6,14 @@ test's `finally` call `close()`).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.support.handlers import PASSTHROUGH
 from workers.local_cluster import LocalCluster, LocalNode
 from workers.local_cluster import wait_until as wait_or_timeout
 
@@ -23,6 +25,7 @@ FAST_TIMING = {
     "FAILOVER_DATABASE_TIMEOUT": "0.3",
     "FAILOVER_CROSS_REGION_DELAY": "0.5",
     "FAILOVER_LOG_LEVEL": "INFO",
+    "FAILOVER_CHILD_ENV_PASSTHROUGH": json.dumps(PASSTHROUGH),
 }
 
 

@@ -1,10 +1,15 @@
-"""Handlers for hot-folder tests: each call is appended, one line, to $FAILOVER_TEST_HANDLER_LOG."""
+"""Handlers for hot-folder tests: each call is appended, one line, to $TEST_HANDLER_LOG."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import subprocess
 import time
 from pathlib import Path
+
+PASSTHROUGH = ["TEST_HANDLER_LOG", "TEST_HANDLER_SECONDS", "TEST_SPAN_LOG", "TEST_LOSE_CLAIM_URL"]
+"""What the test handlers read: a child gets only the variables a node passes through."""
 
 
 def _parent_of(pid: int) -> int:
@@ -13,18 +18,20 @@ def _parent_of(pid: int) -> int:
 
 
 def record(path: Path) -> None:
-    """Log `<original name> <pid> <parent> <grandparent> <node> <monotonic>`: a file handled
-    twice shows up twice (handlers run in a child of the worker, or of its pool process)."""
+    """Log `<original name> <pid> <parent> <grandparent> <great-grandparent> <monotonic>`: a
+    file handled twice shows up twice (handlers run in a child of a guard forked by the
+    worker, or by its pool process)."""
     name = path.name.split("__", 1)[1]
     parent = os.getppid()
-    node = os.environ.get("FAILOVER_NODE_NAME", "-")
-    line = f"{name} {os.getpid()} {parent} {_parent_of(parent)} {node} {time.monotonic()}\n"
+    grandparent = _parent_of(parent)
+    ancestors = f"{parent} {grandparent} {_parent_of(grandparent)}"
+    line = f"{name} {os.getpid()} {ancestors} {time.monotonic()}\n"
     _append(line.encode())
 
 
 def _append(line: bytes) -> None:
     descriptor = os.open(
-        os.environ["FAILOVER_TEST_HANDLER_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        os.environ["TEST_HANDLER_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT
     )
     try:
         os.write(descriptor, line)
@@ -33,7 +40,7 @@ def _append(line: bytes) -> None:
 
 
 def slow(path: Path) -> None:
-    time.sleep(float(os.environ.get("FAILOVER_TEST_HANDLER_SECONDS", "0.005")))
+    time.sleep(float(os.environ.get("TEST_HANDLER_SECONDS", "0.005")))
     record(path)
 
 
@@ -47,7 +54,7 @@ def workers_that_handled(log: Path, workers: set[int]) -> set[int]:
     pool) or in a pool child of theirs (prefork)."""
     found = set()
     for line in log.read_text().splitlines() if log.exists() else []:
-        found |= {int(part) for part in line.split()[1:4]} & workers
+        found |= {int(part) for part in line.split()[1:5]} & workers
     return found
 
 
@@ -68,7 +75,7 @@ def lose_claim(path: Path) -> None:
 
     record(path)
     file_id = int(path.name.split("__", 1)[0])
-    with psycopg.connect(os.environ["FAILOVER_TEST_LOSE_CLAIM_URL"], autocommit=True) as db:
+    with psycopg.connect(os.environ["TEST_LOSE_CLAIM_URL"], autocommit=True) as db:
         db.execute("DELETE FROM folder_file WHERE id = %s", (file_id,))
 
 
@@ -82,11 +89,11 @@ def _alive(pid: int) -> bool:
 
 
 def span(path: Path) -> None:
-    """Log `start` and `end` (name, node, pid, monotonic stamp) to $FAILOVER_TEST_SPAN_LOG
-    around a sleep of $FAILOVER_TEST_HANDLER_SECONDS; log `overlap` if an earlier run of
+    """Log `start` and `end` (name, node, pid, monotonic stamp) to $TEST_SPAN_LOG
+    around a sleep of $TEST_HANDLER_SECONDS; log `overlap` if an earlier run of
     this file is still alive when this one starts. Then `record` the completed run."""
     name = path.name.split("__", 1)[1]
-    log = Path(os.environ["FAILOVER_TEST_SPAN_LOG"])
+    log = Path(os.environ["TEST_SPAN_LOG"])
     node = os.environ.get("FAILOVER_NODE_NAME", "-")
     running = [
         int(line.split()[3])
@@ -97,7 +104,7 @@ def span(path: Path) -> None:
         if any(_alive(pid) for pid in running):
             out.write(f"overlap {name} {node} {os.getpid()} {time.monotonic()}\n")
         out.write(f"start {name} {node} {os.getpid()} {time.monotonic()}\n")
-    time.sleep(float(os.environ.get("FAILOVER_TEST_HANDLER_SECONDS", "1")))
+    time.sleep(float(os.environ.get("TEST_HANDLER_SECONDS", "1")))
     with log.open("a") as out:
         out.write(f"end {name} {node} {os.getpid()} {time.monotonic()}\n")
     record(path)
@@ -125,6 +132,49 @@ def script_span(log: str) -> None:
         if any(_alive(pid) for pid in earlier):
             out.write(f"overlap {os.getpid()}\n")
         out.write(f"start {os.getpid()} {time.monotonic()}\n")
+    time.sleep(60)
+    with path.open("a") as out:
+        out.write(f"end {os.getpid()}\n")
+
+
+def _hold(lock_path: str, log: Path, label: str) -> int:
+    """Take the run's lock (an `overlap` line first if an earlier run, or anything it
+    started, still holds it); the descriptor, to hand to the processes the run starts."""
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        with log.open("a") as out:
+            out.write(f"overlap {label} {os.getpid()} {time.monotonic()}\n")
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    return descriptor
+
+
+def held_span(path: Path) -> None:
+    """`span`, witnessed by a lock: the run holds an exclusive lock on its file's name, and
+    so does a child process it starts (a `sleep`), so an earlier run counts as alive while
+    any process of it lives. Logs `overlap`, `start`, `end` to $TEST_SPAN_LOG."""
+    name = path.name.split("__", 1)[1]
+    log = Path(os.environ["TEST_SPAN_LOG"])
+    descriptor = _hold(f"{log}.{name}.lock", log, name)
+    with log.open("a") as out:
+        out.write(f"start {name} - {os.getpid()} {time.monotonic()}\n")
+    helper = subprocess.Popen(["sleep", "600"], pass_fds=(descriptor,))
+    time.sleep(float(os.environ.get("TEST_HANDLER_SECONDS", "1")))
+    helper.kill()
+    helper.wait()
+    with log.open("a") as out:
+        out.write(f"end {name} - {os.getpid()} {time.monotonic()}\n")
+    record(path)
+
+
+def held_script_span(log: str) -> None:
+    """`script_span`, witnessed by a lock held by the script and a child it starts."""
+    path = Path(log)
+    descriptor = _hold(f"{log}.lock", path, "script")
+    with path.open("a") as out:
+        out.write(f"start {os.getpid()} {time.monotonic()}\n")
+    subprocess.Popen(["sleep", "600"], pass_fds=(descriptor,))
     time.sleep(60)
     with path.open("a") as out:
         out.write(f"end {os.getpid()}\n")
