@@ -30,7 +30,7 @@ from workers.children import child_environment
 from workers.database import one_round_trip
 from workers.fencing import Fence, fenced, reject, retrying
 from workers.settings import ScriptSettings, Settings
-from workers.store import Identity, live_incarnation
+from workers.store import Identity, gone_incarnation, own_work_lost
 from workers.supervision import Watch, die_with_parent, end_subtree, guarded, supervise
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def _running(connection: Connection, name: str, fence: Fence, lost_after: float)
             "UPDATE script_run SET status = 'failed', finished_at = clock_timestamp(), "
             "output_tail = coalesce(output_tail, '') || :why "
             "WHERE script = :n AND status = 'running' AND incarnation = :me "
-            "AND started_at < clock_timestamp() - make_interval(secs => :lost)"
+            f"AND {own_work_lost('started_at', ':lost')}"
         ),
         {"n": name, "me": fence.me.incarnation, "lost": lost_after, "why": LOST_RUN},
     )
@@ -160,7 +160,7 @@ def close_orphans(connection: Connection, fence: Fence) -> None:
             "UPDATE script_run AS s SET status = 'failed', finished_at = clock_timestamp(), "
             "output_tail = coalesce(output_tail, '') || :why "
             "WHERE s.status = 'running' AND s.incarnation IS DISTINCT FROM :me "
-            f"AND NOT {live_incarnation('s.incarnation')}"
+            f"AND {gone_incarnation('s.incarnation')}"
         ),
         {"me": fence.me.incarnation, "why": ORPHANED_RUN},
     )

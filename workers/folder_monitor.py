@@ -52,8 +52,8 @@ SERVICE = "folder_monitor"
 HANDLED_DIR = ".handled"
 ID_ROOM = len(str(2**63)) + len("__")
 """The bytes a processing name (`{id}__{name}`) adds to the file's own name."""
-LIVE_HANDLER = store.live_incarnation("f.handler")
-"""A file's handler mark holds while that incarnation's lease does (stopped or not)."""
+GONE_HANDLER = store.gone_incarnation("f.handler")
+"""A file's handler mark holds until its incarnation is gone by the takeover rule."""
 
 
 class Arrival(NamedTuple):
@@ -313,8 +313,8 @@ def release_dead_marks(
             "UPDATE folder_file AS f SET handler = NULL, handling_since = NULL, "
             "dispatched_at = NULL WHERE f.folder = :folder AND f.state = 'processing' "
             "AND f.handler IS NOT NULL AND CASE WHEN f.handler = :me "
-            "THEN f.handling_since < clock_timestamp() - make_interval(secs => :stuck) "
-            f"ELSE NOT {LIVE_HANDLER} END"
+            f"THEN {store.own_work_lost('f.handling_since', ':stuck')} "
+            f"ELSE {GONE_HANDLER} END"
         ),
         {"folder": folder.name, "me": fence.me.incarnation, "stuck": stuck_after},
     )
@@ -456,7 +456,7 @@ def _scan_folder(
             adopted = adopt_orphans(connection, folder, fence)
             claimed = record_and_claim(connection, folder, found.arrivals, fence)
         batches = take_batches(connection, folder, settings, fence)
-        leftovers = sweep_processing(connection, folder)
+        leftovers = sweep_processing(connection, folder, fence)
     if not unchanged:
         _report_refusals(fence, folder, refusals)
     set_aside(fence, folder, found.unusable)
@@ -544,7 +544,7 @@ def dispatch(
 ) -> None:
     with fenced(settings, fence) as connection:
         batches = take_batches(connection, folder, settings, fence)
-        leftovers = sweep_processing(connection, folder)
+        leftovers = sweep_processing(connection, folder, fence)
     settle_leftovers(settings, fence, folder, leftovers)
     for batch in batches:
         send_batch(folder.name, batch)
@@ -898,7 +898,7 @@ def _entries(directory: Path) -> dict[int, tuple[Path, str]]:
     return found
 
 
-def sweep_processing(connection: Connection, folder: HotFolderSettings) -> Leftovers:
+def sweep_processing(connection: Connection, folder: HotFolderSettings, fence: Fence) -> Leftovers:
     """What is left that no handler will finish: files whose state committed as finished
     (their owner died between the commit and the move), handled files whose outcome was
     never recorded (recorded now, as processed: a handler never runs twice), and files the
@@ -908,7 +908,7 @@ def sweep_processing(connection: Connection, folder: HotFolderSettings) -> Lefto
     handled = _entries(folder.path / HANDLED_DIR)
     if not waiting and not handled:
         return Leftovers([], [])
-    _record_handled(connection, handled)
+    _record_handled(connection, handled, fence)
     rows = connection.execute(
         text("SELECT id, rel_path, state FROM folder_file WHERE id = ANY(:ids)"),
         {"ids": list(waiting) + list(handled)},
@@ -929,7 +929,9 @@ def sweep_processing(connection: Connection, folder: HotFolderSettings) -> Lefto
     return Leftovers(finished, unrecorded)
 
 
-def _record_handled(connection: Connection, handled: dict[int, tuple[Path, str]]) -> None:
+def _record_handled(
+    connection: Connection, handled: dict[int, tuple[Path, str]], fence: Fence
+) -> None:
     """Handled files whose handler is gone without recording them are processed."""
     if handled:
         connection.execute(
@@ -937,9 +939,9 @@ def _record_handled(connection: Connection, handled: dict[int, tuple[Path, str]]
                 "UPDATE folder_file AS f SET state = 'processed', error = NULL, "
                 "finished_at = clock_timestamp(), handler = NULL, handling_since = NULL "
                 "WHERE f.id = ANY(:ids) AND f.state = 'processing' "
-                f"AND (f.handler IS NULL OR NOT {LIVE_HANDLER})"
+                f"AND (f.handler IS NULL OR {GONE_HANDLER})"
             ),
-            {"ids": list(handled)},
+            {"ids": list(handled), "me": fence.me.incarnation},
         )
 
 
@@ -951,10 +953,32 @@ def settle_leftovers(
     when there are some)."""
     for path, directory, name, file_id in leftovers.finished:
         move_done(path, directory, name, file_id)
-    restored = restore_unrecorded(fence, folder, leftovers.unrecorded)
+    restored = restore_unrecorded(fence, folder, _unclaimed_for_long(settings, leftovers))
     if restored:
         with transaction(settings) as connection:
             store.count_restored(connection, fence.me, restored)
+
+
+_unclaimed_since: dict[Path, float] = {}
+
+
+def _unclaimed_for_long(settings: Settings, leftovers: Leftovers) -> list[tuple[Path, str]]:
+    """The unclaimed files in processing that this process has seen unclaimed for a whole
+    lease and a heartbeat: whoever was handling one (a node the database forgot, after a
+    standby was promoted without its claims) has seen the epoch go back, or lost its local
+    deadline, and its guard has killed the handler by then."""
+    wait = max([settings.lease_timeout, *settings.region_lease_timeout.values()])
+    wait += settings.heartbeat_interval
+    now = time.monotonic()
+    seen = {path for path, _name in leftovers.unrecorded}
+    for path in list(_unclaimed_since):
+        if path not in seen:
+            del _unclaimed_since[path]
+    ready = []
+    for path, name in leftovers.unrecorded:
+        if now - _unclaimed_since.setdefault(path, now) >= wait:
+            ready.append((path, name))
+    return ready
 
 
 def restore_unrecorded(

@@ -31,12 +31,34 @@ from workers.tables import service_status as services_t
 NOW = func.clock_timestamp()
 
 
-def live_incarnation(column: str) -> str:
-    """SQL: the incarnation in `column` holds a fresh lease (stopped or not): its work on
-    files and scripts is still its own until it says it is done."""
+LEASE_SQL = "{t}.lease_timeout_s * interval '1 second'"
+JUDGE = (
+    "(SELECT lease_started_at FROM server_registry AS judge WHERE judge.incarnation = :me "
+    f"AND judge.last_heartbeat_at + {LEASE_SQL.format(t='judge')} > clock_timestamp())"
+)
+"""SQL: the start of this incarnation's judging window while its own lease holds, else NULL
+(`:me` bound to this incarnation): what a takeover requires of the node that judges."""
+
+
+def gone_incarnation(column: str) -> str:
+    """SQL: the incarnation in `column` is gone by the takeover rule (invariants 3 and 4):
+    this incarnation's own lease holds, and the other's lease ran out after this one's
+    judging window opened. Until then its work on files and scripts is still its own,
+    stopped or not, whatever a promoted standby's clock or a lost renewal says."""
     return (
-        f"EXISTS (SELECT 1 FROM server_registry AS r WHERE r.incarnation = {column} "
-        "AND r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' > clock_timestamp())"
+        f"({JUDGE} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM server_registry AS r "
+        f"WHERE r.incarnation = {column} AND greatest(r.last_heartbeat_at, {JUDGE}) + "
+        f"{LEASE_SQL.format(t='r')} > clock_timestamp()))"
+    )
+
+
+def own_work_lost(since: str, seconds: str) -> str:
+    """SQL: this incarnation's own work that began at `since` has had `seconds` (a bound
+    parameter) to end, counted, as a takeover would, from when its own lease last began to
+    hold (a lost renewal or a promoted standby's clock does not make its work look old)."""
+    return (
+        f"({JUDGE} IS NOT NULL AND greatest({since}, {JUDGE}) "
+        f"+ make_interval(secs => {seconds}) < clock_timestamp())"
     )
 
 

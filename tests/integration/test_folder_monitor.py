@@ -233,7 +233,7 @@ def test_files_whose_claims_the_database_lost_go_back_to_the_hot_folder_and_are_
         (inbox / name).write_text(name)
     losing = with_folder(settings, inbox, handler="tests.support.handlers:lose_claim")
     monkeypatch.setenv("TEST_LOSE_CLAIM_URL", libpq_url(settings))
-    fence = owner(losing)
+    fence = owner(losing, lease=60)
     folder_monitor.scan(losing, fence, lambda name, ids: None)
     ids = {row.rel_path: row.id for row in ledger(settings)}
     # When the database loses their claims (a standby promoted without the primary's last
@@ -260,7 +260,13 @@ def test_files_whose_claims_the_database_lost_go_back_to_the_hot_folder_and_are_
     # When the owner scans again, Then the file whose handler succeeded goes to processed/
     # (never handled twice), and every file not yet handled is back in the hot folder and
     # counted; then each is claimed and handled again
+    # (not before a lease and a heartbeat have passed since the owner first saw them
+    # unclaimed: a node the database forgot may still be handling them until its guard
+    # sees the epoch go back)
     settings = with_folder(settings, inbox)
+    folder_monitor.scan(settings, fence, lambda name, ids: None)
+    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == []
+    time.sleep(settings.lease_timeout + settings.heartbeat_interval)
     folder_monitor.scan(settings, fence, lambda name, ids: None)
     assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == [
         "reissued.dat",

@@ -30,9 +30,7 @@ def record(path: Path) -> None:
 
 
 def _append(line: bytes) -> None:
-    descriptor = os.open(
-        os.environ["TEST_HANDLER_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT
-    )
+    descriptor = os.open(os.environ["TEST_HANDLER_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         os.write(descriptor, line)
     finally:

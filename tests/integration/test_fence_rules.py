@@ -1,0 +1,186 @@
+"""The fence outside the database, judged like a takeover (issue 16, items 2 to 6).
+
+Each test drives its case on real PostgreSQL and real processes and asserts the outcome
+that was false before the fix.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from sqlalchemy import text
+
+from tests.support.folders import ledger, scan, with_folder
+from tests.support.registry import add_node
+from workers import app_script, folder_monitor, local_fence, local_state, supervision
+from workers.database import transaction
+from workers.fencing import Fence
+from workers.settings import Settings
+from workers.store import Identity
+
+FOLDER = "folder_monitor"
+
+
+def set_node(settings: Settings, name: str, **ages: float) -> None:
+    """Age a node's last heartbeat and the start of its lease (seconds before now)."""
+    with transaction(settings) as connection:
+        connection.execute(
+            text(
+                "UPDATE server_registry SET "
+                "last_heartbeat_at = clock_timestamp() - make_interval(secs => :beat), "
+                "lease_started_at = clock_timestamp() - make_interval(secs => :lease) "
+                "WHERE node_name = :name"
+            ),
+            {"name": name, "beat": ages["beat"], "lease": ages["lease"]},
+        )
+
+
+def marked_file(settings: Settings, tmp_path: Path, handler: Identity) -> Fence:
+    """One file claimed by owner `a` and marked as being handled by `handler`."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "x.dat").write_text("x")
+    settings = with_folder(settings, inbox)
+    me = add_node(settings, "a", lease=3.0)
+    from tests.support.registry import give
+
+    fence = Fence(FOLDER, me, give(settings, FOLDER, "a"))
+    (batch,) = scan(settings, fence)
+    with transaction(settings) as connection:
+        connection.execute(
+            text("UPDATE folder_file SET handler = :h, handling_since = clock_timestamp()"),
+            {"h": handler.incarnation},
+        )
+    assert len(batch) == 1
+    return fence
+
+
+def release(settings: Settings, fence: Fence) -> int:
+    with transaction(settings) as connection:
+        return folder_monitor.release_dead_marks(connection, settings.folders()[0], settings, fence)
+
+
+def test_marks_of_a_silent_handler_are_kept_until_it_is_gone_by_the_takeover_rule(
+    settings, tmp_path
+):
+    # Given b's marks on a file, and b silent for 5 s (its 3 s lease ran out by raw time)
+    b = add_node(settings, "b", lease=3.0)
+    fence = marked_file(settings, tmp_path, b)
+    settings = with_folder(settings, tmp_path / "inbox")
+    set_node(settings, "b", beat=5, lease=100)
+    # When the owner's own lease was re-established only a second ago (after an outage, or
+    # a promotion onto a standby whose clock is ahead), Then the marks stay: b has not had
+    # a whole lease to renew in the owner's eyes
+    set_node(settings, "a", beat=0, lease=1)
+    assert release(settings, fence) == 0
+    # When the owner's own lease has lapsed, Then it judges nobody
+    set_node(settings, "a", beat=10, lease=100)
+    assert release(settings, fence) == 0
+    # When the owner holds its lease and b stayed silent for a lease after that, Then b is gone
+    set_node(settings, "a", beat=0, lease=100)
+    assert release(settings, fence) == 1
+    assert ledger(settings)[0].handler is None
+
+
+def test_an_owner_judging_from_a_fresh_lease_does_not_close_its_own_running_script(settings):
+    # Given a run of a's, started 20 s ago by the database clock, of a script whose timeout
+    # is 5 s: by raw time it looks lost
+    me = add_node(settings, "a", lease=3.0)
+    from tests.support.registry import give
+
+    fence = Fence("app_script", me, give(settings, "app_script", "a"))
+    with transaction(settings) as connection:
+        run = app_script.record_start(connection, "nightly", fence, "manual", None)
+        connection.execute(
+            text(
+                "UPDATE script_run SET started_at = clock_timestamp() - interval '20 s' "
+                "WHERE id = :id"
+            ),
+            {"id": run},
+        )
+    # When a's lease only just began again (a promoted standby whose clock is ahead)
+    set_node(settings, "a", beat=0, lease=1)
+    with transaction(settings) as connection:
+        still = app_script._running(connection, "nightly", fence, 5 + 3)
+    # Then the run still counts as running, and is not closed as lost
+    assert still
+    with transaction(settings) as connection:
+        status = connection.execute(
+            text("SELECT status FROM script_run WHERE id = :id"), {"id": run}
+        ).scalar_one()
+    assert status == "running"
+
+
+def test_a_lower_epoch_than_the_work_s_is_lost_but_an_older_read_never_undoes_a_takeover():
+    me = Identity("b", "00000000-0000-0000-0000-00000000b0b0")
+    fence = Fence(FOLDER, me, 2)
+    try:
+        # Given b's heartbeat read the service at epoch 1 (owned by another) and then b took
+        # it at epoch 2
+        before = time.monotonic()
+        local_fence.observed(me.incarnation, {FOLDER: 1}, set(), before)
+        local_fence.acquired(me.incarnation, FOLDER, 2)
+        assert local_fence.lost(fence) is None
+        # When a heartbeat sent before the takeover committed reports epoch 1 late
+        local_fence.observed(me.incarnation, {FOLDER: 1}, set(), before)
+        # Then it changes nothing
+        assert local_fence.lost(fence) is None
+        # When a heartbeat sent afterwards reads epoch 1 (a standby promoted without the move)
+        local_fence.observed(me.incarnation, {FOLDER: 1}, set(), time.monotonic())
+        # Then work fenced at epoch 2 is lost
+        assert "behind this work's epoch 2" in (local_fence.lost(fence) or "")
+    finally:
+        local_state.forget(me.incarnation)
+
+
+def test_the_local_deadline_keeps_the_last_renewal_the_poll_and_the_margin_inside_the_lease():
+    me = "00000000-0000-0000-0000-0000000dead1"
+    try:
+        # Given renewals sent at t0 and t0 + 1 with a 3 s lease and a 0.2 s margin
+        t0 = time.monotonic()
+        local_fence.renewed(me, t0, 3.0, 1.0, 0.2)
+        # (the first one counts one interval back)
+        assert local_fence.deadline(me) == t0 - 1.0 + 3.0 - supervision.POLL_SECONDS - 0.2
+        local_fence.renewed(me, t0 + 1.0, 3.0, 1.0, 0.2)
+        # Then the deadline counts from the previous renewal: the database may lose the last
+        assert local_fence.deadline(me) == t0 + 3.0 - supervision.POLL_SECONDS - 0.2
+    finally:
+        local_state.forget(me)
+
+
+def test_a_command_s_timeout_kills_what_it_started(tmp_path):
+    # Given a command that starts a background process and then waits
+    pid_file = tmp_path / "pid"
+    script = f"sleep 600 & echo $! > {pid_file}; wait"
+    # When it times out
+    code, _last = supervision.run_command(["bash", "-c", script], None, 1.0)
+    # Then the command and its subcommand are both dead
+    assert code is None
+    pid = int(pid_file.read_text())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_guard_kills_a_grandchild_that_left_its_session(tmp_path):
+    # Given work whose child daemonizes a grandchild into a session of its own
+    pid_file = tmp_path / "pid"
+    code = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+    )
+
+    def work(watch: supervision.Watch) -> int:
+        import subprocess
+
+        return subprocess.run([sys.executable, "-c", code], check=True).returncode
+
+    # When the guarded work ends
+    assert supervision.guarded(work, "a daemonizing child") == 0
+    # Then the grandchild is gone too
+    pid = int(pid_file.read_text())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
