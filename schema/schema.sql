@@ -115,7 +115,8 @@ CREATE TABLE folder_file (
     -- the incarnation handling it now: no other touches it until that one is done with it
     -- (it clears the mark) or its lease has run out
     handler UUID,
-    handling_since TIMESTAMPTZ
+    handling_since TIMESTAMPTZ,
+    handler_batch UUID
 );
 CREATE INDEX folder_file_folder_state_idx ON folder_file (folder, state);
 CREATE INDEX folder_file_finished_idx ON folder_file (finished_at)

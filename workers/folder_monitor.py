@@ -32,6 +32,7 @@ import re
 import select
 import stat
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,7 +312,8 @@ def release_dead_marks(
     result = connection.execute(
         text(
             "UPDATE folder_file AS f SET handler = NULL, handling_since = NULL, "
-            "dispatched_at = NULL WHERE f.folder = :folder AND f.state = 'processing' "
+            "handler_batch = NULL, dispatched_at = NULL "
+            "WHERE f.folder = :folder AND f.state = 'processing' "
             "AND f.handler IS NOT NULL AND CASE WHEN f.handler = :me "
             f"THEN {store.own_work_lost('f.handling_since', ':stuck')} "
             f"ELSE {GONE_HANDLER} END"
@@ -575,20 +577,28 @@ def handle_files(
 ) -> int:
     """Handle a batch: mark it (one fenced transaction), run the handler on each file in a
     supervised child process, record every outcome and clear the marks (one transaction);
-    returns how many files were handled."""
+    returns how many files were handled. The batch's own id makes a start or an outcome
+    retried after an ambiguous COMMIT find its marks, and every path records an outcome."""
+    batch = str(uuid.uuid4())
     try:
-        claims = patiently(settings, fence, lambda connection: start_batch(connection, ids, fence))
+        claims = patiently(
+            settings, fence, lambda connection: start_batch(connection, ids, fence, batch)
+        )
     except StaleEpoch as refusal:
         reject(settings, fence, refusal)
         return 0
     if not claims:
         return 0
-    environment = child_environment({}, settings.child_env_passthrough)
-    outcomes = run_batch(folder, claims, fence, environment)
+    try:
+        environment = child_environment({}, settings.child_env_passthrough)
+        outcomes = run_batch(folder, claims, fence, environment)
+    except OSError as error:
+        log.error("node %s: could not run the handler of %s: %s", fence.me.name, folder.name, error)
+        outcomes = {claim.id: Outcome("untried", f"could not run: {error}") for claim in claims}
     recorded = retrying(
         settings,
         fence.me,
-        lambda connection: record_batch(connection, fence, claims, outcomes),
+        lambda connection: record_batch(connection, fence, claims, outcomes, batch),
     )
     if len(recorded) < len(claims):
         lost = len(claims) - len(recorded)
@@ -602,18 +612,22 @@ def handle_files(
     return sum(1 for claim in claims if outcomes[claim.id].kind != "untried")
 
 
-def start_batch(connection: Connection, ids: list[int], fence: Fence) -> list[Claim]:
-    """Mark the batch's files as handled by this incarnation (skipping any marked already)."""
+def start_batch(connection: Connection, ids: list[int], fence: Fence, batch: str) -> list[Claim]:
+    """Mark the batch's files as handled by this incarnation and `batch` (skipping any marked
+    by another batch; a retry of this very start finds its own marks)."""
     rows = connection.execute(
         text(
-            "UPDATE folder_file SET attempts = attempts + 1, handler = :me, "
+            "UPDATE folder_file SET "
+            "attempts = attempts + CASE WHEN handler IS NULL THEN 1 ELSE 0 END, "
+            "handler = :me, handler_batch = :batch, "
             "handling_since = clock_timestamp(), dispatched_at = clock_timestamp() "
             "WHERE id = ANY(:ids) AND state = 'processing' AND epoch = :epoch "
-            "AND handler IS NULL "
-            "AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp()) "
+            "AND (handler IS NULL OR (handler = :me AND handler_batch = :batch)) "
+            "AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp() "
+            "OR handler_batch = :batch) "
             f"RETURNING {CLAIM_COLUMNS}"
         ),
-        {"ids": ids, "epoch": fence.epoch, "me": fence.me.incarnation},
+        {"ids": ids, "epoch": fence.epoch, "me": fence.me.incarnation, "batch": batch},
     ).all()
     return sorted((Claim(*row) for row in rows), key=lambda claim: claim.id)
 
@@ -802,10 +816,15 @@ def _mark_handled(folder: HotFolderSettings, claim: Claim, path: Path) -> bool:
 
 
 def record_batch(
-    connection: Connection, fence: Fence, claims: list[Claim], outcomes: dict[int, Outcome]
+    connection: Connection,
+    fence: Fence,
+    claims: list[Claim],
+    outcomes: dict[int, Outcome],
+    batch: str,
 ) -> set[int]:
     """Record every outcome of a batch and clear its marks, in one statement, fenced by the
-    marks: only files this incarnation still holds. Returns the ids recorded."""
+    marks: only files this batch still holds. Returns the ids recorded, by this call or by
+    an earlier try of it whose COMMIT went through unanswered (the batch id stays behind)."""
     rows = [
         {"id": claim.id, "kind": outcomes[claim.id].kind, "error": outcomes[claim.id].error,
          "delay": outcomes[claim.id].delay}
@@ -813,7 +832,7 @@ def record_batch(
     ]  # fmt: skip
     recorded = connection.execute(
         text(
-            "UPDATE folder_file AS f SET "
+            "WITH updated AS (UPDATE folder_file AS f SET "
             "state = CASE WHEN o.kind IN ('processed', 'failed') THEN o.kind ELSE f.state END, "
             "error = CASE WHEN o.kind = 'untried' THEN f.error ELSE o.error END, "
             "finished_at = CASE WHEN o.kind IN ('processed', 'failed') "
@@ -824,9 +843,17 @@ def record_batch(
             "handler = NULL, handling_since = NULL, dispatched_at = NULL "
             "FROM json_to_recordset(CAST(:outcomes AS json)) "
             "AS o(id bigint, kind text, error text, delay float8) "
-            "WHERE f.id = o.id AND f.state = 'processing' AND f.handler = :me RETURNING f.id"
+            "WHERE f.id = o.id AND f.state IN ('processing') AND f.handler = :me "
+            "AND f.handler_batch = :batch RETURNING f.id) "
+            "SELECT id FROM updated UNION SELECT id FROM folder_file "
+            "WHERE id = ANY(:ids) AND handler IS NULL AND handler_batch = :batch"
         ),
-        {"outcomes": json.dumps(rows), "me": fence.me.incarnation},
+        {
+            "outcomes": json.dumps(rows),
+            "me": fence.me.incarnation,
+            "batch": batch,
+            "ids": [claim.id for claim in claims],
+        },
     ).scalars()
     found = set(recorded)
     _log_outcomes(fence, claims, outcomes, found)
@@ -937,7 +964,8 @@ def _record_handled(
         connection.execute(
             text(
                 "UPDATE folder_file AS f SET state = 'processed', error = NULL, "
-                "finished_at = clock_timestamp(), handler = NULL, handling_since = NULL "
+                "finished_at = clock_timestamp(), handler = NULL, handling_since = NULL, "
+                "handler_batch = NULL "
                 "WHERE f.id = ANY(:ids) AND f.state = 'processing' "
                 f"AND (f.handler IS NULL OR {GONE_HANDLER})"
             ),

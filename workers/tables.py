@@ -117,6 +117,7 @@ folder_file = Table(
     Column("inode", BigInteger),
     Column("handler", Uuid),
     Column("handling_since", DateTime(timezone=True)),
+    Column("handler_batch", Uuid),
 )
 
 script_run = Table(

@@ -202,4 +202,4 @@ def test_db_upgrade_works_from_a_wheel_installed_outside_the_checkout(tmp_path, 
     for _ in range(2):
         result = failover("db", "upgrade", cwd=tmp_path, **env)
         assert result.returncode == 0, result.stderr
-        assert "revision 0007" in result.stdout
+        assert "revision 0008" in result.stdout

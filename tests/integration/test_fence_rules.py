@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -184,3 +185,55 @@ def test_a_guard_kills_a_grandchild_that_left_its_session(tmp_path):
     # Then the grandchild is gone too
     pid = int(pid_file.read_text())
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+BATCH = "00000000-0000-0000-0000-0000000ba7c2"
+
+
+def claimed(settings: Settings, tmp_path: Path) -> tuple[Settings, Fence, list[int]]:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "x.dat").write_text("x")
+    settings = with_folder(settings, inbox)
+    me = add_node(settings, "a", lease=30.0)
+    from tests.support.registry import give
+
+    fence = Fence(FOLDER, me, give(settings, FOLDER, "a"))
+    (batch,) = scan(settings, fence)
+    return settings, fence, batch
+
+
+def test_a_start_and_an_outcome_retried_after_an_ambiguous_commit_find_their_own_marks(
+    settings, tmp_path
+):
+    settings, fence, ids = claimed(settings, tmp_path)
+    # Given a batch's start that committed, its answer lost (so it is sent again)
+    with transaction(settings) as connection:
+        first = folder_monitor.start_batch(connection, ids, fence, BATCH)
+    with transaction(settings) as connection:
+        again = folder_monitor.start_batch(connection, ids, fence, BATCH)
+        other = folder_monitor.start_batch(connection, ids, fence, str(uuid.uuid4()))
+    # Then the retry finds the batch's marks (counted once), and no other batch takes them
+    assert [c.id for c in again] == [c.id for c in first] == ids
+    assert other == []
+    assert ledger(settings)[0].attempts == 1
+    # Given its outcome recorded, the answer lost, and recorded again
+    outcomes = {ids[0]: folder_monitor.Outcome("processed")}
+    for _ in range(2):
+        with transaction(settings) as connection:
+            recorded = folder_monitor.record_batch(connection, fence, first, outcomes, BATCH)
+        # Then both say the outcome is recorded (no false "another handler took them")
+        assert recorded == set(ids)
+    assert (ledger(settings)[0].state, ledger(settings)[0].handler) == ("processed", None)
+
+
+def test_a_batch_that_cannot_run_records_its_files_untried_and_frees_them(settings, tmp_path):
+    settings, fence, ids = claimed(settings, tmp_path)
+    # Given a hot folder where the handler's area cannot be made (an OSError, as from a
+    # share that went away or a fork that failed)
+    (tmp_path / "inbox" / folder_monitor.HANDLED_DIR).write_text("in the way")
+    # When the batch is handled
+    assert folder_monitor.handle_files(settings, settings.folders()[0], ids, fence) == 0
+    # Then its marks are cleared at once, not held until the stuck rule (hours)
+    (row,) = ledger(settings)
+    assert (row.state, row.handler, row.attempts) == ("processing", None, 0)

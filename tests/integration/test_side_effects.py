@@ -28,6 +28,7 @@ from workers.folder_monitor import Outcome
 from workers.settings import HotFolderSettings, ScriptSettings, Settings
 
 FOLDER = "folder_monitor"
+BATCH = "00000000-0000-0000-0000-0000000ba7c1"
 
 
 def owner(settings: Settings, name: str, lease: float = 30) -> Fence:
@@ -53,7 +54,7 @@ def test_a_new_owner_leaves_files_alone_while_the_old_handler_holds_them(
     old = owner(settings, "a")
     (batch,) = scan(settings, old)
     with transaction(settings) as connection:
-        claims = folder_monitor.start_batch(connection, batch, old)
+        claims = folder_monitor.start_batch(connection, batch, old, BATCH)
     # When the service moves to b (a planned move: a stays alive) and b scans
     new = owner(settings, "b")
     # Then b dispatches none of a's files while a holds them
@@ -61,7 +62,7 @@ def test_a_new_owner_leaves_files_alone_while_the_old_handler_holds_them(
     # When a says it is done (it stopped before handling them: the done marker)
     with transaction(settings) as connection:
         folder_monitor.record_batch(
-            connection, old, claims, {claim.id: Outcome("untried") for claim in claims}
+            connection, old, claims, {claim.id: Outcome("untried") for claim in claims}, BATCH
         )
     # Then b takes and handles them, each once
     run_until_idle(settings, new)
@@ -78,7 +79,7 @@ def test_a_dead_handlers_marks_are_cleared_once_its_lease_has_run_out(
     old = owner(settings, "a", lease=3.0)
     (batch,) = scan(settings, old)
     with transaction(settings) as connection:
-        folder_monitor.start_batch(connection, batch, old)
+        folder_monitor.start_batch(connection, batch, old, BATCH)
     new = owner(settings, "b")
     assert scan(settings, new) == []
     time.sleep(3.2)
