@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 WINDOW_SECONDS = 8.0
+WINDOWS = 3  # history windows printed: the first violations tell the story
 
 
 @dataclass(frozen=True)
@@ -192,8 +193,8 @@ def report(
     """What to print on a violation: the seed, the schedule, and each violation's window."""
     lines = [f"seed {seed}: {len(violations)} violation(s)", "schedule:"]
     lines += [f"  {number:2}. {step}" for number, step in enumerate(steps, 1)]
-    for violation in violations:
+    for number, violation in enumerate(violations):
         lines.append(f"violation: {violation}")
-        if violation.mono is not None:
+        if violation.mono is not None and number < WINDOWS:
             lines.append(window(history, violation.mono))
     return "\n".join(lines)
