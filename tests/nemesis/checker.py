@@ -13,6 +13,7 @@ Violations it looks for (each with the monotonic moment it is seen at, for the w
 from __future__ import annotations
 
 import itertools
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +118,8 @@ def reruns(
 
 def lost_files(fed: list[str], inbox: Path, facts: Facts) -> list[Violation]:
     """Files fed that did not end processed, on disk and in the ledger."""
-    processed = {p.name.split(".dat")[0] + ".dat" for p in (inbox / "processed").glob("*")}
+    # `<name>.<id>` is a second arrival of `<name>` landing beside the first
+    processed = {re.sub(r"\.\d+$", "", p.name) for p in (inbox / "processed").glob("*")}
     states: dict[str, list[str]] = defaultdict(list)
     for row in facts.files:
         states[row.rel_path].append(row.state)
