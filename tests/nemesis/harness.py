@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -209,7 +208,7 @@ class Harness:
         for link in self.links.values():
             for proxy in (link.database, link.broker):
                 proxy.release()
-                if proxy._listener is None:
+                if proxy.refusing:
                     proxy.restore()
             link.clock.write_text("0")
         for node in self.cluster.nodes:
@@ -275,8 +274,3 @@ def alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
-
-
-def cli(harness: Harness, *args: str) -> subprocess.CompletedProcess[str]:
-    """`failover ARGS` as an operator would run it (direct to the stores)."""
-    return harness.cluster.cli(*args)

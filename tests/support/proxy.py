@@ -147,6 +147,11 @@ class FaultProxy:
         """From now on nothing is forwarded either way and new clients are never answered."""
         self._silent.set()
 
+    @property
+    def refusing(self) -> bool:
+        """Whether it is cut (refusing new clients) and waits for `restore()`."""
+        return self._listener is None
+
     def hold(self) -> None:
         """A silent partition: keep what either side sends, and let new clients wait."""
         self._holding.set()
