@@ -4,7 +4,9 @@ Clients connect to 127.0.0.1:<port>; the proxy forwards to the real server (TCP 
 socket). `cut()` resets every open connection and refuses new ones, as a stopped server
 does; `restore()` accepts again on the same port. `silence()` plays a server that vanished
 without a word (powered off behind a load balancer): connections, open and new, are
-accepted and acknowledged, and nothing ever comes back.
+accepted and acknowledged, and nothing ever comes back. `hold()` plays a silent partition
+that heals: nothing is forwarded and new clients get no answer, but what is sent meanwhile is
+kept; `release()` delivers it late, in order, and lets the waiting clients through.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import selectors
 import socket
 import threading
+import time
 
 
 class FaultProxy:
@@ -25,6 +28,9 @@ class FaultProxy:
         self._running = True
         self._silent = threading.Event()
         self._held: list[socket.socket] = []
+        self._holding = threading.Event()
+        self._waiting: list[socket.socket] = []
+        self._backlog: dict[socket.socket, list[bytes]] = {}
         self._listen()
         threading.Thread(target=self._accept_loop, daemon=True).start()
 
@@ -58,14 +64,22 @@ class FaultProxy:
             if self._silent.is_set():
                 self._held.append(client)
                 continue
-            try:
-                upstream = self._connect_target()
-            except OSError:
-                client.close()
-                continue
             with self._lock:
-                self._pairs.append((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+                if self._holding.is_set():
+                    self._waiting.append(client)
+                    continue
+            self._forward(client)
+
+    def _forward(self, client: socket.socket) -> None:
+        """Connect `client` to the server and pump between them (closed if it cannot)."""
+        try:
+            upstream = self._connect_target()
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._pairs.append((client, upstream))
+        threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
 
     def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
         selector = selectors.DefaultSelector()
@@ -73,17 +87,31 @@ class FaultProxy:
         selector.register(upstream, selectors.EVENT_READ, client)
         try:
             while True:
-                for key, _ in selector.select(timeout=0.5):
+                waiting = self._holding.is_set() or bool(self._backlog)
+                for key, _ in selector.select(timeout=0.05 if waiting else 0.5):
                     data = key.fileobj.recv(65536)  # type: ignore[union-attr]
                     if not data:
+                        while self._holding.is_set():
+                            time.sleep(0.05)
+                        self._deliver_backlog((client, upstream), held=False)
                         return
-                    if not self._silent.is_set():
-                        key.data.sendall(data)
+                    if self._silent.is_set():
+                        continue
+                    self._backlog.setdefault(key.data, []).append(data)
+                self._deliver_backlog((client, upstream), held=self._holding.is_set())
         except (OSError, ValueError):
             return
         finally:
             selector.close()
             self._close_pair(client, upstream)
+
+    def _deliver_backlog(self, pair: tuple[socket.socket, socket.socket], held: bool) -> None:
+        """Send what each side of `pair` has waiting, in order, unless the proxy holds it."""
+        if held:
+            return
+        for destination in pair:
+            for data in self._backlog.pop(destination, []):
+                destination.sendall(data)
 
     def _close_pair(self, client: socket.socket, upstream: socket.socket) -> None:
         for sock in (client, upstream):
@@ -96,6 +124,8 @@ class FaultProxy:
         with self._lock:
             if (client, upstream) in self._pairs:
                 self._pairs.remove((client, upstream))
+        for sock in (client, upstream):
+            self._backlog.pop(sock, None)
 
     def cut(self) -> None:
         """Reset every connection and refuse new ones, like a server that went away."""
@@ -117,12 +147,29 @@ class FaultProxy:
         """From now on nothing is forwarded either way and new clients are never answered."""
         self._silent.set()
 
+    @property
+    def refusing(self) -> bool:
+        """Whether it is cut (refusing new clients) and waits for `restore()`."""
+        return self._listener is None
+
+    def hold(self) -> None:
+        """A silent partition: keep what either side sends, and let new clients wait."""
+        self._holding.set()
+
+    def release(self) -> None:
+        """Heal a `hold()`: deliver what was kept, late and in order, and admit the waiting."""
+        with self._lock:
+            self._holding.clear()
+            waiting, self._waiting = self._waiting, []
+        for client in waiting:
+            self._forward(client)
+
     def restore(self) -> None:
         self._listen()
 
     def close(self) -> None:
         self._running = False
         self.cut()
-        for held in self._held:
+        for held in [*self._held, *self._waiting]:
             with contextlib.suppress(OSError):
                 held.close()

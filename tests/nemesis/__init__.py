@@ -1,0 +1,1 @@
+"""A Jepsen-style nemesis: real nodes, seeded faults, a workload witnessed from outside, a checker."""
