@@ -25,7 +25,7 @@ from workers.decide import Acquire, Dispatch, Handover
 from workers.errors import StaleEpoch
 from workers.fencing import Fence, record_ticks, reject
 from workers.heartbeat import Beat, run_cycle
-from workers.node import current_identity, current_settings
+from workers.node import beat_stopped, current_identity, current_settings
 from workers.routing import (
     HANDLE_FILES,
     HEARTBEAT,
@@ -92,6 +92,8 @@ def heartbeat(
         return "dropped"
     if expired(settings, me):
         return "expired"
+    if beat_stopped(me.incarnation):
+        return "dropped: the beat stopped"
     transport = CeleryTransport(me.name, settings.heartbeat_interval)
     decision = run_cycle(settings, me, transport, Beat(tick, broker_round_trip_ms, broker_server))
     log.debug("node %s: %s", me.name, decision.verdict)
@@ -103,6 +105,9 @@ def takeover(service: str, from_node: str | None, epoch: int, reason: str, why: 
     """Invariant 2: move `service` to this node under the row lock, if the facts still hold."""
     settings = current_settings()
     me = current_identity()
+    if beat_stopped(me.incarnation):
+        log.warning("node %s: did not take %s: its beat stopped", me.name, service)
+        return "refused: its beat stopped"
     action = Acquire(service, from_node, epoch, reason, why)
     with transaction(settings) as connection:
         refusal = store.acquire(connection, me, action, f"node {me.name}", settings.policy())
@@ -129,6 +134,12 @@ def manual_failover(service: str, actor: str, why: str) -> dict[str, Any]:
     me = current_identity()
     if expired(settings, me):
         return {"service": service, "node": me.name, "epoch": None, "refusal": "expired unused"}
+    if beat_stopped(me.incarnation):
+        stopped = "its beat stopped: the node is exiting to be restarted"
+        log.warning(
+            "node %s: refused to take %s (asked by %s): %s", me.name, service, actor, stopped
+        )
+        return {"service": service, "node": me.name, "epoch": None, "refusal": stopped}
     with transaction(settings) as connection:
         refusal, epoch = store.move_here(connection, me, service, actor, why)
     if refusal:
