@@ -7,7 +7,7 @@
 - `failover.service_work`: the work of every service this node owns, one message per beat:
   a fenced, observable tick of each, then each one's work through `workers.services` (the
   folder monitor's scan dispatches `failover.handle_files` batches, the script runner's due
-  runs `failover.scheduled_run`, a custom service calls its handler);
+  runs `failover.scheduled_run`, a custom service's turn `failover.custom_run`);
   `failover.run_script` runs a script on demand.
 """
 
@@ -27,6 +27,7 @@ from workers.fencing import Fence, record_ticks, reject
 from workers.heartbeat import Beat, run_cycle
 from workers.node import beat_stopped, current_identity, current_settings
 from workers.routing import (
+    CUSTOM_RUN,
     HANDLE_FILES,
     HEARTBEAT,
     MANUAL_FAILOVER,
@@ -41,6 +42,7 @@ from workers.routing import (
     send_to_queue,
 )
 from workers.services.builtin import batch_sender
+from workers.services.custom import CustomService
 from workers.settings import Settings
 from workers.store import Identity
 
@@ -263,3 +265,17 @@ def run_script(name: str, epoch: int) -> dict[str, Any]:
     except StaleEpoch as refusal:
         reject(settings, fence, refusal)
         return {"run": None, "status": "refused", "exit_code": None, "output_tail": str(refusal)}
+
+
+@app.task(name=CUSTOM_RUN, ignore_result=True)
+def custom_run(service: str, epoch: int) -> str:
+    """One run of a custom service's handler, in a child process cut at its timeout, beside
+    the service work (a hung handler holds neither it nor the other services)."""
+    settings = current_settings()
+    me = current_identity()
+    if expired(settings, me):
+        return "expired"
+    custom = services.services_for(settings).get(service)
+    if not isinstance(custom, CustomService):
+        return "not a custom service here"
+    return custom.run(settings, Fence(service, me, epoch))
