@@ -1,5 +1,5 @@
 """Each node's own beat schedule: only its heartbeat, on its own queue, at its own phase."""
 
-from beat_schedule.stagger import Staggered, build_schedule, stagger_phase
+from beat_schedule.stagger import SlotTimer, Staggered, build_schedule, stagger_phase
 
-__all__ = ["Staggered", "build_schedule", "stagger_phase"]
+__all__ = ["SlotTimer", "Staggered", "build_schedule", "stagger_phase"]

@@ -6,6 +6,10 @@ sent once after a gap rather than replayed, so there is nothing worth persisting
 Each heartbeat it sends carries its scheduled tick and how long the previous publish took
 (one broker round trip), and none is sent while the previous one still waits in the
 node's queue: a node that falls behind skips beats instead of queueing expired ones.
+
+Every wait is measured on the monotonic clock (`SlotTimer`); the wall clock only places the
+slots. Celery's own scheduler keeps wall-clock due times, so a step back of S seconds would
+silence the heartbeats for about S and let the peers take over a healthy owner.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ import time
 from typing import Any
 
 from celery.beat import ScheduleEntry, Scheduler
-from celery.schedules import schedstate
 
-from beat_schedule.stagger import Staggered, build_schedule
+from beat_schedule.clock import wall_time
+from beat_schedule.stagger import SlotTimer, Staggered, build_schedule
 from workers import backlog, local_state
 from workers.routing import HEARTBEAT, WAITING_MAX_AGE
 
@@ -50,6 +54,7 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
     broker_round_trip_ms: float | None = None
     broker_server: str | None = None
     publish_failed = False
+    late_s = 0.0
 
     def setup_schedule(self) -> None:
         from workers.node import current_identity, current_settings
@@ -57,7 +62,37 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
         me = current_identity()
         interval = current_settings().heartbeat_interval
         self.incarnation = me.incarnation
+        self.timers: dict[str, SlotTimer] = {}
         self.merge_inplace(build_schedule(me.name, me.incarnation, interval))
+
+    def tick(self, *_: Any, **__: Any) -> float:
+        """Send each heartbeat whose slot has come; return how long to sleep before the next
+        look. Both measured on the monotonic clock, so a wall-clock step changes nothing."""
+        for entry in self.schedule.values():
+            timer = self._timer(entry)
+            left = timer.left(time.monotonic())
+            if left <= 0:
+                self.late_s = -left
+                self.apply_entry(entry, producer=self.producer)
+                self._rearm(timer)
+        waits = [timer.left(time.monotonic()) for timer in self.timers.values()]
+        return max(0.0, min([float(self.max_interval), *waits]))
+
+    def _timer(self, entry: ScheduleEntry) -> SlotTimer:
+        timer = self.timers.get(entry.name)
+        if timer is None:
+            timer = self.timers[entry.name] = SlotTimer(
+                entry.schedule, wall_time(), time.monotonic()
+            )
+        return timer
+
+    def _rearm(self, timer: SlotTimer) -> None:
+        """Due at the next slot, or soon after a failed publish (the broker is failing over):
+        a node that waited for its next slot would renew up to an interval later than it could."""
+        if self.publish_failed:
+            timer.retry(time.monotonic(), RETRY_FAILED_PUBLISH)
+        else:
+            timer.next_slot(wall_time(), time.monotonic())
 
     def apply_async(
         self, entry: ScheduleEntry, producer: Any = None, advance: bool = True, **kwargs: Any
@@ -72,7 +107,7 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
         if not backlog.may_send(self.app, self.incarnation, HEARTBEAT, queue, max_age):
             return None
         entry.kwargs = {
-            "tick": schedule.last_slot(time.time()),
+            "tick": time.time() - self.late_s,
             "broker_round_trip_ms": self.broker_round_trip_ms,
             "broker_server": self.broker_server,
         }
@@ -87,28 +122,6 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
         self.broker_round_trip_ms = (time.perf_counter() - started) * 1000
         self.broker_server = broker_server(self.connection)
         return result
-
-    def is_due(self, entry: ScheduleEntry) -> Any:
-        """A heartbeat whose last publish failed is due again at once (see `_when`)."""
-        if self.publish_failed and isinstance(entry.schedule, Staggered):
-            return schedstate(True, RETRY_FAILED_PUBLISH)
-        return super().is_due(entry)
-
-    def _when(self, entry: ScheduleEntry, next_time_to_run: float, *args: Any) -> float:
-        """When a heartbeat is next due: its next slot, not "now + delay".
-
-        Celery's beat puts the next run at the time it finished publishing plus the delay it
-        computed before publishing, so every beat lands late by one publish, one broker
-        round trip (150 ms for a far node). The staggered slots are absolute: use them.
-        After a failed publish (the broker is failing over) the next try is sooner: a node
-        that waited for its next slot would renew up to an interval later than it could.
-        """
-        schedule = entry.schedule
-        if isinstance(schedule, Staggered) and next_time_to_run:
-            if self.publish_failed:
-                return time.time() + RETRY_FAILED_PUBLISH
-            return schedule.next_slot(time.time())
-        return super()._when(entry, next_time_to_run, *args)  # type: ignore[no-any-return]
 
     def sync(self) -> None:
         """Nothing to save: the schedule is rebuilt from settings at every start."""

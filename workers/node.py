@@ -11,7 +11,10 @@
 
 The beat is a thread of the worker's main process, not a child process: it cannot outlive
 the node it beats for (a SIGKILL of the worker takes it along), and no second process per
-node needs supervising.
+node needs supervising. Nor can the node outlive its beat: a beat that ends while the worker
+is not stopping (an exception) releases the node's services and stops the worker with exit
+code 1, so that systemd restarts it; meanwhile the node refuses heartbeats, takeovers and
+moves (`beat_stopped`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 from functools import cache
 from typing import Any
 
@@ -182,10 +186,6 @@ class NodeLifecycle(bootsteps.StartStopStep):  # type: ignore[misc]
                 queues.select_add(queue)
 
     def start(self, worker: Any) -> None:
-        from celery.beat import EmbeddedService
-
-        from beat_schedule.scheduler import NodeScheduler
-
         settings, me = current_settings(), current_identity()
         try:
             register_birth(settings, me)
@@ -193,7 +193,7 @@ class NodeLifecycle(bootsteps.StartStopStep):  # type: ignore[misc]
             log.critical("node %s: cannot start: %s", me.name, error)
             raise SystemExit(error.exit_code) from None
         _running.append((worker.app, settings, me))
-        self.beat = EmbeddedService(worker.app, thread=True, scheduler_cls=NodeScheduler)
+        self.beat = NodeBeat(worker.app)
         self.beat.start()
 
     def stop(self, worker: Any) -> None:
@@ -203,6 +203,62 @@ class NodeLifecycle(bootsteps.StartStopStep):  # type: ignore[misc]
 
 
 _running: list[tuple[Any, Settings, Identity]] = []
+BEAT_STOPPED = "beat_stopped"
+EXIT_BEAT_LOST = 1
+
+
+class NodeBeat(threading.Thread):
+    """The node's beat, as a thread of the worker's main process (Celery's embedded beat,
+    with the node's scheduler); if it ends before `stop`, the node goes down with it."""
+
+    def __init__(self, app: Any) -> None:
+        from celery.beat import Service
+
+        from beat_schedule.scheduler import NodeScheduler
+
+        super().__init__(name="Beat", daemon=True)
+        self.app = app
+        self.service = Service(
+            app, max_interval=1, scheduler_cls=NodeScheduler, remote_control=False
+        )
+        self.stopping = False
+
+    def run(self) -> None:
+        self.app.set_current()
+        why = "it returned"
+        try:
+            self.service.start()
+        except BaseException as error:
+            why = f"{type(error).__name__}: {error}"
+        if not self.stopping:
+            beat_lost(why)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.service.stop(wait=True)
+
+
+def beat_lost(why: str) -> None:
+    """The beat died: nothing renews the lease any more. Refuse work that needs one, release
+    the services at once, and stop the worker with a failure code (systemd restarts it)."""
+    from celery.worker import state
+
+    me = current_identity()
+    log.critical(
+        "node %s: its beat stopped (%s): releasing its services and exiting with code %d, "
+        "to be restarted",
+        me.name,
+        why,
+        EXIT_BEAT_LOST,
+    )
+    local_state.remember(me.incarnation, BEAT_STOPPED, 1.0)
+    _release_on_shutdown()
+    state.should_stop = EXIT_BEAT_LOST
+
+
+def beat_stopped(incarnation: str) -> bool:
+    """Whether this incarnation's beat died: it is exiting and must take nothing on."""
+    return local_state.recall(incarnation, BEAT_STOPPED) is not None
 
 
 def _release_on_shutdown(**_: Any) -> None:

@@ -34,6 +34,7 @@ SERVICE_WORK = "failover.service_work"
 HANDLE_FILES = "failover.handle_files"
 SCHEDULED_RUN = "failover.scheduled_run"
 RUN_SCRIPT = "failover.run_script"
+CUSTOM_RUN = "failover.custom_run"
 
 
 # A node sends no heartbeat or service work while the previous one still waits in its queue,

@@ -35,6 +35,8 @@ BUILTIN_SERVICES = ("folder_monitor", "app_script")
 SERVICE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 HANDLER_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 ENTRY_POINT_GROUP = "celery_failover.services"
+DEFAULT_SERVICE_TIMEOUT = 60.0
+"""Seconds a custom service's handler may run before it is cut (`[services.<name>] timeout`)."""
 
 WINDOW_PATTERN = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 MASK = "***"
@@ -167,6 +169,7 @@ class ServiceSettings(BaseModel):
 
     handler: str | None = None
     interval: float | None = Field(default=None, gt=0)
+    timeout: float = Field(default=DEFAULT_SERVICE_TIMEOUT, gt=0)
 
     @field_validator("handler")
     @classmethod

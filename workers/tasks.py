@@ -7,7 +7,7 @@
 - `failover.service_work`: the work of every service this node owns, one message per beat:
   a fenced, observable tick of each, then each one's work through `workers.services` (the
   folder monitor's scan dispatches `failover.handle_files` batches, the script runner's due
-  runs `failover.scheduled_run`, a custom service calls its handler);
+  runs `failover.scheduled_run`, a custom service's turn `failover.custom_run`);
   `failover.run_script` runs a script on demand.
 """
 
@@ -34,8 +34,9 @@ from workers.decide import Acquire, Dispatch, Handover
 from workers.errors import StaleEpoch
 from workers.fencing import Fence, record_ticks, reject
 from workers.heartbeat import Beat, run_cycle
-from workers.node import current_identity, current_settings
+from workers.node import beat_stopped, current_identity, current_settings
 from workers.routing import (
+    CUSTOM_RUN,
     HANDLE_FILES,
     HEARTBEAT,
     MANUAL_FAILOVER,
@@ -50,6 +51,7 @@ from workers.routing import (
     send_to_queue,
 )
 from workers.services.builtin import batch_sender
+from workers.services.custom import CustomService
 from workers.settings import Settings
 from workers.store import Identity
 
@@ -101,6 +103,8 @@ def heartbeat(
         return "dropped"
     if expired(settings, me):
         return "expired"
+    if beat_stopped(me.incarnation):
+        return "dropped: the beat stopped"
     transport = CeleryTransport(me.name, settings.heartbeat_interval)
     decision = run_cycle(settings, me, transport, Beat(tick, broker_round_trip_ms, broker_server))
     log.debug("node %s: %s", me.name, decision.verdict)
@@ -112,6 +116,9 @@ def takeover(service: str, from_node: str | None, epoch: int, reason: str, why: 
     """Invariant 2: move `service` to this node under the row lock, if the facts still hold."""
     settings = current_settings()
     me = current_identity()
+    if beat_stopped(me.incarnation):
+        log.warning("node %s: did not take %s: its beat stopped", me.name, service)
+        return "refused: its beat stopped"
     action = Acquire(service, from_node, epoch, reason, why)
     with transaction(settings) as connection:
         refusal = store.acquire(connection, me, action, f"node {me.name}", settings.policy())
@@ -139,6 +146,12 @@ def manual_failover(service: str, actor: str, why: str) -> dict[str, Any]:
     me = current_identity()
     if expired(settings, me):
         return {"service": service, "node": me.name, "epoch": None, "refusal": "expired unused"}
+    if beat_stopped(me.incarnation):
+        stopped = "its beat stopped: the node is exiting to be restarted"
+        log.warning(
+            "node %s: refused to take %s (asked by %s): %s", me.name, service, actor, stopped
+        )
+        return {"service": service, "node": me.name, "epoch": None, "refusal": stopped}
     with transaction(settings) as connection:
         refusal, epoch = store.move_here(connection, me, service, actor, why)
     if refusal:
@@ -263,3 +276,17 @@ def run_script(name: str, epoch: int) -> dict[str, Any]:
     except StaleEpoch as refusal:
         reject(settings, fence, refusal)
         return {"run": None, "status": "refused", "exit_code": None, "output_tail": str(refusal)}
+
+
+@app.task(name=CUSTOM_RUN, ignore_result=True)
+def custom_run(service: str, epoch: int) -> str:
+    """One run of a custom service's handler, in a child process cut at its timeout, beside
+    the service work (a hung handler holds neither it nor the other services)."""
+    settings = current_settings()
+    me = current_identity()
+    if expired(settings, me):
+        return "expired"
+    custom = services.services_for(settings).get(service)
+    if not isinstance(custom, CustomService):
+        return "not a custom service here"
+    return custom.run(settings, Fence(service, me, epoch))

@@ -6,6 +6,13 @@ at once on a node, the handler is called as `handler(fence)`. `fence.transaction
 transaction open only while this node owns the service at `fence.epoch`: what the handler
 writes there commits under the epoch or not at all. An entry point may instead name an
 object implementing `SingletonService`, which is then called like a built-in.
+
+A handler does not run inside the service work: its turn is a `failover.custom_run` task on
+the owner's own queue, which runs it in a child process of its own (a process group, with
+its own database connections), killed at its `timeout` or as soon as the node may no longer
+act for the service (`local_fence.lost`). Python code in a thread cannot be stopped; a
+process can. So a hung handler costs its own runs, never the scans and scripts beside it,
+and a turn that comes while the previous run still goes is skipped, with a warning.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,11 +30,14 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from workers import local_state
+from workers import local_fence, local_state
+from workers.database import forget_inherited_engines
 from workers.errors import ConfigError, StaleEpoch
 from workers.fencing import Fence, fenced, reject
+from workers.routing import CUSTOM_RUN, WAITING_MAX_AGE
 from workers.services.base import Gauge, Row, Section, Sender, SingletonService
-from workers.settings import Settings
+from workers.settings import DEFAULT_SERVICE_TIMEOUT, Settings
+from workers.supervision import Ending, Forked, supervise
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +133,18 @@ class CustomService:
     section: Section | None = CUSTOM
 
     def __init__(
-        self, name: str, spec: str, interval: float | None, loader: Callable[[], Any]
+        self,
+        name: str,
+        spec: str,
+        interval: float | None,
+        loader: Callable[[], Any],
+        timeout: float = DEFAULT_SERVICE_TIMEOUT,
     ) -> None:
         self.name = name
         self.spec = spec
         self.interval = interval
+        self.timeout = timeout
+        self.kind = f"service.{name}"
         self._loader = loader
         self._target: Any = None
 
@@ -156,33 +175,114 @@ class CustomService:
             service.adopt(settings, fence)
 
     def work(self, settings: Settings, fence: Fence, send: Sender) -> Any:
-        """Call the handler if its turn has come and it is not already running on this node."""
-        incarnation = fence.me.incarnation
-        kind = f"service.{self.name}"
-        with local_state.alone(incarnation, kind) as alone:
-            if not alone or not local_state.take_turn(incarnation, kind, self.interval):
-                return None
-            return self._call(settings, fence, send)
+        """In the service work: a service object works here, like a built-in; a handler's
+        turn is sent to this node's own queue (`failover.custom_run`), to run beside it."""
+        if self._object() is not None:
+            return self._work_inline(settings, fence, send)
+        return self._send_turn(settings, fence, send)
 
-    def _call(self, settings: Settings, fence: Fence, send: Sender) -> Any:
+    def _work_inline(self, settings: Settings, fence: Fence, send: Sender) -> Any:
+        """A service object's work, at its turn, never twice at once on a node."""
         service = self._object()
-        try:
-            if service is not None:
+        incarnation = fence.me.incarnation
+        with local_state.alone(incarnation, self.kind) as alone:
+            if service is None or not alone:
+                return None
+            if not local_state.take_turn(incarnation, self.kind, self.interval):
+                return None
+            try:
                 return service.work(settings, fence, send)
-            return self.target()(ServiceFence.of(settings, fence))
+            except StaleEpoch:
+                raise
+            except Exception as error:
+                self._log_failure(fence, error)
+                return f"failed: {type(error).__name__}"
+
+    def _send_turn(self, settings: Settings, fence: Fence, send: Sender) -> str | None:
+        """Send the handler's run when its turn has come, unless one waits in the queue;
+        a turn that finds the previous run still going is skipped (and said once per run)."""
+        incarnation = fence.me.incarnation
+        waiting = local_state.waiting_for(incarnation, self.kind)
+        if waiting is not None and waiting < WAITING_MAX_AGE * settings.heartbeat_interval:
+            return None
+        if not local_state.take_turn(incarnation, self.kind, self.interval):
+            return None
+        with local_state.alone(incarnation, self.kind) as free:
+            if not free:
+                self._say_skipped(fence)
+                return "skipped: the previous run still runs"
+        local_state.mark_waiting(incarnation, self.kind)
+        send.to_node(CUSTOM_RUN, (self.name, fence.epoch), settings.heartbeat_interval)
+        return "sent"
+
+    def _say_skipped(self, fence: Fence) -> None:
+        """Warn, once per run, that a turn of the handler was skipped because it still runs."""
+        incarnation = fence.me.incarnation
+        started = local_state.recall(incarnation, f"{self.kind}.run_started")
+        if started is None or local_state.recall(incarnation, f"{self.kind}.skip_said") == started:
+            return
+        local_state.remember(incarnation, f"{self.kind}.skip_said", started)
+        log.warning(
+            "node %s: service %s: skipped a run: the previous one (handler %s, started %.1f s "
+            "ago) still runs; it is cut at its %g s timeout",
+            fence.me.name,
+            self.name,
+            self.spec,
+            time.monotonic() - started,
+            self.timeout,
+        )
+
+    def run(self, settings: Settings, fence: Fence) -> str:
+        """In `failover.custom_run`: the handler in a child process, cut at its timeout or
+        when the node may no longer act for the service; returns how the run ended."""
+        incarnation = fence.me.incarnation
+        local_state.taken(incarnation, self.kind)
+        with local_state.alone(incarnation, self.kind) as free:
+            if not free:
+                return "skipped: the previous run still runs"
+            lost = local_fence.lost(fence)
+            if lost:
+                return f"not started: {lost}"
+            local_state.remember(incarnation, f"{self.kind}.run_started", time.monotonic())
+            ending = self._run_child(settings, fence)
+        return _verdict(ending)
+
+    def _run_child(self, settings: Settings, fence: Fence) -> Ending:
+        deadline = time.monotonic() + self.timeout
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child process
+            code = 70
+            try:
+                os.setsid()
+                forget_inherited_engines()
+                code = self._call_handler(settings, fence)
+            finally:
+                os._exit(code)
+        what = f"the handler {self.spec} of service {self.name} (timeout {self.timeout:g} s)"
+        return supervise(Forked(pid), what, fence, lambda: deadline)
+
+    def _call_handler(self, settings: Settings, fence: Fence) -> int:
+        """The handler's call, in the child: its exit code (a refused write is already logged
+        and counted by the fence; a failure is logged here)."""
+        try:
+            self.target()(ServiceFence.of(settings, fence))
         except StaleEpoch:
-            raise
+            return 3
         except Exception as error:
-            log.error(
-                "node %s: service %s: handler %s failed: %s: %s",
-                fence.me.name,
-                self.name,
-                self.spec,
-                type(error).__name__,
-                error,
-                exc_info=True,
-            )
-            return f"failed: {type(error).__name__}"
+            self._log_failure(fence, error)
+            return 1
+        return 0
+
+    def _log_failure(self, fence: Fence, error: Exception) -> None:
+        log.error(
+            "node %s: service %s: handler %s failed: %s: %s",
+            fence.me.name,
+            self.name,
+            self.spec,
+            type(error).__name__,
+            error,
+            exc_info=True,
+        )
 
     def status(self, connection: Connection, settings: Settings) -> list[Row]:
         ticks = connection.execute(text(TICKS_SQL), {"service": self.name}).first()
@@ -196,3 +296,12 @@ class CustomService:
                 "last_tick_at": last.isoformat() if last else None,
             }
         ]
+
+
+def _verdict(ending: Ending) -> str:
+    """How a handler's run ended, in a word or a reason."""
+    if ending.timed_out:
+        return "cut at its timeout"
+    if ending.killed_for:
+        return f"cut: {ending.killed_for}"
+    return {0: "done", 1: "failed", 3: "refused"}.get(ending.code or 0, f"exit {ending.code}")

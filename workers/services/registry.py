@@ -21,7 +21,12 @@ from workers.fencing import Fence
 from workers.services.base import Row, Section, Sender, SingletonService
 from workers.services.builtin import FOLDERS, SCRIPTS, AppScriptService, FolderMonitorService
 from workers.services.custom import CUSTOM, CustomService, load_spec
-from workers.settings import BUILTIN_SERVICES, ENTRY_POINT_GROUP, Settings
+from workers.settings import (
+    BUILTIN_SERVICES,
+    DEFAULT_SERVICE_TIMEOUT,
+    ENTRY_POINT_GROUP,
+    Settings,
+)
 from workers.tables import service_status as services_t
 
 log = logging.getLogger(__name__)
@@ -48,13 +53,14 @@ def _custom(settings: Settings) -> dict[str, SingletonService]:
             continue
         declared = settings.services.get(name)
         interval = declared.interval if declared else None
+        timeout = declared.timeout if declared else DEFAULT_SERVICE_TIMEOUT
         if declared and declared.handler:
             loader = partial(load_spec, name, declared.handler)
-            custom[name] = CustomService(name, declared.handler, interval, loader)
+            custom[name] = CustomService(name, declared.handler, interval, loader, timeout)
         elif name in found:
             entry = found[name]
             loader = partial(_load_entry_point, name, entry)
-            custom[name] = CustomService(name, entry.value, interval, loader)
+            custom[name] = CustomService(name, entry.value, interval, loader, timeout)
         else:
             raise ConfigError(
                 f'service {name}: no handler (set handler = "package.module:function", '
