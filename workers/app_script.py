@@ -333,8 +333,14 @@ def take_due_runs(
 
 def run_now(settings: Settings, name: str, fence: Fence) -> dict[str, Any]:
     """An on-demand run (trigger `manual`), refused before it starts if the fence fails."""
-    settings.script(name)
+    script = settings.script(name)
     with fenced(settings, fence) as connection:
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext('app_script:' || :n))"), {"n": name}
+        )
+        if _running(connection, name, fence, script.timeout + settings.lease_timeout):
+            why = f"a run of {name} is still in progress (see failover history)"
+            return {"run": None, "status": "refused", "exit_code": None, "output_tail": why}
         run_id = record_start(connection, name, fence, "manual", None)
     result = run_recorded(settings, name, fence, run_id)
     return {

@@ -503,12 +503,25 @@ def _report_refusals(
 def set_aside(fence: Fence, folder: HotFolderSettings, unusable: list[tuple[str, str]]) -> None:
     """Move files that cannot be taken by their name into failed/ (their refusal recorded)."""
     for name, _why in unusable:
-        target = folder.failed / name
-        if target.exists():
-            continue
         folder.failed.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(folder.path / name, target)
+        for target in _free_names(folder.failed, name):
+            try:
+                os.link(folder.path / name, target, follow_symlinks=False)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                break
+            except OSError:  # the name with a suffix is too long: the next is shorter
+                continue
+            os.unlink(folder.path / name)
+            break
+
+
+def _free_names(directory: Path, name: str) -> list[Path]:
+    """Where a refused file may go in failed/: its name, then with a suffix, then a short
+    name of its own (a refused name may already be taken there, or be too long to extend)."""
+    suffixed = [directory / f"{name}.{number}" for number in range(1, 10)]
+    return [directory / name, *suffixed, directory / f"refused-{uuid.uuid4().hex}"]
 
 
 def _undo_changed(

@@ -237,3 +237,45 @@ def test_a_batch_that_cannot_run_records_its_files_untried_and_frees_them(settin
     # Then its marks are cleared at once, not held until the stuck rule (hours)
     (row,) = ledger(settings)
     assert (row.state, row.handler, row.attempts) == ("processing", None, 0)
+
+
+def test_a_refused_name_already_in_failed_still_leaves_the_hot_folder(settings, tmp_path):
+    # Given a name that cannot be taken (too long for the processing area), and a file of
+    # that name already set aside in failed/ by an earlier arrival
+    inbox = tmp_path / "inbox"
+    (inbox / "failed").mkdir(parents=True)
+    long_name = "l" * 240 + ".dat"
+    (inbox / "failed" / long_name).write_text("earlier")
+    (inbox / long_name).write_text("again")
+    settings = with_folder(settings, inbox)
+    me = add_node(settings, "a", lease=30.0)
+    from tests.support.registry import give
+
+    fence = Fence(FOLDER, me, give(settings, FOLDER, "a"))
+    # When the owner scans
+    scan(settings, fence)
+    # Then the new one is set aside too (beside the earlier one), not left for ever
+    assert not (inbox / long_name).exists()
+    kept = sorted(p.read_text() for p in (inbox / "failed").iterdir())
+    assert kept == ["again", "earlier"]
+
+
+def test_a_manual_run_is_refused_while_a_run_of_the_script_is_in_progress(settings, tmp_path):
+    # Given a script with a run in progress on its owner
+    script = {"argv": [sys.executable, "-c", "print('ran')"], "timeout": 30}
+    settings = settings.model_copy(
+        update={"scripts": {"report": app_script.ScriptSettings(**script)}}
+    )
+    me = add_node(settings, "a", lease=30.0)
+    from tests.support.registry import give
+
+    fence = Fence("app_script", me, give(settings, "app_script", "a"))
+    with transaction(settings) as connection:
+        app_script.record_start(connection, "report", fence, "schedule", None)
+    # When an operator asks for a run now, Then it is refused, and nothing is recorded
+    outcome = app_script.run_now(settings, "report", fence)
+    assert outcome["status"] == "refused"
+    assert "in progress" in outcome["output_tail"]
+    with transaction(settings) as connection:
+        runs = connection.execute(text("SELECT count(*) FROM script_run")).scalar_one()
+    assert runs == 1

@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -37,7 +37,7 @@ from workers.fencing import Fence, fenced, reject
 from workers.routing import CUSTOM_RUN, WAITING_MAX_AGE
 from workers.services.base import Gauge, Row, Section, Sender, SingletonService
 from workers.settings import DEFAULT_SERVICE_TIMEOUT, Settings
-from workers.supervision import Ending, Forked, supervise
+from workers.supervision import Ending, Forked, Watch, die_with_parent, guarded, supervise
 
 log = logging.getLogger(__name__)
 
@@ -248,18 +248,26 @@ class CustomService:
         return _verdict(ending)
 
     def _run_child(self, settings: Settings, fence: Fence) -> Ending:
+        """The handler in a child below a guard (`supervision.guarded`): cut at its timeout,
+        when the fence is lost, or when the node's worker dies."""
         deadline = time.monotonic() + self.timeout
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child process
-            code = 70
-            try:
-                os.setsid()
-                forget_inherited_engines()
-                code = self._call_handler(settings, fence)
-            finally:
-                os._exit(code)
         what = f"the handler {self.spec} of service {self.name} (timeout {self.timeout:g} s)"
-        return supervise(Forked(pid), what, fence, lambda: deadline)
+
+        def in_guard(watch: Watch) -> dict[str, object]:
+            guard = os.getpid()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child process
+                code = 70
+                try:
+                    die_with_parent(guard)
+                    forget_inherited_engines()
+                    code = self._call_handler(settings, fence)
+                finally:
+                    os._exit(code)
+            return asdict(supervise(Forked(pid), what, fence, lambda: deadline, watch=watch))
+
+        result = guarded(in_guard, what)
+        return Ending(**result) if result else Ending(None, "its guard process died")
 
     def _call_handler(self, settings: Settings, fence: Fence) -> int:
         """The handler's call, in the child: its exit code (a refused write is already logged
