@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.cluster import Cluster, wait_until
 from tests.support.flower import flower, workers_listed
-from tests.support.handlers import handled
+from tests.support.handlers import handled, spans
 from tests.support.pgbouncer import BINARY as PGBOUNCER
 from tests.support.pgbouncer import running_pgbouncer
 from tests.support.proxy import FaultProxy
@@ -41,6 +41,7 @@ TIMING = {
 NAMES = ["a", "b", "c"]
 SERVICES = {"folder_monitor", "app_script"}
 FILES = 300
+FEW = 12
 
 
 def config(tmp_path: Path, inbox: Path) -> Path:
@@ -278,7 +279,17 @@ def test_asynchronous_standby_missing_a_move_is_the_truth_and_the_lost_claims_ar
 ):
     pair, url = pair_database
     inbox = tmp_path / "inbox"
-    cluster = cluster_on(tmp_path, url, broker_url, TEST_HANDLER_SECONDS="0.3")
+    cluster = cluster_on(
+        tmp_path,
+        url,
+        broker_url,
+        TEST_HANDLER_SECONDS="2",
+        TEST_SPAN_LOG=str(tmp_path / "spans.log"),
+    )
+    # A long handler that holds a lock while it, or the child it starts, lives: a run that
+    # starts while b's is still alive logs `overlap`
+    path = tmp_path / "failover.toml"
+    path.write_text(path.read_text().replace("handlers:slow", "handlers:held_span"))
     try:
         # Given three nodes, a owning both services, and a standby that has stopped
         # receiving WAL (asynchronous replication, behind)
@@ -294,8 +305,8 @@ def test_asynchronous_standby_missing_a_move_is_the_truth_and_the_lost_claims_ar
         # and then the primary dies and the standby that saw none of it is promoted
         moved = cluster.cli("move", "folder_monitor", "--to", "b")
         assert moved.returncode == 0, moved.stderr
-        write_files(inbox, 40, 0.2)
-        wait_until(lambda: in_processing(inbox) >= 5, 30, "b to claim files")
+        write_files(inbox, FEW, 0.2)
+        wait_until(lambda: spans(tmp_path / "spans.log")["start"], 30, "b to start a handler")
         pair.kill_primary()
         pair.promote_standby()
         # Then the database is the truth: a owns folder_monitor at epoch 1 again, b says
@@ -306,9 +317,12 @@ def test_asynchronous_standby_missing_a_move_is_the_truth_and_the_lost_claims_ar
         wait_until(lambda: "database is behind" in cluster.running("b").log(), 30, "b to notice")
         # And every file ends processed: those whose claims were lost are put back into the
         # hot folder by a, counted, and handled again
-        wait_processed(cluster, inbox, 40)
+        wait_processed(cluster, inbox, FEW)
         counts = handled(tmp_path / "handled.log")
-        assert set(counts) == {f"doc-{i:04}.dat" for i in range(40)}
+        assert set(counts) == {f"doc-{i:04}.dat" for i in range(FEW)}
+        # And b's handlers, fenced at the epoch the database forgot, were stopped before a
+        # started any of their files again
+        assert spans(tmp_path / "spans.log")["overlap"] == []
         restored = cluster.node_row("a").restored_files
         assert restored > 0
         assert cluster.running("b").log().count("database is behind") == 1
