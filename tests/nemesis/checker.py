@@ -3,7 +3,9 @@
 Violations it looks for (each with the monotonic moment it is seen at, for the window):
 - `overlap`: a run of a file or a script started while an earlier one held its lock;
 - `interval`: two lock-held intervals of one subject overlap (start to end);
-- `rerun`: a file run again after a run of it ended (only a run cut short may run again);
+- `rerun`: a file run again after a run of it ended, unless the node killed the process
+  that ran it (the batch child, its parent) before it saw the return: a kill is logged by
+  the node with that pid, and a handler that ends just as its batch is cut is cut short;
 - `lost`: a file fed that is not processed (in processed/ and state 'processed'), or left
   open (seen, claimed, processing) or failed;
 - `tick`: a service tick recorded by a node that did not own the service at that epoch;
@@ -15,6 +17,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,24 +103,44 @@ def interval_overlaps(found: dict[tuple[str, str], list[dict[str, Any]]]) -> lis
     return violations
 
 
+KILLED = re.compile(r"killed .*\(pid (\d+)\): ")
+
+
+def killed_pids(logs: list[Path]) -> set[int]:
+    """The processes the nodes say they killed (`killed <what> (pid N): <why>`)."""
+    found = set()
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines():
+            match = KILLED.search(line)
+            if match:
+                found.add(int(match.group(1)))
+    return found
+
+
 def reruns(
-    found: dict[tuple[str, str], list[dict[str, Any]]], overlapped: set[int]
+    found: dict[tuple[str, str], list[dict[str, Any]]],
+    overlapped: set[int],
+    killed: Collection[int] = (),
 ) -> list[Violation]:
     """A file's run that started after an earlier run of it had ended (unless it is a run
-    that waited on an overlap, already reported as one)."""
+    that waited on an overlap, already reported as one, or the earlier run's batch was
+    killed before its return was seen)."""
     violations = []
     for (kind, key), subject_runs in found.items():
         if kind != "handler":
             continue
         for earlier, later in itertools.pairwise(subject_runs):
-            if earlier["end"] is not None and later["pid"] not in overlapped:
+            cut = earlier.get("parent") in killed
+            if earlier["end"] is not None and later["pid"] not in overlapped and not cut:
                 detail = f"pid {later['pid']} on {later['node']} after pid {earlier['pid']} ended"
                 violations.append(Violation("rerun", key, detail, later["mono"]))
     return violations
 
 
-def lost_files(fed: list[str], inbox: Path, facts: Facts) -> list[Violation]:
-    """Files fed that did not end processed, on disk and in the ledger."""
+def lost_files(fed: list[str], inbox: Path, facts: Facts, lossy: bool = False) -> list[Violation]:
+    """Files fed that did not end processed, on disk and in the ledger. After a promotion
+    of an asynchronous standby (`lossy`), a processed file may have no ledger row: the
+    database lost its last commits, as the README says it may; the file is still one."""
     # `<name>.<id>` is a second arrival of `<name>` landing beside the first
     processed = {re.sub(r"\.\d+$", "", p.name) for p in (inbox / "processed").glob("*")}
     states: dict[str, list[str]] = defaultdict(list)
@@ -127,7 +150,7 @@ def lost_files(fed: list[str], inbox: Path, facts: Facts) -> list[Violation]:
     for name in fed:
         if name not in processed:
             violations.append(Violation("lost", name, "not in processed/"))
-        if "processed" not in states[name]:
+        if "processed" not in states[name] and not (lossy and not states[name]):
             violations.append(Violation("lost", name, f"ledger states {states[name]}"))
         open_states = [s for s in states[name] if s in ("seen", "claimed", "processing", "failed")]
         if open_states:
@@ -160,15 +183,21 @@ def double_slots(facts: Facts) -> list[Violation]:
 
 
 def check(
-    history: list[dict[str, Any]], fed: list[str], inbox: Path, facts: Facts
+    history: list[dict[str, Any]],
+    fed: list[str],
+    inbox: Path,
+    facts: Facts,
+    killed: Collection[int] = (),
+    lossy: bool = False,
 ) -> list[Violation]:
-    """Every violation found in the history and the database."""
+    """Every violation found in the history and the database (`killed`: the pids the
+    nodes logged killing; `lossy`: a promotion may have lost the ledger's last commits)."""
     found = runs(history)
     return [
         *overlaps(history),
         *interval_overlaps(found),
-        *reruns(found, {e["pid"] for e in history if e["event"] == "overlap"}),
-        *lost_files(fed, inbox, facts),
+        *reruns(found, {e["pid"] for e in history if e["event"] == "overlap"}, killed),
+        *lost_files(fed, inbox, facts, lossy),
         *foreign_ticks(facts),
         *double_slots(facts),
     ]

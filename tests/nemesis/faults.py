@@ -160,13 +160,17 @@ class Drain(Fault):
 
 
 @dataclass(frozen=True)
-class BrokerOutage(Fault):
-    """Stand-in for a broker restart on a shared Redis: every node's broker link reset and
-    refused, the test's Redis database flushed (a restart without persistence), restored."""
+class BrokerRestart(Fault):
+    """The broker restarts without persistence: every message is lost, every connection
+    reset. On the nemesis's own Redis, the real thing; on a shared server, a stand-in (every
+    node's broker link reset and refused, the test's database flushed)."""
 
     seconds: float
 
     def apply(self, harness: Harness) -> None:
+        if harness.stores is not None:
+            harness.stores.restart_broker(self.seconds)
+            return
         for link in harness.links.values():
             link.broker.cut()
         redis_client(harness.broker_url).flushdb()
@@ -176,24 +180,43 @@ class BrokerOutage(Fault):
 
 
 @dataclass(frozen=True)
-class FlushDb(Fault):
-    """Redis loses every message: FLUSHDB of the test's database (FLUSHALL would reach the
-    other databases of a shared server)."""
+class FlushAll(Fault):
+    """Redis loses every message: FLUSHALL of the nemesis's own server (FLUSHDB of the
+    test's database on a shared one, whose other databases are not ours)."""
 
     def apply(self, harness: Harness) -> None:
-        redis_client(harness.broker_url).flushdb()
+        if harness.stores is not None:
+            harness.stores.flushall()
+        else:
+            redis_client(harness.broker_url).flushdb()
 
 
 @dataclass(frozen=True)
-class TerminateBackends(Fault):
-    """Stand-in for a database restart (the harness does not own the server): every
-    backend of the test database is terminated with pg_terminate_backend."""
+class DbRestart(Fault):
+    """The database restarts: the nemesis's own primary stopped (fast) and started again
+    after a second; on a shared server, a stand-in (every backend of the test database
+    terminated)."""
 
     def apply(self, harness: Harness) -> None:
+        if harness.stores is not None:
+            harness.stores.restart_database(1.0)
+            return
         harness.cluster.query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+
+
+@dataclass(frozen=True)
+class Promotion(Fault):
+    """An asynchronous standby, held back for a second of writes, is promoted after the
+    primary crashes: the last writes are lost (only with the nemesis's own stores)."""
+
+    def apply(self, harness: Harness) -> None:
+        if harness.stores is None:
+            harness.notes.append("promotion skipped: the nemesis does not own the database")
+            return
+        harness.stores.promote_without_last_writes(1.0)
 
 
 @dataclass(frozen=True)
@@ -237,15 +260,19 @@ MAKERS = {
     "terminate": lambda rng: Terminate(a_node(rng)),
     "move": lambda rng: Move(rng.choice(SERVICES), rng.choice(NODE_NAMES)),
     "drain": lambda rng: Drain(a_node(rng), round(rng.uniform(1, 4), 1)),
-    "brokeroutage": lambda rng: BrokerOutage(lease_multiple(rng)),
-    "flushdb": lambda rng: FlushDb(),
-    "terminatebackends": lambda rng: TerminateBackends(),
+    "brokerrestart": lambda rng: BrokerRestart(lease_multiple(rng)),
+    "flushall": lambda rng: FlushAll(),
+    "dbrestart": lambda rng: DbRestart(),
     "clockstep": lambda rng: ClockStep(a_node(rng), -30.0, round(rng.uniform(2, 6), 1)),
+    "promotion": lambda rng: Promotion(),
 }  # fmt: skip
 WEIGHTS = {
     "partition": 6, "killmain": 3, "killgroup": 2, "pause": 2, "terminate": 2, "move": 2,
-    "drain": 1, "brokeroutage": 1, "flushdb": 1, "terminatebackends": 1, "clockstep": 1,
+    "drain": 1, "brokerrestart": 1, "flushall": 1, "dbrestart": 1, "clockstep": 1,
 }  # fmt: skip
+"""How often each kind is drawn. `promotion` is not drawn: a run with the nemesis's own
+stores requires one (`OWN_STORES_REQUIRED`), so that the other kinds' draws stay put."""
+OWN_STORES_REQUIRED = ("promotion",)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.nemesis.checker import Violation, check, read_facts, report
-from tests.nemesis.faults import Step, schedule
+from tests.nemesis.checker import Violation, check, killed_pids, read_facts, report
+from tests.nemesis.faults import OWN_STORES_REQUIRED, Step, schedule
 from tests.nemesis.harness import Harness, Workload, read_history
+from tests.nemesis.stores import OwnStores
 
 
 @dataclass
@@ -51,10 +52,15 @@ def run(
     broker_url: str,
     required: tuple[str, ...] = (),
     workload: Workload | None = None,
+    stores: OwnStores | None = None,
 ) -> Outcome:
-    """Run `count` faults drawn from `seed` on a fresh three-node cluster; check it."""
+    """Run `count` faults drawn from `seed` on a fresh three-node cluster; check it. With
+    `stores` (the nemesis's own), the database and broker faults are real and one
+    promotion of an asynchronous standby is among them."""
+    if stores is not None:
+        required = (*required, *OWN_STORES_REQUIRED)
     steps = schedule(seed, count, required)
-    harness = Harness(folder, database_url, broker_url, workload)
+    harness = Harness(folder, database_url, broker_url, workload, stores)
     try:
         harness.start_all()
         apply_schedule(harness, steps)
@@ -69,7 +75,9 @@ def outcome(harness: Harness, seed: int, steps: list[Step]) -> Outcome:
     history = read_history(harness.history)
     facts = read_facts(harness.cluster)
     fed = list(harness.feeder.names)
-    violations = check(history, fed, harness.inbox, facts)
+    killed = killed_pids(sorted(harness.folder.glob("*.log")))
+    lossy = any(step.fault.kind == "promotion" for step in steps)
+    violations = check(history, fed, harness.inbox, facts, killed, lossy)
     starts = sum(1 for e in history if e["event"] == "start" and e["kind"] == "handler")
     return Outcome(
         seed=seed,

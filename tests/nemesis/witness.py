@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
     name, file_id = subject(kind, key)
     event: dict[str, object] = {"kind": kind, "key": name, "node": node, "file_id": file_id}
     descriptor = take_lock(Path(history), Path(locks), event)
-    append(Path(history), event="start", **event)
+    append(Path(history), event="start", parent=os.getppid(), **event)
     child = subprocess.Popen(["sleep", seconds], pass_fds=(descriptor,))
     append(Path(history), event="child", child=child.pid, **event)
     child.wait()

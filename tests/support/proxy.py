@@ -167,6 +167,13 @@ class FaultProxy:
     def restore(self) -> None:
         self._listen()
 
+    def retarget(self, target: tuple[str, int] | str) -> None:
+        """Point at another server (a virtual IP moved to a promoted standby): every open
+        connection is reset, new ones reach `target`."""
+        self.cut()
+        self.target = target
+        self.restore()
+
     def close(self) -> None:
         self._running = False
         self.cut()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from tests.nemesis.checker import Facts, check, report
+from tests.nemesis.checker import Facts, check, killed_pids, report
 from tests.nemesis.faults import schedule
 
 
@@ -77,3 +77,17 @@ def test_a_seed_gives_the_same_schedule_with_the_required_faults():
     assert [str(step) for step in first] == [str(step) for step in again]
     assert {"killmain", "partition"} <= {step.fault.kind for step in first}
     assert len(first) == 12
+
+
+def test_a_rerun_after_a_run_that_ended_as_its_batch_was_killed_is_no_violation(tmp_path):
+    # Given a handler that logged its end as the node killed its batch child (pid 40), and
+    # the file run again by the next owner
+    history = run_events(1, "x", 0.0, 3.0) + run_events(2, "x", 5.0, 9.0)
+    history[0]["parent"] = 40
+    inbox = processed(tmp_path, "x")
+    ledger = facts([("x", "processed")])
+    # Then the re-run is a violation unless the node logged that kill
+    log = tmp_path / "a-0.log"
+    log.write_text("node a: killed the handler of 2 files of inbox (pid 40): its lease ...\n")
+    assert kinds(check(history, ["x"], inbox, ledger)) == ["rerun"]
+    assert check(history, ["x"], inbox, ledger, killed_pids([log])) == []
