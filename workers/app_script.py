@@ -10,6 +10,8 @@ transaction that records the run; slots missed while no node owned the service r
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -26,6 +28,7 @@ from typing import Any
 from croniter import croniter
 from sqlalchemy import Connection, text
 
+from workers import local_fence, local_state
 from workers.children import child_environment
 from workers.database import one_round_trip
 from workers.fencing import Fence, fenced, reject, retrying
@@ -192,6 +195,24 @@ def execute(
     return RunResult(**result)
 
 
+ALIVE_HERE = "(not started: a run of this script is still alive on this node)"
+
+
+def _alone_on_node(fence: Fence, script: ScriptSettings) -> bool:
+    """Take, for the life of this guard, the node's lock on the script (by its argv): False
+    if an earlier run of it still lives here. The database may have lost that run's record
+    (a standby promoted without its last writes); the host has not."""
+    key = hashlib.sha256("\0".join(script.argv).encode()).hexdigest()[:16]
+    path = local_state.state_dir(fence.me.incarnation) / f"script-{key}.running"
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return False
+    return True
+
+
 def _run_in_guard(
     script: ScriptSettings,
     lines: int,
@@ -203,6 +224,8 @@ def _run_in_guard(
     """In the guard: start the script, keep the tail of its output, stop it in time."""
     started = time.monotonic()
     guard = os.getpid()
+    if fence is not None and not _alone_on_node(fence, script):
+        return RunResult("failed", None, ALIVE_HERE)
     try:
         process = subprocess.Popen(
             script.argv,
@@ -334,6 +357,10 @@ def take_due_runs(
 def run_now(settings: Settings, name: str, fence: Fence) -> dict[str, Any]:
     """An on-demand run (trigger `manual`), refused before it starts if the fence fails."""
     script = settings.script(name)
+    left = local_fence.holding_off(settings)
+    if left:
+        why = f"its database connection broke: no new work for {left:.1f} s"
+        return {"run": None, "status": "refused", "exit_code": None, "output_tail": why}
     with fenced(settings, fence) as connection:
         connection.execute(
             text("SELECT pg_advisory_xact_lock(hashtext('app_script:' || :n))"), {"n": name}

@@ -17,9 +17,11 @@ after a fork (`worker_process_init` forgets the inherited ones).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any
 
 import psycopg
 from psycopg.errors import UndefinedColumn, UndefinedFunction, UndefinedTable
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from workers.errors import DatabaseUnavailable
@@ -39,6 +41,23 @@ HEARTBEAT = "heartbeat"
 WORK = "work"
 _engines: dict[tuple[int, str, float, str], Engine] = {}
 _lock = Lock()
+_broken_at: dict[str, float] = {}
+
+
+def note_broken(url: str) -> None:
+    """This process found its connection to `url` broken, or could not connect."""
+    _broken_at[url] = time.monotonic()
+
+
+def broken_at(url: str) -> float | None:
+    """When (monotonic) this process last found `url` broken, or None."""
+    return _broken_at.get(url)
+
+
+def _on_error(url: str, context: Any) -> None:
+    """A lost connection, or one that could not be made, is a break (a timeout is not)."""
+    if context.is_disconnect or context.connection is None:
+        note_broken(url)
 
 
 def engine_for(settings: Settings, url: str | None = None, purpose: str = WORK) -> Engine:
@@ -70,6 +89,7 @@ def _create_engine(settings: Settings, url: str, purpose: str) -> Engine:
         },
     )
     watch_statements(engine, answer_deadline(settings))
+    event.listen(engine, "handle_error", functools.partial(_on_error, url))
     return engine
 
 
@@ -181,6 +201,7 @@ def one_round_trip(
         try:
             return _on_pooled_connection(engine, bounded(settings), statement, params, deadline)
         except _DeadConnection as dead:
+            note_broken(settings.require_database_url())
             if attempt == 2:
                 shown = _shown(engine)
                 raise DatabaseUnavailable(f"database unavailable at {shown}: {dead}") from None

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, text
 
-from workers import store
+from workers import local_fence, store
 from workers.children import child_environment
 from workers.database import transaction
 from workers.errors import ConfigError, DatabaseUnavailable, StaleEpoch
@@ -592,6 +592,8 @@ def handle_files(
     supervised child process, record every outcome and clear the marks (one transaction);
     returns how many files were handled. The batch's own id makes a start or an outcome
     retried after an ambiguous COMMIT find its marks, and every path records an outcome."""
+    if local_fence.holding_off(settings):
+        return 0
     batch = str(uuid.uuid4())
     try:
         claims = patiently(
@@ -656,6 +658,8 @@ def run_batch(
         where = _locate(folder, claim)
         if where == "handled":
             outcomes[claim.id] = Outcome("processed")
+        elif where == "failed":
+            outcomes[claim.id] = Outcome("failed", "failed before (found in failed/)")
         elif where is None:
             outcomes[claim.id] = Outcome("failed", "the file is missing, or was replaced")
         else:
@@ -669,7 +673,7 @@ def _with_retry(folder: HotFolderSettings, claim: Claim, outcome: Outcome) -> Ou
     """A handler failure is retried (with backoff) until the folder's `max_attempts`."""
     if outcome.kind != "failed" or claim.attempts >= folder.max_attempts:
         return outcome
-    if outcome.error and outcome.error.startswith("the file is missing"):
+    if outcome.error and outcome.error.startswith(("the file is missing", "failed before")):
         return outcome
     delay = folder.retry_backoff * 2 ** (claim.attempts - 1)
     return Outcome("retry", outcome.error, delay)
@@ -677,7 +681,8 @@ def _with_retry(folder: HotFolderSettings, claim: Claim, outcome: Outcome) -> Ou
 
 def _locate(folder: HotFolderSettings, claim: Claim) -> str | None:
     """Where the claimed file is: `handled` (its handler already succeeded), `ready` (in
-    processing, moved there now if it still waits in the hot folder), or None (missing)."""
+    processing, moved there now if it still waits in the hot folder), `failed` (it failed
+    for good before), or None (missing)."""
     if handled_path(folder, claim.id, claim.name).exists():
         return "handled"
     target = processing_path(folder, claim.id, claim.name)
@@ -685,13 +690,26 @@ def _locate(folder: HotFolderSettings, claim: Claim) -> str | None:
         return "ready"
     source = folder.path / claim.name
     if not same_file(source, claim):
-        return None
+        return _finished_before(folder, claim)
     folder.processing.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(source, target)
     except FileNotFoundError:
         return None
     return "ready"
+
+
+def _finished_before(folder: HotFolderSettings, claim: Claim) -> str | None:
+    """`handled` if the claimed file itself (same device and inode) is already in
+    processed/, `failed` if in failed/: its outcome committed once and the database lost it
+    (a standby promoted without the last writes). None if it is nowhere to be found."""
+    if claim.inode is None or claim.dev is None:
+        return None
+    for directory, where in ((folder.processed, "handled"), (folder.failed, "failed")):
+        for name in (claim.name, f"{claim.name}.{claim.id}"):
+            if same_file(directory / name, claim, whole=False):
+                return where
+    return None
 
 
 def _run_children(
@@ -1008,8 +1026,7 @@ def _unclaimed_for_long(settings: Settings, leftovers: Leftovers) -> list[tuple[
     lease and a heartbeat: whoever was handling one (a node the database forgot, after a
     standby was promoted without its claims) has seen the epoch go back, or lost its local
     deadline, and its guard has killed the handler by then."""
-    wait = max([settings.lease_timeout, *settings.region_lease_timeout.values()])
-    wait += settings.heartbeat_interval
+    wait = settings.longest_lease() + settings.heartbeat_interval
     now = time.monotonic()
     seen = {path for path, _name in leftovers.unrecorded}
     for path in list(_unclaimed_since):

@@ -28,8 +28,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from workers import local_state
+from workers import database, local_state
 from workers.fencing import Fence
+from workers.settings import Settings
 
 DEADLINE = "lease_deadline"
 LAST_SENT = "last_renewal_sent"
@@ -121,3 +122,17 @@ def lost(fence: Fence) -> str | None:
     if not known.owned:
         return f"it no longer owns {fence.service}"
     return None
+
+
+def holding_off(settings: Settings) -> float | None:
+    """Seconds left before this process may start new work after it found the database
+    broken (a restart, a failover): a standby promoted without the last writes may have
+    forgotten a move, a claim or a run that another node's children still act on, and
+    that node's guard stops them within a heartbeat of reading the database again, or at
+    its local deadline. So new work waits the longest lease and a heartbeat. None if it
+    need not wait."""
+    broke = database.broken_at(settings.require_database_url())
+    if broke is None:
+        return None
+    left = broke + settings.longest_lease() + settings.heartbeat_interval - time.monotonic()
+    return left if left > 0 else None

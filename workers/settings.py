@@ -394,6 +394,10 @@ class Settings(BaseSettings):
         """This node's lease: its region's threshold if one is set (long database round trips)."""
         return self.region_lease_timeout.get(self.region, self.lease_timeout)
 
+    def longest_lease(self) -> float:
+        """The longest lease any node of the cluster may hold (a far region's, if longer)."""
+        return max([self.lease_timeout, *self.region_lease_timeout.values()])
+
     def policy(self) -> Policy:
         """The pure decision's view of these settings."""
         placements = {

@@ -21,6 +21,7 @@ from typing import Any
 from workers import (
     app_script,
     backlog,
+    database,
     db_clock,
     folder_monitor,
     local_fence,
@@ -188,7 +189,14 @@ def service_work(owned: list[tuple[str, int]]) -> dict[str, Any]:
         return _service_work(settings, me, [(service, int(epoch)) for service, epoch in owned])
 
 
+_reported_hold: list[float | None] = [None]
+
+
 def _service_work(settings: Settings, me: Identity, pairs: list[tuple[str, int]]) -> dict[str, Any]:
+    left = local_fence.holding_off(settings)
+    if left:
+        _report_hold(settings, me, left)
+        return {}
     refusals = record_ticks(settings, me, pairs)
     done: dict[str, Any] = {}
     for service, epoch in pairs:
@@ -201,6 +209,20 @@ def _service_work(settings: Settings, me: Identity, pairs: list[tuple[str, int]]
         except StaleEpoch as stale:
             reject(settings, fence, stale)
     return done
+
+
+def _report_hold(settings: Settings, me: Identity, left: float) -> None:
+    """Say once per break that the service work waits, and why."""
+    broke = database.broken_at(settings.require_database_url())
+    if _reported_hold[0] != broke:
+        _reported_hold[0] = broke
+        log.warning(
+            "node %s: its database connection broke: no new service work for %.1f s (a "
+            "promoted standby may have lost the last writes; other nodes' guards need a "
+            "heartbeat to see what it says now)",
+            me.name,
+            left,
+        )
 
 
 class CelerySender:

@@ -6,7 +6,10 @@ that was false before the fix.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +18,9 @@ import psutil
 from sqlalchemy import text
 
 from tests.support.folders import ledger, scan, with_folder
+from tests.support.proxy import FaultProxy
 from tests.support.registry import add_node
+from tests.support.servers import database_target, database_url_via
 from workers import app_script, folder_monitor, local_fence, local_state, supervision
 from workers.database import transaction
 from workers.fencing import Fence
@@ -279,3 +284,67 @@ def test_a_manual_run_is_refused_while_a_run_of_the_script_is_in_progress(settin
     with transaction(settings) as connection:
         runs = connection.execute(text("SELECT count(*) FROM script_run")).scalar_one()
     assert runs == 1
+
+
+def test_a_claimed_file_found_in_processed_by_its_identity_is_recorded_processed(
+    settings, tmp_path
+):
+    # Given a claimed file that was handled and moved to processed/, and a database that
+    # lost that outcome (a standby promoted without the last writes): the claim is open
+    settings, fence, ids = claimed(settings, tmp_path)
+    inbox = tmp_path / "inbox"
+    (inbox / "processed").mkdir()
+    folder = settings.folders()[0]
+    os.rename(
+        folder_monitor.processing_path(folder, ids[0], "x.dat"), inbox / "processed" / "x.dat"
+    )
+    # When the batch is handled again
+    folder_monitor.handle_files(settings, settings.folders()[0], ids, fence)
+    # Then the file is recognised as processed (same device and inode), not failed as missing
+    assert ledger(settings)[0].state == "processed"
+
+
+def test_a_script_still_alive_on_its_node_is_not_started_again(settings, tmp_path):
+    # Given a long run of a script on node a (its record lost by the database)
+    me = add_node(settings, "a", lease=30.0)
+    fence = Fence("app_script", me, 1)
+    script = app_script.ScriptSettings(
+        argv=[sys.executable, "-c", "import time; time.sleep(30)"], timeout=2
+    )
+    first = threading.Thread(target=app_script.execute, args=(script, 5, fence))
+    first.start()
+    try:
+        time.sleep(0.5)
+        # When the same script is started again on a
+        second = app_script.execute(script, 5, fence)
+        # Then it does not start: the host knows the first still lives
+        assert (second.status, second.output_tail) == ("failed", app_script.ALIVE_HERE)
+    finally:
+        first.join()
+        local_state.forget(me.incarnation)
+
+
+def test_after_its_database_broke_a_node_starts_no_new_work_for_a_lease_and_a_beat(
+    settings, tmp_path
+):
+    # Given the owner reaching its database through a link that breaks and comes back
+    proxy = FaultProxy(database_target(settings.database_url))
+    try:
+        settings = settings.model_copy(
+            update={"database_url": database_url_via(settings.database_url, proxy.port)}
+        )
+        settings, fence, ids = claimed(settings, tmp_path)
+        proxy.cut()
+        with contextlib.suppress(Exception), transaction(settings) as connection:
+            connection.execute(text("SELECT 1"))
+        proxy.restore()
+        # When it is asked to handle a batch at once, Then it waits (nothing marked)
+        assert local_fence.holding_off(settings)
+        assert folder_monitor.handle_files(settings, settings.folders()[0], ids, fence) == 0
+        assert ledger(settings)[0].handler is None
+        # And after a lease and a heartbeat it goes on
+        time.sleep(settings.longest_lease() + settings.heartbeat_interval)
+        assert local_fence.holding_off(settings) is None
+        assert folder_monitor.handle_files(settings, settings.folders()[0], ids, fence) == 1
+    finally:
+        proxy.close()
