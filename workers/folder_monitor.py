@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, text
 
-from workers import local_fence, store
+from workers import local_fence, local_state, store
 from workers.children import child_environment
 from workers.database import transaction
 from workers.errors import ConfigError, DatabaseUnavailable, StaleEpoch
@@ -302,23 +302,24 @@ def adopt_orphans(connection: Connection, folder: HotFolderSettings, fence: Fenc
     return int(result.rowcount)
 
 
-def release_dead_marks(
-    connection: Connection, folder: HotFolderSettings, settings: Settings, fence: Fence
-) -> int:
-    """Clear the handler marks of incarnations whose lease has run out (their handler was
-    killed with them), and this incarnation's own marks older than any batch can run (a
-    killed pool process): those files can be handled again."""
-    stuck_after = folder.handler_timeout * settings.folder_batch_size + settings.lease_timeout
+def release_dead_marks(connection: Connection, folder: HotFolderSettings, fence: Fence) -> int:
+    """Clear the handler marks of incarnations gone by the takeover rule (their guards killed
+    their handlers), and this incarnation's own marks of batches no longer in flight on this
+    host (a killed pool process, an outcome the database lost): those files can be handled
+    again."""
+    live = [
+        name.removeprefix(BATCH_MARK) for name in local_state.held(fence.me.incarnation, BATCH_MARK)
+    ]
     result = connection.execute(
         text(
             "UPDATE folder_file AS f SET handler = NULL, handling_since = NULL, "
             "handler_batch = NULL, dispatched_at = NULL "
             "WHERE f.folder = :folder AND f.state = 'processing' "
             "AND f.handler IS NOT NULL AND CASE WHEN f.handler = :me "
-            f"THEN {store.own_work_lost('f.handling_since', ':stuck')} "
+            "THEN f.handler_batch IS NULL OR NOT f.handler_batch = ANY(CAST(:live AS uuid[])) "
             f"ELSE {GONE_HANDLER} END"
         ),
-        {"folder": folder.name, "me": fence.me.incarnation, "stuck": stuck_after},
+        {"folder": folder.name, "me": fence.me.incarnation, "live": live},
     )
     return int(result.rowcount)
 
@@ -380,7 +381,7 @@ def take_batches(
 ) -> list[list[int]]:
     """Mark due files dispatched, up to the parallelism, and return them in batches. A batch
     whose message was lost (never started) is sent again after about a lease."""
-    release_dead_marks(connection, folder, settings, fence)
+    release_dead_marks(connection, folder, fence)
     size = settings.folder_batch_size
     lost_after = settings.node_lease_timeout() + settings.heartbeat_interval
     params = {"folder": folder.name, "epoch": fence.epoch, "lost": lost_after}
@@ -595,6 +596,18 @@ def handle_files(
     if local_fence.holding_off(settings):
         return 0
     batch = str(uuid.uuid4())
+    with local_state.holding(fence.me.incarnation, f"{BATCH_MARK}{batch}"):
+        return _handle_batch(settings, folder, ids, fence, batch)
+
+
+BATCH_MARK = "batch-"
+"""A batch is in flight on its host while `local_state` holds `batch-<id>`: marks of this
+incarnation whose batch is not held are stranded (its outcome was lost), and are cleared."""
+
+
+def _handle_batch(
+    settings: Settings, folder: HotFolderSettings, ids: list[int], fence: Fence, batch: str
+) -> int:
     try:
         claims = patiently(
             settings, fence, lambda connection: start_batch(connection, ids, fence, batch)

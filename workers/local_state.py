@@ -137,3 +137,31 @@ def exclusive(incarnation: str, name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def holding(incarnation: str, name: str) -> Iterator[None]:
+    """Mark `name` as in progress on this host while the block runs (a file locked by the
+    holder, and by any process it forks meanwhile: the mark ends with the last of them)."""
+    path = state_dir(incarnation) / f"{name}.held"
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def held(incarnation: str, prefix: str) -> list[str]:
+    """The names starting with `prefix` that some process of this host still holds."""
+    found = []
+    for path in state_dir(incarnation).glob(f"{prefix}*.held"):
+        try:
+            with path.open("a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            found.append(path.name.removesuffix(".held"))
+        except OSError:
+            continue
+    return found

@@ -163,7 +163,8 @@ def _guard_main(
             raise ProcessLookupError("the node process is already gone")
         result = work(watch)
         end_subtree()
-        _write_all(out, json.dumps(result).encode())
+        with contextlib.suppress(BrokenPipeError):  # the worker is gone: nobody to tell
+            _write_all(out, json.dumps(result).encode())
     except BaseException:
         log.exception("the guard of %s failed; everything below it is killed", what)
         code = 70

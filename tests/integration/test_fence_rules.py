@@ -66,7 +66,7 @@ def marked_file(settings: Settings, tmp_path: Path, handler: Identity) -> Fence:
 
 def release(settings: Settings, fence: Fence) -> int:
     with transaction(settings) as connection:
-        return folder_monitor.release_dead_marks(connection, settings.folders()[0], settings, fence)
+        return folder_monitor.release_dead_marks(connection, settings.folders()[0], fence)
 
 
 def test_marks_of_a_silent_handler_are_kept_until_it_is_gone_by_the_takeover_rule(
@@ -348,3 +348,21 @@ def test_after_its_database_broke_a_node_starts_no_new_work_for_a_lease_and_a_be
         assert folder_monitor.handle_files(settings, settings.folders()[0], ids, fence) == 1
     finally:
         proxy.close()
+
+
+def test_own_marks_of_a_batch_no_longer_in_flight_here_are_cleared_at_once(settings, tmp_path):
+    # Given a's own marks on a file, by a batch that is still in flight on its host
+    settings, fence, ids = claimed(settings, tmp_path)
+    with transaction(settings) as connection:
+        folder_monitor.start_batch(connection, ids, fence, BATCH)
+    mark = f"{folder_monitor.BATCH_MARK}{BATCH}"
+    try:
+        with local_state.holding(fence.me.incarnation, mark):
+            # Then they stay
+            assert release(settings, fence) == 0
+        # When that batch is no longer in flight (its outcome lost with a promoted
+        # standby's last writes, or its pool process killed), Then they are cleared now,
+        # not after hours
+        assert release(settings, fence) == 1
+    finally:
+        local_state.forget(fence.me.incarnation)
