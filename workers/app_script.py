@@ -10,7 +10,6 @@ transaction that records the run; slots missed while no node owned the service r
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -199,18 +198,11 @@ ALIVE_HERE = "(not started: a run of this script is still alive on this node)"
 
 
 def _alone_on_node(fence: Fence, script: ScriptSettings) -> bool:
-    """Take, for the life of this guard, the node's lock on the script (by its argv): False
+    """Hold, for the life of this guard, the node's lock on the script (by its argv): False
     if an earlier run of it still lives here. The database may have lost that run's record
     (a standby promoted without its last writes); the host has not."""
     key = hashlib.sha256("\0".join(script.argv).encode()).hexdigest()[:16]
-    path = local_state.state_dir(fence.me.incarnation) / f"script-{key}.running"
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        return False
-    return True
+    return local_state.hold_for_life(fence.me.incarnation, f"script-{key}")
 
 
 def _run_in_guard(

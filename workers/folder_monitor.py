@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
+import hashlib
 import importlib
 import json
 import logging
@@ -752,7 +753,34 @@ def _batch_in_guard(
     what: str,
     watch: Watch,
 ) -> dict[int, Outcome]:
-    """In the guard: fork the batch child, follow its reports, and stop it in time."""
+    """In the guard: hold each file for the batch's life, fork the batch child, follow its
+    reports, and stop it in time. A file another batch of this node still handles (the
+    database lost that batch's marks with a promoted standby's last writes) is not started."""
+    busy = [claim for claim in claims if not hold_file(fence, folder, claim.id)]
+    claims = [claim for claim in claims if claim not in busy]
+    outcomes = {claim.id: Outcome("untried", STILL_HANDLED) for claim in busy}
+    if claims:
+        outcomes.update(_run_batch_child(folder, claims, fence, environment, what, watch))
+    return outcomes
+
+
+STILL_HANDLED = "another batch on this node still handles it"
+
+
+def hold_file(fence: Fence, folder: HotFolderSettings, file_id: int) -> bool:
+    """Hold a claimed file on this node for the life of this process (a batch's guard)."""
+    key = hashlib.sha256(f"{folder.name}\0{file_id}".encode()).hexdigest()[:16]
+    return local_state.hold_for_life(fence.me.incarnation, f"file-{key}")
+
+
+def _run_batch_child(
+    folder: HotFolderSettings,
+    claims: list[Claim],
+    fence: Fence,
+    environment: dict[str, str],
+    what: str,
+    watch: Watch,
+) -> dict[int, Outcome]:
     guard = os.getpid()
     read_end, write_end = os.pipe()
     pid = os.fork()

@@ -165,3 +165,15 @@ def held(incarnation: str, prefix: str) -> list[str]:
         except OSError:
             continue
     return found
+
+
+def hold_for_life(incarnation: str, name: str) -> bool:
+    """Lock `name` on this host for the rest of this process's life (a guard's: the lock
+    ends when it and what it forked are gone); False if another process holds it."""
+    descriptor = os.open(state_dir(incarnation) / f"{name}.life", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return False
+    return True

@@ -42,7 +42,8 @@ def trial(seed: int, faults: int, servers: Servers | None) -> Outcome:
 
 def row(label: str, kinds: Counter[str], files: int, reruns: int, moves: int, bad: int) -> str:
     """One line of the table."""
-    faults = ", ".join(f"{kind} {kinds[kind]}" for kind in WEIGHTS if kinds[kind])
+    order = [*WEIGHTS, *sorted(set(kinds) - set(WEIGHTS))]
+    faults = ", ".join(f"{kind} {kinds[kind]}" for kind in order if kinds[kind])
     return f"| {label} | {sum(kinds.values())} ({faults}) | {files} | {reruns} | {moves} | {bad} |"
 
 

@@ -18,6 +18,7 @@ import psutil
 from sqlalchemy import text
 
 from tests.support.folders import ledger, scan, with_folder
+from tests.support.handlers import handled
 from tests.support.proxy import FaultProxy
 from tests.support.registry import add_node
 from tests.support.servers import database_target, database_url_via
@@ -366,3 +367,29 @@ def test_own_marks_of_a_batch_no_longer_in_flight_here_are_cleared_at_once(setti
         assert release(settings, fence) == 1
     finally:
         local_state.forget(fence.me.incarnation)
+
+
+def test_a_file_another_batch_of_this_node_still_handles_is_not_started(
+    settings, tmp_path, handler_log
+):
+    # Given a file still held by another batch's guard on this node (whose marks the
+    # database lost)
+    settings, fence, ids = claimed(settings, tmp_path)
+    folder = settings.folders()[0]
+    holder = os.fork()
+    if holder == 0:  # pragma: no cover - the other guard
+        folder_monitor.hold_file(fence, folder, ids[0])
+        time.sleep(60)
+        os._exit(0)
+    try:
+        time.sleep(0.3)
+        # When a new batch of it is handled, Then the handler does not run, the file is free
+        assert folder_monitor.handle_files(settings, folder, ids, fence) == 0
+        assert handled(handler_log) == {}
+        assert (ledger(settings)[0].handler, ledger(settings)[0].attempts) == (None, 0)
+    finally:
+        os.kill(holder, 9)
+        os.waitpid(holder, 0)
+    # When that guard is gone, Then the file is handled
+    assert folder_monitor.handle_files(settings, folder, ids, fence) == 1
+    local_state.forget(fence.me.incarnation)
