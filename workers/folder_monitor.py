@@ -769,8 +769,19 @@ STILL_HANDLED = "another batch on this node still handles it"
 
 def hold_file(fence: Fence, folder: HotFolderSettings, file_id: int) -> bool:
     """Hold a claimed file on this node for the life of this process (a batch's guard)."""
-    key = hashlib.sha256(f"{folder.name}\0{file_id}".encode()).hexdigest()[:16]
-    return local_state.hold_for_life(fence.me.incarnation, f"file-{key}")
+    return local_state.hold_for_life(fence.me.incarnation, _file_key(folder, file_id))
+
+
+def _file_key(folder: HotFolderSettings, file_id: int) -> str:
+    return "file-" + hashlib.sha256(f"{folder.name}\0{file_id}".encode()).hexdigest()[:16]
+
+
+def _held_here(fence: Fence, folder: HotFolderSettings, path: Path) -> bool:
+    """Whether a batch of this node still handles the file at `path` (`{id}__{name}`),
+    whatever the database says of its claim."""
+    number = path.name.partition("__")[0]
+    key = _file_key(folder, int(number)) if number.isdigit() else None
+    return key is not None and local_state.held_for_life(fence.me.incarnation, key)
 
 
 def _run_batch_child(
@@ -1053,7 +1064,12 @@ def settle_leftovers(
     when there are some)."""
     for path, directory, name, file_id in leftovers.finished:
         move_done(path, directory, name, file_id)
-    restored = restore_unrecorded(fence, folder, _unclaimed_for_long(settings, leftovers))
+    quiet = [
+        (path, name)
+        for path, name in _unclaimed_for_long(settings, leftovers)
+        if not _held_here(fence, folder, path)
+    ]
+    restored = restore_unrecorded(fence, folder, quiet)
     if restored:
         with transaction(settings) as connection:
             store.count_restored(connection, fence.me, restored)

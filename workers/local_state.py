@@ -177,3 +177,18 @@ def hold_for_life(incarnation: str, name: str) -> bool:
         os.close(descriptor)
         return False
     return True
+
+
+def held_for_life(incarnation: str, name: str) -> bool:
+    """Whether some process of this host holds `name` (see `hold_for_life`) right now."""
+    try:
+        descriptor = os.open(state_dir(incarnation) / f"{name}.life", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)
+    return False

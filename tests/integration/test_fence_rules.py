@@ -393,3 +393,35 @@ def test_a_file_another_batch_of_this_node_still_handles_is_not_started(
     # When that guard is gone, Then the file is handled
     assert folder_monitor.handle_files(settings, folder, ids, fence) == 1
     local_state.forget(fence.me.incarnation)
+
+
+def test_a_file_the_database_forgot_is_not_put_back_while_a_batch_here_handles_it(
+    settings, tmp_path
+):
+    # Given a claimed file in processing whose claim the database then lost, while a batch
+    # of this node still handles it
+    settings, fence, ids = claimed(settings, tmp_path)
+    folder = settings.folders()[0]
+    with transaction(settings) as connection:
+        connection.execute(text("DELETE FROM folder_file"))
+    holder = os.fork()
+    if holder == 0:  # pragma: no cover - that batch's guard
+        folder_monitor.hold_file(fence, folder, ids[0])
+        time.sleep(60)
+        os._exit(0)
+    inbox = tmp_path / "inbox"
+    try:
+        # When the owner scans, and again after a lease and a heartbeat
+        for _ in range(2):
+            scan(settings, fence)
+            time.sleep(settings.longest_lease() + settings.heartbeat_interval)
+        scan(settings, fence)
+        # Then the file stays in processing with that batch
+        assert not (inbox / "x.dat").exists()
+    finally:
+        os.kill(holder, 9)
+        os.waitpid(holder, 0)
+    # When the batch is gone, Then the file goes back to the hot folder to be handled again
+    scan(settings, fence)
+    assert (inbox / "x.dat").exists()
+    local_state.forget(fence.me.incarnation)
