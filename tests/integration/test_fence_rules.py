@@ -425,3 +425,26 @@ def test_a_file_the_database_forgot_is_not_put_back_while_a_batch_here_handles_i
     scan(settings, fence)
     assert (inbox / "x.dat").exists()
     local_state.forget(fence.me.incarnation)
+
+
+def test_a_python_handler_gets_the_allow_listed_environment_not_the_node_s_secrets(
+    settings, tmp_path, handler_log, monkeypatch
+):
+    # Given a node whose environment holds its database URL (a password in it)
+    monkeypatch.setenv("FAILOVER_DATABASE_URL", "postgresql://u:secret@db/x")
+    monkeypatch.setenv("SOME_OTHER_SECRET", "x")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "x.dat").write_text("x")
+    settings = with_folder(settings, inbox, handler="tests.support.handlers:environment")
+    me = add_node(settings, "a", lease=30.0)
+    from tests.support.registry import give
+
+    fence = Fence(FOLDER, me, give(settings, FOLDER, "a"))
+    # When a Python handler runs
+    (batch,) = scan(settings, fence)
+    folder_monitor.handle_files(settings, settings.folders()[0], batch, fence)
+    # Then it sees the allow-list and what is passed through, as a command does
+    seen = set(handler_log.read_text().split()[1:])
+    assert "TEST_HANDLER_LOG" in seen
+    assert not {"FAILOVER_DATABASE_URL", "SOME_OTHER_SECRET"} & seen

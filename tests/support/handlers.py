@@ -176,3 +176,8 @@ def held_script_span(log: str) -> None:
     time.sleep(60)
     with path.open("a") as out:
         out.write(f"end {os.getpid()}\n")
+
+
+def environment(path: Path) -> None:
+    """Log the names of the variables the handler sees, one line per file."""
+    _append(f"{path.name} {' '.join(sorted(os.environ))}\n".encode())
