@@ -756,7 +756,8 @@ def _batch_in_guard(
     """In the guard: hold each file for the batch's life, fork the batch child, follow its
     reports, and stop it in time. A file another batch of this node still handles (the
     database lost that batch's marks with a promoted standby's last writes) is not started."""
-    busy = [claim for claim in claims if not hold_file(fence, folder, claim.id)]
+    held = hold_files(fence, folder, [claim.id for claim in claims])
+    busy = [claim for claim in claims if claim.id not in held]
     claims = [claim for claim in claims if claim not in busy]
     outcomes = {claim.id: Outcome("untried", STILL_HANDLED) for claim in busy}
     if claims:
@@ -767,21 +768,23 @@ def _batch_in_guard(
 STILL_HANDLED = "another batch on this node still handles it"
 
 
-def hold_file(fence: Fence, folder: HotFolderSettings, file_id: int) -> bool:
-    """Hold a claimed file on this node for the life of this process (a batch's guard)."""
-    return local_state.hold_for_life(fence.me.incarnation, _file_key(folder, file_id))
+def hold_files(fence: Fence, folder: HotFolderSettings, ids: list[int]) -> set[int]:
+    """Hold claimed files on this node for the life of this process (a batch's guard); the
+    ids it got (another batch of this node may hold the others)."""
+    return local_state.hold_slots(fence.me.incarnation, _folder_key(folder), ids)
 
 
-def _file_key(folder: HotFolderSettings, file_id: int) -> str:
-    return "file-" + hashlib.sha256(f"{folder.name}\0{file_id}".encode()).hexdigest()[:16]
+def _folder_key(folder: HotFolderSettings) -> str:
+    return "files-" + hashlib.sha256(folder.name.encode()).hexdigest()[:16]
 
 
 def _held_here(fence: Fence, folder: HotFolderSettings, path: Path) -> bool:
     """Whether a batch of this node still handles the file at `path` (`{id}__{name}`),
     whatever the database says of its claim."""
     number = path.name.partition("__")[0]
-    key = _file_key(folder, int(number)) if number.isdigit() else None
-    return key is not None and local_state.held_for_life(fence.me.incarnation, key)
+    return number.isdigit() and local_state.slot_held(
+        fence.me.incarnation, _folder_key(folder), int(number)
+    )
 
 
 def _run_batch_child(

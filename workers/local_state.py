@@ -158,12 +158,15 @@ def held(incarnation: str, prefix: str) -> list[str]:
     found = []
     for path in state_dir(incarnation).glob(f"{prefix}*.held"):
         try:
-            with path.open("a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            found.append(path.name.removesuffix(".held"))
+            descriptor = os.open(path, os.O_RDWR)
         except OSError:
             continue
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            found.append(path.name.removesuffix(".held"))
+        finally:
+            os.close(descriptor)
     return found
 
 
@@ -179,16 +182,34 @@ def hold_for_life(incarnation: str, name: str) -> bool:
     return True
 
 
-def held_for_life(incarnation: str, name: str) -> bool:
-    """Whether some process of this host holds `name` (see `hold_for_life`) right now."""
+def hold_slots(incarnation: str, name: str, slots: list[int]) -> set[int]:
+    """Lock each of `slots` of the record `name` for the rest of this process's life (POSIX
+    record locks: one file holds many slots, such as a folder's files by id; they are not
+    inherited by children and end with this process); the slots it got, without those
+    another process holds."""
+    descriptor = os.open(state_dir(incarnation) / f"{name}.slots", os.O_RDWR | os.O_CREAT, 0o600)
+    got = set()
+    for slot in slots:
+        try:
+            fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
+        except OSError:
+            continue
+        got.add(slot)
+    return got
+
+
+def slot_held(incarnation: str, name: str, slot: int) -> bool:
+    """Whether another process holds slot `slot` of `name` (see `hold_slot`) right now."""
     try:
-        descriptor = os.open(state_dir(incarnation) / f"{name}.life", os.O_RDWR)
+        descriptor = os.open(state_dir(incarnation) / f"{name}.slots", os.O_RDWR)
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
+    except OSError:
         return True
+    else:
+        fcntl.lockf(descriptor, fcntl.LOCK_UN, 1, slot)
+        return False
     finally:
         os.close(descriptor)
-    return False

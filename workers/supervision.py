@@ -130,23 +130,34 @@ def guarded(work: Callable[[Watch], Any], what: str) -> Any | None:
 
 
 def _collect(pid: int, descriptor: int) -> bytes:
-    """Read the guard's result until it has exited. Not until end of file: a later guard
-    forked by another thread may hold a copy of the write end."""
+    """Read the guard's result until it has exited (woken by its pidfd). Not until end of
+    file: a later guard forked by another thread may hold a copy of the write end."""
     chunks: list[bytes] = []
-    while True:
-        if select.select([descriptor], [], [], POLL_SECONDS)[0]:
-            chunk = os.read(descriptor, 65536)
-            if not chunk:
-                os.waitpid(pid, 0)
-                return b"".join(chunks)
-            chunks.append(chunk)
-        elif os.waitpid(pid, os.WNOHANG)[0]:
-            while select.select([descriptor], [], [], 0)[0]:
+    guard = os.pidfd_open(pid)
+    try:
+        while True:
+            ready = select.select([descriptor, guard], [], [])[0]
+            if descriptor in ready:
                 chunk = os.read(descriptor, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-            return b"".join(chunks)
+                if chunk:
+                    chunks.append(chunk)
+                    continue
+            if guard in ready or descriptor in ready:
+                os.waitpid(pid, 0)
+                return b"".join([*chunks, *_drain(descriptor)])
+    finally:
+        os.close(guard)
+
+
+def _drain(descriptor: int) -> list[bytes]:
+    """What is left in a pipe whose writer has exited."""
+    chunks = []
+    while select.select([descriptor], [], [], 0)[0]:
+        chunk = os.read(descriptor, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return chunks
 
 
 def _guard_main(
@@ -183,7 +194,8 @@ def end_subtree() -> None:
     that left the process group (the sub-reaper keeps them below)."""
     me = os.getpid()
     while True:
-        _reap()
+        if not _reap():
+            return
         below = list(_descendants(me))
         if not below:
             return
@@ -193,10 +205,15 @@ def end_subtree() -> None:
         time.sleep(0.005)
 
 
-def _reap() -> None:
-    with contextlib.suppress(ChildProcessError):
+def _reap() -> bool:
+    """Reap the children that ended; whether any child is left. With none, nothing is
+    below this process: a sub-reaper inherits every orphan of its subtree."""
+    try:
         while os.waitpid(-1, os.WNOHANG)[0]:
             pass
+    except ChildProcessError:
+        return False
+    return True
 
 
 def _descendants(root: int) -> Iterable[int]:

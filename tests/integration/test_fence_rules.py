@@ -378,7 +378,7 @@ def test_a_file_another_batch_of_this_node_still_handles_is_not_started(
     folder = settings.folders()[0]
     holder = os.fork()
     if holder == 0:  # pragma: no cover - the other guard
-        folder_monitor.hold_file(fence, folder, ids[0])
+        folder_monitor.hold_files(fence, folder, ids[:1])
         time.sleep(60)
         os._exit(0)
     try:
@@ -406,7 +406,7 @@ def test_a_file_the_database_forgot_is_not_put_back_while_a_batch_here_handles_i
         connection.execute(text("DELETE FROM folder_file"))
     holder = os.fork()
     if holder == 0:  # pragma: no cover - that batch's guard
-        folder_monitor.hold_file(fence, folder, ids[0])
+        folder_monitor.hold_files(fence, folder, ids[:1])
         time.sleep(60)
         os._exit(0)
     inbox = tmp_path / "inbox"
