@@ -20,6 +20,7 @@ import pytest
 from tests.e2e.test_handover import SCRIPT_SPAN, config, owner
 from tests.support.cluster import Cluster, wait_until
 from tests.support.handlers import spans
+from workers.local_cluster import LocalNode
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,9 +56,19 @@ def descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
 
-def running_work(tmp_path: Path) -> None:
+def owner_at_work(
+    cluster: Cluster, inbox: Path, tmp_path: Path
+) -> tuple[LocalNode, list[psutil.Process]]:
+    """a owns both services with b live beside it, and runs a handler and a script: a's
+    node and every process below its worker."""
+    cluster.start_live("a", "r1")
+    wait_until(lambda: cluster.owned_by("a"), 20, "a to claim")
+    cluster.start_live("b", "r1")
+    (inbox / "long.dat").write_text("x")
     wait_until(lambda: spans(tmp_path / "spans.log")["start"], 30, "a's handler to start")
     wait_until(lambda: (tmp_path / "script.log").exists(), 30, "a's script to start")
+    node = cluster.running("a")
+    return node, descendants(node.pid)
 
 
 def all_gone(processes: list[psutil.Process]) -> bool:
@@ -81,13 +92,7 @@ def test_a_handler_and_a_script_die_with_their_worker_killed(
     cluster, inbox = death_cluster(tmp_path, database_url, broker_url)
     try:
         # Given a owns both services and runs a handler and a script, each with a child
-        cluster.start_live("a", "r1")
-        wait_until(lambda: cluster.owned_by("a"), 20, "a to claim")
-        cluster.start_live("b", "r1")
-        (inbox / "long.dat").write_text("x")
-        running_work(tmp_path)
-        node = cluster.running("a")
-        below = descendants(node.pid)
+        node, below = owner_at_work(cluster, inbox, tmp_path)
         assert len(below) >= 4  # a guard and a child of each run, and their `sleep`s
         # When a's worker is killed with SIGKILL (its main process alone, as the OOM killer
         # does, or its whole process group)
@@ -107,13 +112,7 @@ def test_a_frozen_worker_s_children_stop_by_its_local_deadline(tmp_path, databas
     cluster, inbox = death_cluster(tmp_path, database_url, broker_url)
     try:
         # Given a owns both services and runs a handler and a script
-        cluster.start_live("a", "r1")
-        wait_until(lambda: cluster.owned_by("a"), 20, "a to claim")
-        cluster.start_live("b", "r1")
-        (inbox / "long.dat").write_text("x")
-        running_work(tmp_path)
-        node = cluster.running("a")
-        below = descendants(node.pid)
+        node, below = owner_at_work(cluster, inbox, tmp_path)
         # When a's worker freezes (SIGSTOP of its process group) past its lease
         node.pause()
         # Then its handler and script die while it is still frozen (their guards enforce

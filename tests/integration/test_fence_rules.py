@@ -20,7 +20,7 @@ from sqlalchemy import text
 from tests.support.folders import ledger, scan, with_folder
 from tests.support.handlers import handled
 from tests.support.proxy import FaultProxy
-from tests.support.registry import add_node
+from tests.support.registry import add_node, give
 from tests.support.servers import database_target, database_url_via
 from workers import app_script, folder_monitor, local_fence, local_state, supervision
 from workers.database import transaction
@@ -45,23 +45,29 @@ def set_node(settings: Settings, name: str, **ages: float) -> None:
         )
 
 
-def marked_file(settings: Settings, tmp_path: Path, handler: Identity) -> Fence:
-    """One file claimed by owner `a` and marked as being handled by `handler`."""
+def claimed(
+    settings: Settings, tmp_path: Path, lease: float = 30.0
+) -> tuple[Settings, Fence, list[int]]:
+    """One file, x.dat, claimed by owner `a` (lease `lease`): the settings with its hot
+    folder, a's fence and the claim's ids."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "x.dat").write_text("x")
     settings = with_folder(settings, inbox)
-    me = add_node(settings, "a", lease=3.0)
-    from tests.support.registry import give
-
+    me = add_node(settings, "a", lease=lease)
     fence = Fence(FOLDER, me, give(settings, FOLDER, "a"))
     (batch,) = scan(settings, fence)
+    return settings, fence, batch
+
+
+def marked_file(settings: Settings, tmp_path: Path, handler: Identity) -> Fence:
+    """One file claimed by owner `a` and marked as being handled by `handler`."""
+    settings, fence, _ids = claimed(settings, tmp_path, lease=3.0)
     with transaction(settings) as connection:
         connection.execute(
             text("UPDATE folder_file SET handler = :h, handling_since = clock_timestamp()"),
             {"h": handler.incarnation},
         )
-    assert len(batch) == 1
     return fence
 
 
@@ -96,8 +102,6 @@ def test_an_owner_judging_from_a_fresh_lease_does_not_close_its_own_running_scri
     # Given a run of a's, started 20 s ago by the database clock, of a script whose timeout
     # is 5 s: by raw time it looks lost
     me = add_node(settings, "a", lease=3.0)
-    from tests.support.registry import give
-
     fence = Fence("app_script", me, give(settings, "app_script", "a"))
     with transaction(settings) as connection:
         run = app_script.record_start(connection, "nightly", fence, "manual", None)
@@ -196,19 +200,6 @@ def test_a_guard_kills_a_grandchild_that_left_its_session(tmp_path):
 BATCH = "00000000-0000-0000-0000-0000000ba7c2"
 
 
-def claimed(settings: Settings, tmp_path: Path) -> tuple[Settings, Fence, list[int]]:
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    (inbox / "x.dat").write_text("x")
-    settings = with_folder(settings, inbox)
-    me = add_node(settings, "a", lease=30.0)
-    from tests.support.registry import give
-
-    fence = Fence(FOLDER, me, give(settings, FOLDER, "a"))
-    (batch,) = scan(settings, fence)
-    return settings, fence, batch
-
-
 def test_a_start_and_an_outcome_retried_after_an_ambiguous_commit_find_their_own_marks(
     settings, tmp_path
 ):
@@ -255,8 +246,6 @@ def test_a_refused_name_already_in_failed_still_leaves_the_hot_folder(settings, 
     (inbox / long_name).write_text("again")
     settings = with_folder(settings, inbox)
     me = add_node(settings, "a", lease=30.0)
-    from tests.support.registry import give
-
     fence = Fence(FOLDER, me, give(settings, FOLDER, "a"))
     # When the owner scans
     scan(settings, fence)
@@ -273,8 +262,6 @@ def test_a_manual_run_is_refused_while_a_run_of_the_script_is_in_progress(settin
         update={"scripts": {"report": app_script.ScriptSettings(**script)}}
     )
     me = add_node(settings, "a", lease=30.0)
-    from tests.support.registry import give
-
     fence = Fence("app_script", me, give(settings, "app_script", "a"))
     with transaction(settings) as connection:
         app_script.record_start(connection, "report", fence, "schedule", None)
@@ -438,8 +425,6 @@ def test_a_python_handler_gets_the_allow_listed_environment_not_the_node_s_secre
     (inbox / "x.dat").write_text("x")
     settings = with_folder(settings, inbox, handler="tests.support.handlers:environment")
     me = add_node(settings, "a", lease=30.0)
-    from tests.support.registry import give
-
     fence = Fence(FOLDER, me, give(settings, FOLDER, "a"))
     # When a Python handler runs
     (batch,) = scan(settings, fence)
