@@ -201,8 +201,8 @@ def _alone_on_node(fence: Fence, script: ScriptSettings) -> bool:
     """Hold, for the life of this guard, the node's lock on the script (by its argv): False
     if an earlier run of it still lives here. The database may have lost that run's record
     (a standby promoted without its last writes); the host has not."""
-    key = hashlib.sha256("\0".join(script.argv).encode()).hexdigest()[:16]
-    return local_state.hold_for_life(fence.me.incarnation, f"script-{key}")
+    slot = int.from_bytes(hashlib.sha256("\0".join(script.argv).encode()).digest()[:7], "big")
+    return bool(local_state.hold_slots(fence.me.incarnation, "scripts", [slot]))
 
 
 def _run_in_guard(

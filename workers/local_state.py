@@ -170,18 +170,6 @@ def held(incarnation: str, prefix: str) -> list[str]:
     return found
 
 
-def hold_for_life(incarnation: str, name: str) -> bool:
-    """Lock `name` on this host for the rest of this process's life (a guard's: the lock
-    ends when it and what it forked are gone); False if another process holds it."""
-    descriptor = os.open(state_dir(incarnation) / f"{name}.life", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        return False
-    return True
-
-
 def hold_slots(incarnation: str, name: str, slots: list[int]) -> set[int]:
     """Lock each of `slots` of the record `name` for the rest of this process's life (POSIX
     record locks: one file holds many slots, such as a folder's files by id; they are not

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from tests.support.folders import ledger, scan, with_folder
 from tests.support.handlers import handled
 from tests.support.proxy import FaultProxy
-from tests.support.registry import add_node, give
+from tests.support.registry import add_node, age_node, give
 from tests.support.servers import database_target, database_url_via
 from workers import app_script, folder_monitor, local_fence, local_state, supervision
 from workers.database import transaction
@@ -29,20 +29,6 @@ from workers.settings import Settings
 from workers.store import Identity
 
 FOLDER = "folder_monitor"
-
-
-def set_node(settings: Settings, name: str, **ages: float) -> None:
-    """Age a node's last heartbeat and the start of its lease (seconds before now)."""
-    with transaction(settings) as connection:
-        connection.execute(
-            text(
-                "UPDATE server_registry SET "
-                "last_heartbeat_at = clock_timestamp() - make_interval(secs => :beat), "
-                "lease_started_at = clock_timestamp() - make_interval(secs => :lease) "
-                "WHERE node_name = :name"
-            ),
-            {"name": name, "beat": ages["beat"], "lease": ages["lease"]},
-        )
 
 
 def claimed(
@@ -83,17 +69,17 @@ def test_marks_of_a_silent_handler_are_kept_until_it_is_gone_by_the_takeover_rul
     b = add_node(settings, "b", lease=3.0)
     fence = marked_file(settings, tmp_path, b)
     settings = with_folder(settings, tmp_path / "inbox")
-    set_node(settings, "b", beat=5, lease=100)
+    age_node(settings, "b", 5, 100)
     # When the owner's own lease was re-established only a second ago (after an outage, or
     # a promotion onto a standby whose clock is ahead), Then the marks stay: b has not had
     # a whole lease to renew in the owner's eyes
-    set_node(settings, "a", beat=0, lease=1)
+    age_node(settings, "a", 0, 1)
     assert release(settings, fence) == 0
     # When the owner's own lease has lapsed, Then it judges nobody
-    set_node(settings, "a", beat=10, lease=100)
+    age_node(settings, "a", 10, 100)
     assert release(settings, fence) == 0
     # When the owner holds its lease and b stayed silent for a lease after that, Then b is gone
-    set_node(settings, "a", beat=0, lease=100)
+    age_node(settings, "a", 0, 100)
     assert release(settings, fence) == 1
     assert ledger(settings)[0].handler is None
 
@@ -113,7 +99,7 @@ def test_an_owner_judging_from_a_fresh_lease_does_not_close_its_own_running_scri
             {"id": run},
         )
     # When a's lease only just began again (a promoted standby whose clock is ahead)
-    set_node(settings, "a", beat=0, lease=1)
+    age_node(settings, "a", 0, 1)
     with transaction(settings) as connection:
         still = app_script._running(connection, "nightly", fence, 5 + 3)
     # Then the run still counts as running, and is not closed as lost

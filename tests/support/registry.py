@@ -22,6 +22,13 @@ def add_node(
     me = Identity(name, store.new_incarnation())
     with transaction(settings) as connection:
         store.register_node(connection, Registration(name, region, lease, 0.3), me.incarnation)
+    age_node(settings, name, beat_age, lease_age)
+    return me
+
+
+def age_node(settings: Settings, name: str, beat_age: float, lease_age: float) -> None:
+    """Set `name`'s last heartbeat `beat_age` s and the start of its lease `lease_age` s ago."""
+    with transaction(settings) as connection:
         connection.execute(
             text(
                 "UPDATE server_registry SET "
@@ -31,7 +38,6 @@ def add_node(
             ),
             {"beat": beat_age, "lease": lease_age, "name": name},
         )
-    return me
 
 
 def give(settings: Settings, service: str, node: str, reason: str = "startup") -> int:
