@@ -36,7 +36,9 @@ CREATE TABLE server_registry (
     broker_server TEXT,
     broker_changed_at TIMESTAMPTZ,
     -- files it put back into a hot folder: the database had lost their record (a counter)
-    restored_files BIGINT NOT NULL DEFAULT 0
+    restored_files BIGINT NOT NULL DEFAULT 0,
+    -- the grace a drain gives the node's running work (NULL: the setting's; 0: none)
+    drain_grace_s REAL CHECK (drain_grace_s >= 0)
 ) WITH (
     -- renewed about once a second per node: room on each page for HOT updates (no index
     -- covers a column a heartbeat changes), vacuumed by absolute thresholds
@@ -60,7 +62,16 @@ CREATE TABLE service_status (
     acquired_by VARCHAR(255),
     acquired_detail TEXT,
     -- the region of the owner it last left: that region's nodes may claim it first
-    home_region VARCHAR(63)
+    home_region VARCHAR(63),
+    -- a planned handover in progress (handover_since set): to whom (NULL: released), until
+    -- when the owner's running work may finish; cleared by the change of owner that ends it
+    handover_to VARCHAR(63),
+    handover_since TIMESTAMPTZ,
+    handover_until TIMESTAMPTZ,
+    handover_reason VARCHAR(32) CHECK (handover_reason IN ('manual', 'failback', 'release')),
+    handover_actor VARCHAR(255),
+    handover_detail TEXT,
+    handover_cut INTEGER
 );
 
 -- Append-only: every change of owner, written by the trigger below and never by hand.
@@ -74,6 +85,9 @@ CREATE TABLE ownership_history (
     actor VARCHAR(255),
     detail TEXT,
     changed_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    -- a planned handover: how long it waited for running work, and how many runs it cut
+    handover_waited_s REAL,
+    handover_cut INTEGER,
     CONSTRAINT ownership_history_service_epoch_key UNIQUE (service_type, epoch)
 );
 
@@ -175,14 +189,25 @@ BEGIN
         OLD.home_region
     );
     INSERT INTO ownership_history
-        (service_type, from_node, to_node, epoch, reason, actor, detail, changed_at)
+        (service_type, from_node, to_node, epoch, reason, actor, detail, changed_at,
+         handover_waited_s, handover_cut)
     VALUES (
         NEW.service_type,
         (SELECT node_name FROM server_registry WHERE id = OLD.service_registry_id),
         (SELECT node_name FROM server_registry WHERE id = NEW.service_registry_id),
         NEW.epoch, NEW.acquired_reason, NEW.acquired_by, NEW.acquired_detail,
-        COALESCE(NEW.acquired_at, clock_timestamp())
+        COALESCE(NEW.acquired_at, clock_timestamp()),
+        extract(epoch FROM clock_timestamp() - OLD.handover_since),
+        NEW.handover_cut
     );
+    -- A handover ends with any change of owner, whoever made it.
+    NEW.handover_to := NULL;
+    NEW.handover_since := NULL;
+    NEW.handover_until := NULL;
+    NEW.handover_reason := NULL;
+    NEW.handover_actor := NULL;
+    NEW.handover_detail := NULL;
+    NEW.handover_cut := NULL;
     RETURN NEW;
 END
 $$;
@@ -304,7 +329,7 @@ BEGIN
                 ) AS n),
             'services', (SELECT COALESCE(json_agg(s ORDER BY s.service_type), '[]'::json) FROM (
                 SELECT service_type, service_registry_id, epoch, acquired_at, acquired_reason,
-                       home_region
+                       home_region, handover_to, handover_since, handover_until, handover_reason
                 FROM service_status) AS s),
             'now', v_now)
         FROM everyone

@@ -54,6 +54,7 @@ server_registry = Table(
     Column("broker_server", Text),
     Column("broker_changed_at", DateTime(timezone=True)),
     Column("restored_files", BigInteger, nullable=False),
+    Column("drain_grace_s", Float),
 )
 
 service_status = Table(
@@ -68,6 +69,13 @@ service_status = Table(
     Column("acquired_by", String(255)),
     Column("acquired_detail", Text),
     Column("home_region", String(63)),
+    Column("handover_to", String(63)),
+    Column("handover_since", DateTime(timezone=True)),
+    Column("handover_until", DateTime(timezone=True)),
+    Column("handover_reason", String(32)),
+    Column("handover_actor", String(255)),
+    Column("handover_detail", Text),
+    Column("handover_cut", Integer),
 )
 
 ownership_history = Table(
@@ -82,6 +90,8 @@ ownership_history = Table(
     Column("actor", String(255)),
     Column("detail", Text),
     Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("handover_waited_s", Float),
+    Column("handover_cut", Integer),
 )
 
 service_tick = Table(
