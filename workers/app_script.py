@@ -131,6 +131,18 @@ def _running(connection: Connection, name: str, fence: Fence, lost_after: float)
     )
 
 
+def in_flight(connection: Connection) -> list[str]:
+    """Runs recorded as started and not ended (on any node): what a planned handover waits
+    for."""
+    rows = connection.execute(
+        text(
+            "SELECT script || ' (run ' || id || ')' FROM script_run "
+            "WHERE status = 'running' ORDER BY id"
+        )
+    ).scalars()
+    return list(rows)
+
+
 def record_start(
     connection: Connection, name: str, fence: Fence, trigger: str, due_at: datetime | None
 ) -> int:
@@ -353,7 +365,7 @@ def run_now(settings: Settings, name: str, fence: Fence) -> dict[str, Any]:
     if left:
         why = f"its database connection broke: no new work for {left:.1f} s"
         return {"run": None, "status": "refused", "exit_code": None, "output_tail": why}
-    with fenced(settings, fence) as connection:
+    with fenced(settings, fence.to_start()) as connection:
         connection.execute(
             text("SELECT pg_advisory_xact_lock(hashtext('app_script:' || :n))"), {"n": name}
         )

@@ -129,37 +129,86 @@ def status(ctx: click.Context, as_json: bool, events: int) -> None:
         Console().print(render(report))
 
 
+GRACE = click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    help="Seconds the owner's running work may take to finish first [default: the "
+    "node's FAILOVER_HANDOVER_GRACE].",
+)
+NOW = click.option("--now", is_flag=True, help="Cut the owner's running work: move at once.")
+
+
+def _grace(grace: float | None, now: bool) -> float | None:
+    """The grace a planned handover gives (None: the node's setting); --now is none."""
+    if now and grace is not None:
+        raise click.UsageError("give either --grace or --now, not both")
+    return 0.0 if now else grace
+
+
+def _say(line: str) -> None:
+    click.echo(f"  {line}")
+
+
 @cli.command()
 @click.argument("service")
 @click.option("--to", "target", help="The node to move it to (default: the best candidate).")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the target.")
 @click.option("--reason", default=None, help="Why, recorded in the history.")
+@GRACE
+@NOW
 @click.pass_context
 def move(
-    ctx: click.Context, service: str, target: str | None, timeout: float, reason: str | None
+    ctx: click.Context,
+    service: str,
+    target: str | None,
+    timeout: float,
+    reason: str | None,
+    grace: float | None,
+    now: bool,
 ) -> None:
-    """Manual failover: move SERVICE to a live node and print the new owner and epoch."""
+    """Manual failover: move SERVICE to a live node and print the new owner and epoch.
+
+    Work the owner is running finishes first (a planned handover), then the service moves."""
     from workers import maintenance
     from workers.celery import app
 
     settings = _settings(ctx)
-    outcome = maintenance.move(settings, app, service, target, reason or "manual move", timeout)
-    click.echo(f"moved {outcome.service} to {outcome.node} at epoch {outcome.epoch}")
+    why = reason or "manual move"
+    outcome = maintenance.move(
+        settings, app, service, target, why, timeout, _grace(grace, now), _say
+    )
+    click.echo(outcome.describe())
 
 
 @cli.command()
 @click.argument("node")
 @click.option("--force", is_flag=True, help="Drain even the last node able to run a service.")
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for the moves.")
+@click.option(
+    "--timeout", type=float, help="Seconds to wait for the moves [default: the grace + 30]."
+)
+@GRACE
+@NOW
 @click.pass_context
-def drain(ctx: click.Context, node: str, force: bool, timeout: float) -> None:
-    """Move every service off NODE and keep it out of takeovers until `undrain`."""
+def drain(
+    ctx: click.Context,
+    node: str,
+    force: bool,
+    timeout: float | None,
+    grace: float | None,
+    now: bool,
+) -> None:
+    """Move every service off NODE and keep it out of takeovers until `undrain`.
+
+    Work NODE is running finishes first (a planned handover), then each service moves."""
     from workers import maintenance
 
     settings = _settings(ctx)
-    stuck = maintenance.drain(settings, node, force)
+    given = _grace(grace, now)
+    stuck = maintenance.drain(settings, node, force, given)
     click.echo(f"{node} is draining")
-    left = maintenance.watch_drain(settings, node, timeout, lambda line: click.echo(f"  {line}"))
+    if timeout is None:
+        timeout = (settings.handover_grace if given is None else given) + 30.0
+    left = maintenance.watch_drain(settings, node, timeout, _say)
     if left and set(left) <= set(stuck):
         click.echo(f"{node} keeps {', '.join(left)}: no other live node can run it")
     elif left:

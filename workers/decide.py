@@ -184,6 +184,8 @@ def _service_action(
         return Wait(service.name, service.epoch, PARTIAL)
     if owner is None:
         return _claim(snapshot, me, service, policy)
+    if overdue is None and service.handing_over:
+        return _grace_ended(snapshot, me, service, owner)
     if overdue is None:
         return _failback(snapshot, me, service, owner, placement) if snapshot.complete else None
     why_wait = _better_placed_wait(snapshot, me, service, owner, overdue, policy)
@@ -196,11 +198,32 @@ def _service_action(
 
 
 def _owner_action(snapshot: Snapshot, me: Node, service: Service, placement: Placement) -> Action:
-    if me.draining and snapshot.complete:
+    if me.draining and snapshot.complete and not service.handing_over:
         successor = best_candidate(snapshot, service.name, placement, {me.name})
         if successor is not None:
             return Handover(service.name, service.epoch, successor.name)
     return Dispatch(service.name, service.epoch)
+
+
+def grace_ended(snapshot: Snapshot, me_name: str, service: Service) -> float | None:
+    """Seconds since the grace of a handover to `me_name` ended, or None while it runs (or
+    when the service is not handing over to `me_name`)."""
+    if not service.handing_over or service.handover_to != me_name:
+        return None
+    if service.handover_until is None or snapshot.now < service.handover_until:
+        return None
+    return seconds(snapshot.now - service.handover_until)
+
+
+def _grace_ended(snapshot: Snapshot, me: Node, service: Service, owner: Node) -> Action | None:
+    """A live owner hands the service over to this node: take it once the grace ended (what
+    still runs is cut then); before, its owner hands it over when its work ended."""
+    ended = grace_ended(snapshot, me.name, service)
+    if ended is None:
+        return None
+    why = f"the handover's grace ended {ended:.1f} s ago: cutting what still runs"
+    reason = service.handover_reason or "manual"
+    return Acquire(service.name, owner.name, service.epoch, reason, why)
 
 
 def _claim(snapshot: Snapshot, me: Node, service: Service, policy: Policy) -> Action:
@@ -290,6 +313,8 @@ def refusal_to_acquire(
     current = owner.name if owner else None
     if current != action.from_node or service.epoch != action.epoch:
         return f"already moved: owned by {current or 'nobody'} at epoch {service.epoch}"
+    if grace_ended(snapshot, me.name, service) is not None:
+        return None
     if action.reason == "failback":
         return failback_refusal(snapshot, me, action.service, policy.placement(action.service))
     if owner is not None and expired_for(owner, me, snapshot.now) is None:

@@ -30,3 +30,10 @@ class StaleEpoch(FailoverError):
 
     exit_code = 1
     counted = False
+
+
+class HandingOver(StaleEpoch):
+    """New work refused because its service is handing over (a planned move or stop): not a
+    stale owner, so not counted as a rejected side effect."""
+
+    counted = True

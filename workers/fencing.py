@@ -17,13 +17,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from sqlalchemy import Connection, select
 
 from workers.database import one_round_trip, transaction
-from workers.errors import DatabaseUnavailable, StaleEpoch
+from workers.errors import DatabaseUnavailable, HandingOver, StaleEpoch
 from workers.settings import Settings
 from workers.store import LEASE_EXPIRES, NOW, Identity, record_rejection
 from workers.tables import server_registry as nodes_t
@@ -39,13 +39,20 @@ class Fence:
     """The claim a service task makes: `me` owns `service` at `epoch`.
 
     With `owner_only=False` (work on a shared queue, run by any node), the claim is that
-    the service is still at `epoch` under an owner with a fresh lease.
+    the service is still at `epoch` under an owner with a fresh lease. With `starting`, it
+    starts new work, which a service handing over refuses (`HandingOver`): what already runs
+    finishes under the plain fence.
     """
 
     service: str
     me: Identity
     epoch: int
     owner_only: bool = True
+    starting: bool = False
+
+    def to_start(self) -> Fence:
+        """The same claim, for starting new work."""
+        return replace(self, starting=True)
 
 
 def check_fence(connection: Connection, fence: Fence) -> None:
@@ -61,13 +68,16 @@ def check_fence(connection: Connection, fence: Fence) -> None:
             nodes_t.c.incarnation == uuid.UUID(fence.me.incarnation)
         )
     held = connection.execute(
-        select(services_t.c.id)
+        select(services_t.c.id, services_t.c.handover_since, services_t.c.handover_to)
         .join(nodes_t, OWNER_JOIN)
         .where(condition)
         .with_for_update(read=True, of=services_t)
     ).first()
     if held is None:
         raise StaleEpoch(_why_stale(connection, fence))
+    if fence.starting and held.handover_since is not None:
+        to = held.handover_to or "nobody (a graceful stop)"
+        raise HandingOver(f"{fence.service} is handing over to {to}: it starts nothing new")
 
 
 def _why_stale(connection: Connection, fence: Fence) -> str:
@@ -142,6 +152,9 @@ def outage_patience(settings: Settings) -> float:
 def reject(settings: Settings, fence: Fence, refusal: StaleEpoch | str) -> None:
     """The one path for stale work: log it and count it against this node, once per refusal
     (a refusal re-raised through several layers is still one rejected side effect)."""
+    if isinstance(refusal, HandingOver):
+        log.info("node %s: %s", fence.me.name, refusal)
+        return
     if isinstance(refusal, StaleEpoch):
         if refusal.counted:
             return
@@ -171,7 +184,8 @@ WITH owned AS (
 )
 SELECT COALESCE(json_agg(json_build_object(
     'service', o.service, 'held', t.service_type IS NOT NULL,
-    'owner', r.node_name, 'epoch', s.epoch)), '[]'::json)
+    'owner', r.node_name, 'epoch', s.epoch, 'handing_over', s.handover_since IS NOT NULL,
+    'to', s.handover_to)), '[]'::json)
 FROM owned AS o
 LEFT JOIN ticked AS t ON t.service_type = o.service
 LEFT JOIN service_status AS s ON s.service_type = o.service
@@ -184,8 +198,9 @@ def record_ticks(
 ) -> dict[str, StaleEpoch | None]:
     """Fence and tick every owned service in one statement (one round trip).
 
-    Returns, per service, None when its tick committed under the fence, or the `StaleEpoch`
-    that refused it (another owner or epoch, or this node's lease no longer fresh).
+    Returns, per service, None when its tick committed under the fence, `HandingOver` when it
+    did but the service is handing over (no new work), or the `StaleEpoch` that refused it
+    (another owner or epoch, or this node's lease no longer fresh).
     """
     params = {
         "owned": json.dumps([{"service": name, "epoch": epoch} for name, epoch in owned]),
@@ -198,6 +213,10 @@ def record_ticks(
     outcome: dict[str, StaleEpoch | None] = {}
     for row in rows if isinstance(rows, list) else []:
         service = row["service"]
+        if row["held"] and row.get("handing_over"):
+            to = row.get("to") or "nobody (a graceful stop)"
+            outcome[service] = HandingOver(f"{service} is handing over to {to}")
+            continue
         outcome[service] = (
             None
             if row["held"]

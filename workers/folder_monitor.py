@@ -567,6 +567,21 @@ def dispatch(
         send_batch(folder.name, batch)
 
 
+def in_flight(connection: Connection, settings: Settings) -> list[str]:
+    """Files a handler runs on, or whose batch was sent and may still start: what a planned
+    handover waits for (a claimed file not yet sent is the next owner's to handle)."""
+    lost_after = settings.longest_lease() + settings.heartbeat_interval
+    rows = connection.execute(
+        text(
+            "SELECT folder || '/' || rel_path FROM folder_file WHERE state = 'processing' "
+            "AND (handler IS NOT NULL "
+            "OR dispatched_at > clock_timestamp() - make_interval(secs => :lost)) ORDER BY id"
+        ),
+        {"lost": lost_after},
+    ).scalars()
+    return list(rows)
+
+
 def folder_named(settings: Settings, name: str) -> HotFolderSettings:
     for folder in settings.folders():
         if folder.name == name:

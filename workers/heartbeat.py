@@ -98,7 +98,8 @@ def run_cycle(settings: Settings, me: Identity, transport: Transport, beat: Beat
             settings.fence_margin,
         )
     notice_lost_changes(me, snapshot)
-    local_fence.observed(me.incarnation, _epochs(snapshot), _mine(snapshot, me), sent)
+    handing = frozenset(service.name for service in snapshot.services if service.handing_over)
+    local_fence.observed(me.incarnation, _epochs(snapshot), _mine(snapshot, me), sent, handing)
     decision = decide(snapshot, me.name, settings.policy())
     if problem:
         log.warning("node %s: not renewing its lease: %s", me.name, problem)

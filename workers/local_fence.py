@@ -61,10 +61,26 @@ def deadline(incarnation: str) -> float | None:
     return local_state.recall(incarnation, DEADLINE)
 
 
-def observed(incarnation: str, epochs: dict[str, int], mine: set[str], sent_at: float) -> None:
-    """A heartbeat sent at `sent_at` read these epochs, the services in `mine` as this node's."""
+def observed(
+    incarnation: str,
+    epochs: dict[str, int],
+    mine: set[str],
+    sent_at: float,
+    handing: frozenset[str] = frozenset(),
+) -> None:
+    """A heartbeat sent at `sent_at` read these epochs, the services in `mine` as this node's,
+    and those in `handing` handing over (their new work waits; their running work goes on)."""
     for service, epoch in epochs.items():
         _record(incarnation, service, Held(epoch, service in mine, sent_at))
+        local_state.remember(incarnation, f"{HANDING}{service}", float(service in handing))
+
+
+HANDING = "handing_over."
+
+
+def handing_over(incarnation: str, service: str) -> bool:
+    """Whether the last heartbeat read `service` as handing over: start nothing new for it."""
+    return bool(local_state.recall(incarnation, f"{HANDING}{service}"))
 
 
 def acquired(incarnation: str, service: str, epoch: int) -> None:

@@ -15,20 +15,36 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from workers import store
+from sqlalchemy import select
+
+from workers import services, store
 from workers.database import transaction
 from workers.errors import ConfigError, Refused
 from workers.placement import best_candidate, move_refusal
 from workers.routing import MANUAL_FAILOVER, RUN_SCRIPT, send_to_node
 from workers.settings import Settings, require_service
 from workers.snapshot import Snapshot
+from workers.tables import ownership_history as history_t
 
 
 @dataclass(frozen=True)
 class MoveOutcome:
+    """A move done: the new owner and epoch, and for a planned handover how long it waited
+    for the old owner's running work and how many runs it cut (None: not known)."""
+
     service: str
     node: str
     epoch: int
+    waited: float | None = None
+    cut: int | None = None
+
+    def describe(self) -> str:
+        done = f"moved {self.service} to {self.node} at epoch {self.epoch}"
+        if self.waited is not None:
+            done += f" after waiting {self.waited:.1f} s for its running work"
+        if self.cut:
+            return f"{done}; {self.cut} run(s) still going were cut"
+        return done + ("; nothing was cut" if self.cut == 0 else "")
 
 
 def operator() -> str:
@@ -57,15 +73,26 @@ def choose_target(settings: Settings, snapshot: Snapshot, service: str, to: str 
 
 
 def move(
-    settings: Settings, app: Any, service: str, to: str | None, why: str, timeout: float
+    settings: Settings,
+    app: Any,
+    service: str,
+    to: str | None,
+    why: str,
+    timeout: float,
+    grace: float | None = None,
+    report: Callable[[str], None] = lambda _line: None,
 ) -> MoveOutcome:
-    """Ask the target to take the service and wait for the outcome; raise `Refused` if not."""
+    """Ask the target to take the service and wait for the outcome; raise `Refused` if not.
+
+    A live owner with work running first lets it finish, for at most `grace` seconds (None:
+    the target's setting; 0: cut it now): `report` gets a line whenever what runs changes.
+    """
     with transaction(settings) as connection:
         snapshot = store.read_snapshot(connection)
     require_service(service, (s.name for s in snapshot.services))
     target = choose_target(settings, snapshot, service, to)
     before = snapshot.service(service)
-    args = (service, operator(), why)
+    args = (service, operator(), why, grace)
     deadline = snapshot.now.timestamp() + timeout
     result = send_to_node(app, MANUAL_FAILOVER, target, args, deadline=deadline)
     try:
@@ -78,7 +105,9 @@ def move(
         return _settle_unanswered(settings, service, target, before.epoch if before else 0, timeout)
     if outcome["refusal"]:
         raise Refused(f"{target} refused {service}: {outcome['refusal']}")
-    return MoveOutcome(service, target, outcome["epoch"])
+    if outcome.get("moved", True):
+        return _moved(settings, service, target, outcome["epoch"])
+    return watch_handover(settings, service, target, outcome["epoch"], report)
 
 
 def _settle_unanswered(
@@ -97,8 +126,57 @@ def _settle_unanswered(
     )
 
 
-def drain(settings: Settings, node: str, force: bool) -> list[str]:
-    """Mark `node` draining (its heartbeat then hands each service to the best candidate).
+def _moved(settings: Settings, service: str, target: str, epoch: int) -> MoveOutcome:
+    """The outcome of a move at `epoch`, with what its history row says of the handover."""
+    with transaction(settings) as connection:
+        row = connection.execute(
+            select(history_t.c.handover_waited_s, history_t.c.handover_cut).where(
+                (history_t.c.service_type == service) & (history_t.c.epoch == epoch)
+            )
+        ).first()
+    waited, cut = (row.handover_waited_s, row.handover_cut) if row else (None, None)
+    return MoveOutcome(service, target, epoch, waited, cut)
+
+
+def watch_handover(
+    settings: Settings, service: str, target: str, epoch: int, report: Callable[[str], None]
+) -> MoveOutcome:
+    """Follow a handover until the service is the target's (or the handover was given up),
+    reporting what still runs on the old owner and the grace left."""
+    said = None
+    while True:
+        with transaction(settings) as connection:
+            snapshot = store.read_snapshot(connection)
+            current = snapshot.service(service)
+            running = services.running_work(settings, service)(connection)
+        assert current is not None
+        owner = snapshot.node_by_id(current.owner_id)
+        if current.epoch > epoch:
+            if owner is not None and owner.name == target:
+                return _moved(settings, service, target, current.epoch)
+            raise Refused(
+                f"{service} went to {owner.name if owner else 'nobody'} at epoch "
+                f"{current.epoch}, not to {target}"
+            )
+        if not current.handing_over:
+            raise Refused(f"{owner.name if owner else 'its owner'} gave up handing {service} over")
+        line = _handover_line(service, owner.name if owner else "?", running)
+        if line != said:
+            said = line
+            report(f"{line} ({current.grace_left(snapshot.now):.0f} s of grace left)")
+        time.sleep(0.2)
+
+
+def _handover_line(service: str, owner: str, running: list[str] | None) -> str:
+    if running is None:
+        return f"{service}: waiting for {owner} to end its current run"
+    shown = ", ".join(running[:3]) + (", ..." if len(running) > 3 else "")
+    return f"{service}: waiting for {len(running)} running on {owner}: {shown}"
+
+
+def drain(settings: Settings, node: str, force: bool, grace: float | None = None) -> list[str]:
+    """Mark `node` draining (its heartbeat then hands each service to the best candidate,
+    after letting its running work finish for at most `grace` seconds; None: the setting).
 
     Returns the services nothing can take yet. Refused, with nothing written, when the node
     is the last that can run one of its services, unless `force`.
@@ -112,7 +190,7 @@ def drain(settings: Settings, node: str, force: bool) -> list[str]:
                 f"{node} is the last live node that can run {', '.join(stuck)}: "
                 "use --force to drain it anyway (it keeps serving until another node can)"
             )
-        store.set_draining(connection, node, True)
+        store.set_draining(connection, node, True, grace)
     return stuck
 
 
@@ -139,6 +217,7 @@ def watch_drain(
     """Report each service leaving `node` until it owns none; return those it still owns."""
     deadline = time.monotonic() + timeout
     seen: dict[str, int] = {}
+    handing: dict[str, str | None] = {}
     while True:
         with transaction(settings) as connection:
             snapshot = store.read_snapshot(connection)
@@ -147,6 +226,18 @@ def watch_drain(
             owner = snapshot.node_by_id(service.owner_id)
             if me and owner and owner.id != me.id and seen.get(service.name) != service.epoch:
                 report(f"{service.name}: {owner.name} at epoch {service.epoch}")
+            elif (
+                me
+                and owner
+                and owner.id == me.id
+                and service.handing_over
+                and handing.get(service.name) != service.handover_to
+            ):
+                handing[service.name] = service.handover_to
+                report(
+                    f"{service.name}: handing over to {service.handover_to} once its running "
+                    f"work ends (at most {service.grace_left(snapshot.now):.0f} s)"
+                )
             seen[service.name] = service.epoch
         left = [s.name for s in snapshot.services if me is not None and s.owner_id == me.id]
         if not left or time.monotonic() > deadline:

@@ -5,9 +5,11 @@
 
 - register_birth: register the node under a new incarnation (refused while another live
   process holds the name), then start the node's own beat as a thread of this process;
-- register_death: on warm shutdown (SIGTERM), at once release every service the node owns
-  (reason `release`) and nudge the live peers to beat, so one takes over without waiting
-  for this node's lease to expire.
+- a graceful stop (SIGTERM or SIGINT, `GracefulStop`): the node starts nothing new, lets
+  what runs finish (at most `handover_grace`; a second signal cuts it), then Celery's warm
+  shutdown runs register_death: release every service the node owns (reason `release`)
+  and nudge the live peers to beat, so one takes over without waiting for this node's
+  lease to expire.
 
 The beat is a thread of the worker's main process, not a child process: it cannot outlive
 the node it beats for (a SIGKILL of the worker takes it along), and no second process per
@@ -22,12 +24,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
-from functools import cache
+import time
+from functools import cache, partial
 from typing import Any
 
-from celery import bootsteps
+from celery import bootsteps, platforms
 from celery.signals import (
     after_setup_logger,
     task_received,
@@ -123,9 +127,12 @@ def register_birth(settings: Settings, me: Identity) -> None:
 
 
 def register_death(app: Any, settings: Settings, me: Identity) -> None:
-    """Release this node's services and wake the peers placed first to take them at once."""
+    """Release this node's services and wake the peers placed first to take them at once
+    (the history counts the runs the release cuts)."""
     with transaction(settings) as connection:
-        released = store.release_services(connection, me)
+        released = store.release_services(
+            connection, me, running=partial(services.running_work, settings)
+        )
         snapshot = store.read_snapshot(connection)
     local_fence.released(me.incarnation, dict(released))
     for service, epoch in released:
@@ -195,6 +202,7 @@ class NodeLifecycle(bootsteps.StartStopStep):  # type: ignore[misc]
         _running.append((worker.app, settings, me))
         self.beat = NodeBeat(worker.app)
         self.beat.start()
+        GracefulStop(settings, me).install()
 
     def stop(self, worker: Any) -> None:
         if self.beat is not None:
@@ -254,6 +262,111 @@ def beat_lost(why: str) -> None:
     local_state.remember(me.incarnation, BEAT_STOPPED, 1.0)
     _release_on_shutdown()
     state.should_stop = EXIT_BEAT_LOST
+
+
+STOPPING = "stopping"
+
+
+def stopping(incarnation: str) -> bool:
+    """Whether this incarnation is stopping gracefully: it takes nothing on any more."""
+    return local_state.recall(incarnation, STOPPING) is not None
+
+
+class GracefulStop:
+    """A first SIGTERM (or SIGINT) lets the node's running work finish before it releases
+    its services: each is marked as handing over (nothing new starts), and Celery's warm
+    shutdown begins once nothing runs or `handover_grace` has passed. A second signal cuts
+    what still runs at once."""
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self, settings: Settings, me: Identity) -> None:
+        self.settings = settings
+        self.me = me
+        self.celery_handlers = {name: platforms.signals[name] for name in self.SIGNALS}
+        self.thread: threading.Thread | None = None
+
+    def install(self) -> None:
+        for name in self.SIGNALS:
+            platforms.signals[name] = self.on_signal
+
+    def on_signal(self, signum: int, frame: Any = None) -> None:
+        name = signal.Signals(signum).name
+        if self.thread is not None:
+            log.warning("node %s: %s again: cutting what still runs", self.me.name, name)
+            self.celery_handlers[name](signum, frame)
+            return
+        self.thread = threading.Thread(
+            target=self._stop, args=(name, signum), name="GracefulStop", daemon=True
+        )
+        self.thread.start()
+
+    def _stop(self, name: str, signum: int) -> None:
+        local_state.remember(self.me.incarnation, STOPPING, time.monotonic())
+        try:
+            self._let_work_finish(name)
+        except FailoverError as error:
+            log.error("node %s: stopping without waiting: %s", self.me.name, error)
+        finally:
+            self.celery_handlers[name](signum, None)
+
+    def _let_work_finish(self, name: str) -> None:
+        """Mark the services as handing over, then wait until nothing runs or the grace ends."""
+        settings, me = self.settings, self.me
+        grace = settings.handover_grace
+        with transaction(settings) as connection:
+            found = store.begin_stop(
+                connection, me, grace, partial(services.running_work, settings)
+            )
+        if not found:
+            return
+        log.warning(
+            "node %s: %s: stopping once its running work ended (%s; at most %g s; a second "
+            "%s cuts it)",
+            me.name,
+            name,
+            _describe_running(found),
+            grace,
+            name,
+        )
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            left = self._still_running(list(found))
+            if not left:
+                log.warning("node %s: its running work ended: releasing its services", me.name)
+                return
+            time.sleep(STOP_POLL)
+        log.warning(
+            "node %s: the %g s grace ended with %s still running: cutting it",
+            me.name,
+            grace,
+            _describe_running(self._still_running(list(found))),
+        )
+
+    def _still_running(self, owned: list[str]) -> dict[str, list[str] | None]:
+        """Per service, what still runs of it (from the database and this host)."""
+        incarnation = self.me.incarnation
+        with transaction(self.settings) as connection:
+            found = {
+                service: services.running_here(self.settings, incarnation, service)(connection)
+                for service in owned
+            }
+        return {service: left for service, left in found.items() if left}
+
+
+STOP_POLL = 0.1
+
+
+def _describe_running(found: dict[str, list[str] | None]) -> str:
+    """`folder_monitor: 2 (inbox/a.dat, ...)`-style summary of what still runs."""
+    parts = []
+    for service, left in sorted(found.items()):
+        if left is None:
+            parts.append(f"{service}: its current run")
+        elif left:
+            shown = ", ".join(left[:3]) + (", ..." if len(left) > 3 else "")
+            parts.append(f"{service}: {len(left)} ({shown})")
+    return "; ".join(parts) or "nothing"
 
 
 def beat_stopped(incarnation: str) -> bool:

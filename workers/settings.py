@@ -210,6 +210,7 @@ class Settings(BaseSettings):
     database_timeout: float = Field(default=0.5, gt=0)
     cross_region_delay: float = Field(default=1.0, ge=0)
     fence_margin: float = Field(default=0.2, ge=0)
+    handover_grace: float = Field(default=30.0, ge=0)
 
     placement: dict[str, PlacementSettings] = {}
     region_lease_timeout: dict[str, float] = {}

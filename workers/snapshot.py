@@ -26,6 +26,7 @@ class Node:
     incarnation: str = ""
     app_healthy: bool | None = None
     last_verdict: str | None = None
+    drain_grace: float | None = None
 
     @property
     def lease_expires_at(self) -> datetime:
@@ -50,6 +51,21 @@ class Service:
     acquired_at: datetime | None = None
     reason: str | None = None
     home_region: str | None = None
+    handover_to: str | None = None
+    handover_since: datetime | None = None
+    handover_until: datetime | None = None
+    handover_reason: str | None = None
+
+    @property
+    def handing_over(self) -> bool:
+        """A planned handover is in progress: its owner starts nothing new for it."""
+        return self.handover_since is not None
+
+    def grace_left(self, now: datetime) -> float:
+        """Seconds the handover's grace still gives the owner's running work (0 when none)."""
+        if self.handover_until is None:
+            return 0.0
+        return max(0.0, (self.handover_until - now).total_seconds())
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,10 @@ from workers import (
 from workers.celery import app
 from workers.database import transaction
 from workers.decide import Acquire, Dispatch, Handover
-from workers.errors import StaleEpoch
+from workers.errors import HandingOver, StaleEpoch
 from workers.fencing import Fence, record_ticks, reject
 from workers.heartbeat import Beat, run_cycle
-from workers.node import beat_stopped, current_identity, current_settings
+from workers.node import beat_stopped, current_identity, current_settings, stopping
 from workers.routing import (
     CUSTOM_RUN,
     HANDLE_FILES,
@@ -53,7 +53,7 @@ from workers.routing import (
 )
 from workers.services.builtin import batch_sender
 from workers.services.custom import CustomService
-from workers.settings import Settings
+from workers.settings import HotFolderSettings, Settings
 from workers.store import Identity
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ class CeleryTransport:
         self.expires = expires
 
     def enqueue_takeover(self, action: Acquire) -> None:
+        if stopping(current_identity().incarnation):
+            return
         args = (action.service, action.from_node, action.epoch, action.reason, action.why)
         send_to_node(app, TAKEOVER, self.node, args, self.expires)
 
@@ -121,11 +123,17 @@ def takeover(service: str, from_node: str | None, epoch: int, reason: str, why: 
         log.warning("node %s: did not take %s: its beat stopped", me.name, service)
         return "refused: its beat stopped"
     action = Acquire(service, from_node, epoch, reason, why)
+    grace = store.Grace(settings.handover_grace, services.running_work(settings, service))
     with transaction(settings) as connection:
-        refusal = store.acquire(connection, me, action, f"node {me.name}", settings.policy())
-    if refusal:
+        refusal, handing = store.take(
+            connection, me, action, f"node {me.name}", settings.policy(), grace
+        )
+    if refusal or handing is None:
         log.info("node %s: did not take %s: %s", me.name, service, refusal)
         return f"refused: {refusal}"
+    if not handing.moved:
+        _log_handing(me, service, from_node, handing)
+        return f"{service} handing over from {from_node}"
     local_fence.acquired(me.incarnation, service, epoch + 1)
     source = f"from {from_node}" if from_node else "unowned"
     log.warning(
@@ -141,35 +149,113 @@ def takeover(service: str, from_node: str | None, epoch: int, reason: str, why: 
 
 
 @app.task(name=MANUAL_FAILOVER, ignore_result=False)
-def manual_failover(service: str, actor: str, why: str) -> dict[str, Any]:
-    """Move `service` to this node (reason `manual`), under the same lock as a takeover."""
+def manual_failover(
+    service: str, actor: str, why: str, grace: float | None = None
+) -> dict[str, Any]:
+    """Move `service` to this node (reason `manual`), under the same lock as a takeover.
+
+    A live owner with work running first gets `grace` seconds (None: its drain's grace or
+    the setting) to let it finish: the answer then says the service is handing over."""
     settings = current_settings()
     me = current_identity()
-    if expired(settings, me):
-        return {"service": service, "node": me.name, "epoch": None, "refusal": "expired unused"}
-    if beat_stopped(me.incarnation):
-        stopped = "its beat stopped: the node is exiting to be restarted"
-        log.warning(
-            "node %s: refused to take %s (asked by %s): %s", me.name, service, actor, stopped
-        )
-        return {"service": service, "node": me.name, "epoch": None, "refusal": stopped}
-    with transaction(settings) as connection:
-        refusal, epoch = store.move_here(connection, me, service, actor, why)
+    answer: dict[str, Any] = {"service": service, "node": me.name, "epoch": None}
+    refusal = _unfit_to_take(settings, me)
     if refusal:
         log.warning(
             "node %s: refused to take %s (asked by %s): %s", me.name, service, actor, refusal
         )
+        return {**answer, "refusal": refusal, "moved": False}
+    running = services.running_work(settings, service)
+    with transaction(settings) as connection:
+        seconds = (
+            grace
+            if grace is not None
+            else store.handover_grace(connection, service, settings.handover_grace)
+        )
+        refusal, handing = store.move_here(
+            connection, me, service, actor, why, store.Grace(seconds, running)
+        )
+    answer |= {"epoch": handing.epoch, "refusal": refusal, "moved": handing.moved}
+    if refusal:
+        log.warning(
+            "node %s: refused to take %s (asked by %s): %s", me.name, service, actor, refusal
+        )
+    elif not handing.moved:
+        _log_handing(me, service, None, handing)
+        answer |= {
+            "running": list(handing.running),
+            "until": handing.until.isoformat() if handing.until else None,
+        }
     else:
-        local_fence.acquired(me.incarnation, service, epoch)
+        local_fence.acquired(me.incarnation, service, handing.epoch)
         log.warning(
             "node %s: took %s at epoch %d, reason manual, by %s: %s",
             me.name,
             service,
-            epoch,
+            handing.epoch,
             actor,
             why,
         )
-    return {"service": service, "node": me.name, "epoch": epoch, "refusal": refusal}
+    return answer
+
+
+def _unfit_to_take(settings: Settings, me: Identity) -> str | None:
+    """Why this node may not take a service on now, or None."""
+    if expired(settings, me):
+        return "expired unused"
+    if beat_stopped(me.incarnation):
+        return "its beat stopped: the node is exiting to be restarted"
+    if stopping(me.incarnation):
+        return "the node is stopping"
+    return None
+
+
+def _log_handing(me: Identity, service: str, owner: str | None, handing: store.Handing) -> None:
+    """Say that a service hands over to this node once its owner's running work ended."""
+    running = ", ".join(handing.running[:5]) or "its running work"
+    more = f" and {len(handing.running) - 5} more" if len(handing.running) > 5 else ""
+    log.warning(
+        "node %s: %s hands over to it from %s once %s%s ended (grace until %s)",
+        me.name,
+        service,
+        owner or "its owner",
+        running,
+        more,
+        handing.until.isoformat(timespec="seconds") if handing.until else "?",
+    )
+
+
+def hand_over_when_idle(settings: Settings, fence: Fence) -> str:
+    """On an owner whose service is handing over: once nothing of it runs any more, move it
+    to its new owner now (and wake that node to start at once)."""
+    me = fence.me
+    running = services.running_here(settings, me.incarnation, fence.service)
+    with transaction(settings) as connection:
+        finished = store.finish_handover(connection, me, fence.service, running)
+    if finished is None:
+        return "handing over: its running work goes on"
+    if finished.cancelled:
+        log.warning(
+            "node %s: gave up handing %s over: %s; it carries on as its owner",
+            me.name,
+            fence.service,
+            finished.cancelled,
+        )
+        return f"handover cancelled: {finished.cancelled}"
+    local_fence.released(me.incarnation, {fence.service: finished.epoch})
+    to = finished.to
+    log.warning(
+        "node %s: handed %s over to %s at epoch %d: its running work had ended",
+        me.name,
+        fence.service,
+        to.name if to else "nobody",
+        finished.epoch,
+    )
+    if to is not None:
+        now = db_clock.database_time(settings, me.incarnation)
+        deadline = now + settings.heartbeat_interval
+        send_to_node(app, HEARTBEAT, to.name, (to.name, to.incarnation), deadline=deadline)
+    return f"handed over at epoch {finished.epoch}"
 
 
 @app.task(name=SERVICE_WORK, ignore_result=True)
@@ -200,12 +286,14 @@ def _service_work(settings: Settings, me: Identity, pairs: list[tuple[str, int]]
     refusals = record_ticks(settings, me, pairs)
     done: dict[str, Any] = {}
     for service, epoch in pairs:
-        fence = Fence(service, me, epoch)
+        fence = Fence(service, me, epoch, starting=True)
         try:
             refusal = refusals.get(service, StaleEpoch(f"unknown service {service}"))
             if refusal is not None:
                 raise refusal
             done[service] = _own_work(settings, fence)
+        except HandingOver:
+            done[service] = hand_over_when_idle(settings, fence)
         except StaleEpoch as stale:
             reject(settings, fence, stale)
     return done
@@ -268,8 +356,19 @@ def handle_files(folder: str, ids: list[int], epoch: int) -> int:
     handled = folder_monitor.handle_files(settings, hot_folder, ids, fence)
     if not shared:
         with contextlib.suppress(StaleEpoch):
-            folder_monitor.dispatch(settings, hot_folder, fence, _batch_sender(settings, me, epoch))
+            _next_batches(settings, hot_folder, fence.to_start())
     return handled
+
+
+def _next_batches(settings: Settings, folder: HotFolderSettings, fence: Fence) -> None:
+    """After a batch, send the folder's next ones; if the service is handing over, hand it
+    over as soon as this was the last of its running work."""
+    try:
+        folder_monitor.dispatch(
+            settings, folder, fence, _batch_sender(settings, fence.me, fence.epoch)
+        )
+    except HandingOver:
+        hand_over_when_idle(settings, fence)
 
 
 @app.task(name=SCHEDULED_RUN, ignore_result=True)
@@ -282,7 +381,14 @@ def scheduled_run(name: str, run_id: int, epoch: int) -> str:
     except StaleEpoch as stale:
         reject(settings, fence, stale)
         return "rejected"
+    _after_run(settings, fence)
     return result.status if result else "closed before it started"
+
+
+def _after_run(settings: Settings, fence: Fence) -> None:
+    """A run ended: if the service is handing over, hand it over if that was the last one."""
+    if local_fence.handing_over(fence.me.incarnation, fence.service):
+        hand_over_when_idle(settings, fence)
 
 
 @app.task(name=RUN_SCRIPT, ignore_result=False)
@@ -294,10 +400,12 @@ def run_script(name: str, epoch: int) -> dict[str, Any]:
         return {"run": None, "status": "refused", "exit_code": None, "output_tail": "expired"}
     fence = Fence(app_script.SERVICE, me, epoch)
     try:
-        return app_script.run_now(settings, name, fence)
+        outcome = app_script.run_now(settings, name, fence)
     except StaleEpoch as refusal:
         reject(settings, fence, refusal)
         return {"run": None, "status": "refused", "exit_code": None, "output_tail": str(refusal)}
+    _after_run(settings, fence)
+    return outcome
 
 
 @app.task(name=CUSTOM_RUN, ignore_result=True)
@@ -311,4 +419,7 @@ def custom_run(service: str, epoch: int) -> str:
     custom = services.services_for(settings).get(service)
     if not isinstance(custom, CustomService):
         return "not a custom service here"
-    return custom.run(settings, Fence(service, me, epoch))
+    fence = Fence(service, me, epoch)
+    ending = custom.run(settings, fence)
+    _after_run(settings, fence)
+    return ending

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.registry import add_node, give
+from tests.support.servers import HEAD_REVISION
 from workers import store
 from workers.database import transaction
 
@@ -202,4 +203,4 @@ def test_db_upgrade_works_from_a_wheel_installed_outside_the_checkout(tmp_path, 
     for _ in range(2):
         result = failover("db", "upgrade", cwd=tmp_path, **env)
         assert result.returncode == 0, result.stderr
-        assert "revision 0008" in result.stdout
+        assert f"revision {HEAD_REVISION}" in result.stdout

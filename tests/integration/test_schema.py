@@ -9,6 +9,7 @@ import psycopg
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from tests.support.servers import HEAD_REVISION
 from workers.database import migrations_dir, upgrade_schema
 from workers.settings import load_settings
 from workers.tables import metadata
@@ -75,8 +76,8 @@ def test_schema_sql_creates_exactly_what_the_migrations_create(servers, database
 def test_upgrade_is_idempotent(database_url):
     settings = load_settings(database_url=database_url)
     before = catalog(database_url)
-    assert upgrade_schema(settings) == "0009"
-    assert upgrade_schema(settings) == "0009"
+    assert upgrade_schema(settings) == HEAD_REVISION
+    assert upgrade_schema(settings) == HEAD_REVISION
     assert catalog(database_url) == before
 
 

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import redis
@@ -44,6 +45,12 @@ def start_servers(stack: ExitStack) -> Servers:
         broker_url=broker_url or embedded.broker_url,  # type: ignore[union-attr]
         embedded=embedded is not None,
     )
+
+
+HEAD_REVISION = max(
+    path.name[:4] for path in (Path(__file__).parents[2] / "schema" / "versions").glob("[0-9]*.py")
+)
+"""The newest revision in `schema/versions`, which `failover db upgrade` ends at."""
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """Singleton services on one boundary: the interface (`SingletonService`), the built-ins'
 adapters, a team's own services, and the registry the node, tasks, status and metrics use."""
 
-from workers.services.base import Gauge, Row, Section, Sender, SingletonService
+from workers.services.base import Gauge, Row, RunningWork, Section, Sender, SingletonService
 from workers.services.custom import CustomService, ServiceFence
 from workers.services.registry import (
     SECTIONS,
@@ -9,6 +9,8 @@ from workers.services.registry import (
     declare,
     known_services,
     run_work,
+    running_here,
+    running_work,
     services_for,
     status_sections,
 )
@@ -18,6 +20,7 @@ __all__ = [
     "CustomService",
     "Gauge",
     "Row",
+    "RunningWork",
     "Section",
     "Sender",
     "ServiceFence",
@@ -26,6 +29,8 @@ __all__ = [
     "declare",
     "known_services",
     "run_work",
+    "running_here",
+    "running_work",
     "services_for",
     "status_sections",
 ]

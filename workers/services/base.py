@@ -12,6 +12,11 @@ moved, drained and shown by the framework. What it does is its own:
   `fence` (a `StaleEpoch` it raises is counted by the framework);
 - `status(connection, settings)`: its rows in `failover status` (`section` says where, how
   they are drawn as a table, and which fields the metrics export).
+
+A planned handover (a move, a drain, a failback, a graceful stop) lets the owner's running
+work finish first. A service that can tell what of its work still runs says so through
+`RunningWork`; for one that cannot, its owner hands it over when the service's turn on
+that node is over.
 """
 
 from __future__ import annotations
@@ -77,3 +82,18 @@ class SingletonService(Protocol):
     def work(self, settings: Settings, fence: Fence, send: Sender) -> Any: ...
 
     def status(self, connection: Connection, settings: Settings) -> list[Row]: ...
+
+
+@runtime_checkable
+class RunningWork(Protocol):
+    """Optional: what of a service's work still runs, for a planned handover to wait for.
+
+    - `in_flight(connection, settings)`: what the database shows still running, one line
+      each (None when only the owner can tell);
+    - `busy_here(settings, incarnation)`: on the owner, whether work the database does not
+      show still runs on this host.
+    """
+
+    def in_flight(self, connection: Connection, settings: Settings) -> list[str] | None: ...
+
+    def busy_here(self, settings: Settings, incarnation: str) -> bool: ...

@@ -111,6 +111,13 @@ class FolderMonitorService:
     def status(self, connection: Connection, settings: Settings) -> list[Row]:
         return folder_summaries(connection, settings)
 
+    def in_flight(self, connection: Connection, settings: Settings) -> list[str] | None:
+        return folder_monitor.in_flight(connection, settings)
+
+    def busy_here(self, settings: Settings, incarnation: str) -> bool:
+        """Every batch marks its files in the database before it runs."""
+        return False
+
 
 def _script_cells(script: Row) -> tuple[str, ...]:
     last = script["last_run"]
@@ -192,3 +199,10 @@ class AppScriptService:
 
     def status(self, connection: Connection, settings: Settings) -> list[Row]:
         return script_summaries(connection, settings)
+
+    def in_flight(self, connection: Connection, settings: Settings) -> list[str] | None:
+        return app_script.in_flight(connection)
+
+    def busy_here(self, settings: Settings, incarnation: str) -> bool:
+        """Every run is recorded in the database before it starts."""
+        return False

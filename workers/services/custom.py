@@ -35,7 +35,7 @@ from workers.database import forget_inherited_engines
 from workers.errors import ConfigError, StaleEpoch
 from workers.fencing import Fence, fenced, reject
 from workers.routing import CUSTOM_RUN, WAITING_MAX_AGE
-from workers.services.base import Gauge, Row, Section, Sender, SingletonService
+from workers.services.base import Gauge, Row, RunningWork, Section, Sender, SingletonService
 from workers.settings import DEFAULT_SERVICE_TIMEOUT, Settings
 from workers.supervision import Ending, Forked, Watch, die_with_parent, guarded, supervise
 
@@ -243,6 +243,8 @@ class CustomService:
             lost = local_fence.lost(fence)
             if lost:
                 return f"not started: {lost}"
+            if local_fence.handing_over(incarnation, self.name):
+                return "not started: the service is handing over"
             local_state.remember(incarnation, f"{self.kind}.run_started", time.monotonic())
             ending = self._run_child(settings, fence)
         return _verdict(ending)
@@ -291,6 +293,21 @@ class CustomService:
             error,
             exc_info=True,
         )
+
+    def in_flight(self, connection: Connection, settings: Settings) -> list[str] | None:
+        """A service object may say; a handler's runs are known only to its owner."""
+        service = self._object()
+        if isinstance(service, RunningWork):
+            return service.in_flight(connection, settings)
+        return None
+
+    def busy_here(self, settings: Settings, incarnation: str) -> bool:
+        """A run of the handler (or the object's work) is going on this host now."""
+        service = self._object()
+        if isinstance(service, RunningWork) and service.busy_here(settings, incarnation):
+            return True
+        with local_state.alone(incarnation, self.kind) as free:
+            return not free
 
     def status(self, connection: Connection, settings: Settings) -> list[Row]:
         ticks = connection.execute(text(TICKS_SQL), {"service": self.name}).first()

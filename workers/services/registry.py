@@ -8,6 +8,7 @@ entry point its interval).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -18,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert
 from workers import local_state, retention
 from workers.errors import ConfigError
 from workers.fencing import Fence
-from workers.services.base import Row, Section, Sender, SingletonService
+from workers.services.base import Row, RunningWork, Section, Sender, SingletonService
 from workers.services.builtin import FOLDERS, SCRIPTS, AppScriptService, FolderMonitorService
 from workers.services.custom import CUSTOM, CustomService, load_spec
 from workers.settings import (
@@ -130,6 +131,31 @@ def _undeclared(fence: Fence) -> None:
         fence.service,
         fence.epoch,
     )
+
+
+def running_work(settings: Settings, service: str) -> Callable[[Connection], list[str] | None]:
+    """What of `service`'s work the database shows still running (for a planned handover to
+    wait for); None when it cannot tell (its owner then decides)."""
+    found = services_for(settings).get(service)
+    if not isinstance(found, RunningWork):
+        return lambda _connection: None
+    return partial(found.in_flight, settings=settings)
+
+
+def running_here(
+    settings: Settings, incarnation: str, service: str
+) -> Callable[[Connection], list[str]]:
+    """On the owner: what of `service`'s work still runs, from the database and this host."""
+    found = services_for(settings).get(service)
+
+    def running(connection: Connection) -> list[str]:
+        if not isinstance(found, RunningWork):
+            return []
+        if found.busy_here(settings, incarnation):
+            return ["a run on this node"]
+        return found.in_flight(connection, settings) or []
+
+    return running
 
 
 def status_sections(connection: Connection, settings: Settings) -> dict[str, list[Row]]:
