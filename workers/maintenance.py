@@ -44,7 +44,7 @@ class MoveOutcome:
             done += f" after waiting {self.waited:.1f} s for its running work"
         if self.cut:
             return f"{done}; {self.cut} run(s) still going were cut"
-        return done + ("; nothing was cut" if self.cut == 0 else "")
+        return done + ("; nothing was cut" if self.waited is not None else "")
 
 
 def operator() -> str:
@@ -106,7 +106,7 @@ def move(
     if outcome["refusal"]:
         raise Refused(f"{target} refused {service}: {outcome['refusal']}")
     if outcome.get("moved", True):
-        return _moved(settings, service, target, outcome["epoch"])
+        return _handed(settings, service, target, outcome["epoch"])
     return watch_handover(settings, service, target, outcome["epoch"], report)
 
 
@@ -126,14 +126,17 @@ def _settle_unanswered(
     )
 
 
-def _moved(settings: Settings, service: str, target: str, epoch: int) -> MoveOutcome:
-    """The outcome of a move at `epoch`, with what its history row says of the handover."""
+def _handed(settings: Settings, service: str, target: str, epoch: int) -> MoveOutcome:
+    """What the history says of the change of owner at `epoch`: the move to `target` (how
+    long it waited, what it cut), or `Refused` if the service went elsewhere."""
     with transaction(settings) as connection:
         row = connection.execute(
-            select(history_t.c.handover_waited_s, history_t.c.handover_cut).where(
-                (history_t.c.service_type == service) & (history_t.c.epoch == epoch)
-            )
+            select(
+                history_t.c.to_node, history_t.c.handover_waited_s, history_t.c.handover_cut
+            ).where((history_t.c.service_type == service) & (history_t.c.epoch == epoch))
         ).first()
+    if row is not None and row.to_node != target:
+        raise Refused(f"{service} went to {row.to_node or 'nobody'} at epoch {epoch}, not {target}")
     waited, cut = (row.handover_waited_s, row.handover_cut) if row else (None, None)
     return MoveOutcome(service, target, epoch, waited, cut)
 
@@ -152,12 +155,7 @@ def watch_handover(
         assert current is not None
         owner = snapshot.node_by_id(current.owner_id)
         if current.epoch > epoch:
-            if owner is not None and owner.name == target:
-                return _moved(settings, service, target, current.epoch)
-            raise Refused(
-                f"{service} went to {owner.name if owner else 'nobody'} at epoch "
-                f"{current.epoch}, not to {target}"
-            )
+            return _handed(settings, service, target, epoch + 1)
         if not current.handing_over:
             raise Refused(f"{owner.name if owner else 'its owner'} gave up handing {service} over")
         line = _handover_line(service, owner.name if owner else "?", running)
@@ -169,7 +167,7 @@ def watch_handover(
 
 def _handover_line(service: str, owner: str, running: list[str] | None) -> str:
     if running is None:
-        return f"{service}: waiting for {owner} to end its current run"
+        return f"{service}: waiting for {owner} to say its running work ended"
     shown = ", ".join(running[:3]) + (", ..." if len(running) > 3 else "")
     return f"{service}: waiting for {len(running)} running on {owner}: {shown}"
 

@@ -89,35 +89,43 @@ def test_no_two_runs_of_a_file_overlap_through_moves_stops_drains_and_failbacks(
     tmp_path, database_url, broker_url
 ):
     cluster, inbox = handover_cluster(tmp_path, database_url, broker_url, 0.6)
+    dropped = 0
+
+    def busy() -> None:
+        """Drop a wave of files and wait until one is being handled."""
+        nonlocal dropped
+        for i in range(dropped, dropped + FILES // 4):
+            (inbox / f"doc-{i:03}.dat").write_text(str(i))
+        dropped += FILES // 4
+        in_the_middle(tmp_path)
+
     try:
         # Given a owns the folder monitor, b is live, and files keep arriving
         cluster.start_live("a", "r1")
         wait_until(lambda: cluster.owned_by("a"), 20, "a to claim")
         cluster.start_live("b", "r1")
-        for i in range(FILES):
-            (inbox / f"doc-{i:03}.dat").write_text(str(i))
         # When, each time in the middle of handling: a move, a graceful stop, a drain and
         # its undrain, and a move back (failback)
-        in_the_middle(tmp_path)
+        busy()
         assert cluster.cli("move", "folder_monitor", "--to", "b", "--timeout", "30").returncode == 0
-        in_the_middle(tmp_path)
+        busy()
         assert cluster.running("b").terminate() == 0
         wait_until(lambda: owner(cluster) == "a", 30, "a to take over")
         cluster.start_live("b", "r1")
         cluster.beats("b")
-        in_the_middle(tmp_path)
+        busy()
         assert cluster.cli("drain", "a", "--timeout", "60").returncode == 0
         assert cluster.cli("undrain", "a").returncode == 0
-        in_the_middle(tmp_path)
+        busy()
         assert cluster.cli("move", "folder_monitor", "--to", "a", "--timeout", "30").returncode == 0
-        all_processed(inbox, FILES)
+        all_processed(inbox, dropped)
         # Then no run of a file started while another run of it was alive, and each file
         # was handled to its end exactly once
         found = spans(tmp_path / "spans.log")
         assert found["overlap"] == []
-        assert handled(tmp_path / "handled.log") == {f"doc-{i:03}.dat": 1 for i in range(FILES)}
+        assert handled(tmp_path / "handled.log") == {f"doc-{i:03}.dat": 1 for i in range(dropped)}
         assert sorted(p.name for p in (inbox / "processed").iterdir()) == [
-            f"doc-{i:03}.dat" for i in range(FILES)
+            f"doc-{i:03}.dat" for i in range(dropped)
         ]
         assert len(cluster.query("SELECT DISTINCT epoch FROM folder_file")) >= 2
     finally:

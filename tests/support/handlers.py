@@ -181,3 +181,14 @@ def held_script_span(log: str) -> None:
 def environment(path: Path) -> None:
     """Log the names of the variables the handler sees, one line per file."""
     _append(f"{path.name} {' '.join(sorted(os.environ))}\n".encode())
+
+
+def timed_script(log: str, seconds: float) -> None:
+    """A script run of `seconds`: log `start <pid>`, sleep, log `end <pid>` (a run killed
+    leaves a start without an end)."""
+    path = Path(log)
+    with path.open("a") as out:
+        out.write(f"start {os.getpid()}\n")
+    time.sleep(seconds)
+    with path.open("a") as out:
+        out.write(f"end {os.getpid()}\n")
