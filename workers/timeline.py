@@ -420,7 +420,7 @@ def _unmarked_lapses(
         if row.stopped_at is None and lapsed < now and last not in ("expired", "stopped"):
             lapses.append(
                 {
-                    "at": lapsed,
+                    "at": max([lapsed, *(e["at"] for e in mine)]),
                     "node": row.node_name,
                     "region": row.region,
                     "event": "expired",
