@@ -233,17 +233,31 @@ def undrain(ctx: click.Context, node: str) -> None:
 @click.option("--since", default=None, help="An ISO time, or a duration back such as 15m, 2h, 1d.")
 @click.option("--limit", default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--svg", "svg", type=click.Path(dir_okay=False), help="Write the timeline to SVG.")
+@click.option("--window", default="1h", show_default=True, help="With --svg: 15m, 1h, 6h, 24h, 7d.")
 @click.pass_context
 def history(
-    ctx: click.Context, service: str | None, since: str | None, limit: int, as_json: bool
+    ctx: click.Context,
+    service: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+    svg: str | None,
+    window: str,
 ) -> None:
-    """Every change of owner, newest first."""
+    """Every change of owner, newest first; or, with --svg, the ownership timeline."""
     from rich.console import Console as RichConsole
 
     from workers.database import transaction
     from workers.status import event_table
     from workers.status import history as read_history
 
+    if svg is not None:
+        from workers.timeline import write_svg
+
+        write_svg(_settings(ctx), svg, window)
+        click.echo(f"wrote the ownership timeline of the last {window} to {svg}")
+        return
     with transaction(_settings(ctx)) as connection:
         events = read_history(connection, service, since, limit)
     if as_json:
@@ -270,6 +284,26 @@ def metrics(ctx: click.Context, address: str, port: int) -> None:
     registry.register(ClusterCollector(settings))
     server, _thread = start_http_server(port, address, registry=registry)
     click.echo(f"serving cluster metrics on http://{address}:{port}/metrics")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    server.shutdown()
+
+
+@cli.command()
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option("--port", default=9809, show_default=True)
+@click.pass_context
+def web(ctx: click.Context, address: str, port: int) -> None:
+    """Serve the status page, its JSON, the timeline and /metrics at http://ADDRESS:PORT/."""
+    import signal
+    import threading
+
+    from workers import web as site
+
+    server = site.serve(_settings(ctx), address, port)
+    click.echo(f"serving the status page on http://{address}:{port}/")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with contextlib.suppress(KeyboardInterrupt):

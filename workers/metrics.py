@@ -1,7 +1,8 @@
 """`failover metrics`: what Flower cannot know, for Prometheus, read from the database per scrape.
 
 One small server for the whole cluster (run it anywhere that reaches the database): per
-service its owner and epoch, per node its lease age, liveness and draining flag, and
+service its owner, whether that owner is live, its epoch and a planned handover in
+progress, per node its lease and lease age, liveness and draining flag, and
 counters of ownership changes by reason and of side effects the epoch fence rejected; and
 what each service's status section exports (files waiting per folder, a custom service's
 ticks), through `workers.services`.
@@ -25,6 +26,7 @@ from workers.errors import FailoverError
 from workers.settings import Settings
 from workers.tables import ownership_history as history_t
 from workers.tables import server_registry as nodes_t
+from workers.tables import service_status as services_t
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +59,14 @@ class ClusterCollector(Collector):
                 )
             ).all()
             rows = connection.execute(select(nodes_t)).all()
+            handovers = connection.execute(
+                select(services_t).where(services_t.c.handover_since.is_not(None))
+            ).all()
             sections = services.status_sections(connection, self.settings)
         return [
             *_service_families(snapshot),
             *_node_families(snapshot),
+            *_handover_families(snapshot, handovers),
             _counter(
                 "failover_ownership_changes",
                 "Changes of owner, by service and reason",
@@ -164,11 +170,38 @@ def _service_families(snapshot: Any) -> list[Metric]:
     owner = GaugeMetricFamily(
         "failover_service_owner", "1 for the node that owns the service", labels=["service", "node"]
     )
+    owner_live = GaugeMetricFamily(
+        "failover_service_owner_live",
+        "1 while the service has an owner whose lease is fresh",
+        labels=["service"],
+    )
     for service in snapshot.services:
         epoch.add_metric([service.name], service.epoch)
         node = snapshot.node_by_id(service.owner_id)
         owner.add_metric([service.name, node.name if node else ""], 1)
-    return [epoch, owner]
+        owner_live.add_metric([service.name], int(bool(node and node.is_live(snapshot.now))))
+    return [epoch, owner, owner_live]
+
+
+def _handover_families(snapshot: Any, rows: Sequence[Any]) -> list[Metric]:
+    """A planned handover in progress: since when, and the seconds left of its grace
+    (negative once the grace is over and the service has still not moved: stuck)."""
+    since = GaugeMetricFamily(
+        "failover_service_handover_started_timestamp_seconds",
+        "When the service's planned handover in progress started",
+        labels=["service", "to"],
+    )
+    left = GaugeMetricFamily(
+        "failover_service_handover_seconds_left",
+        "Seconds left of the grace of the service's planned handover in progress",
+        labels=["service", "to"],
+    )
+    for row in rows:
+        values = [row.service_type, row.handover_to or ""]
+        since.add_metric(values, row.handover_since.timestamp())
+        if row.handover_until is not None:
+            left.add_metric(values, (row.handover_until - snapshot.now).total_seconds())
+    return [since, left]
 
 
 def _node_families(snapshot: Any) -> list[Metric]:
@@ -181,10 +214,16 @@ def _node_families(snapshot: Any) -> list[Metric]:
     )
     active = GaugeMetricFamily("failover_node_active", "The node's is_active flag", labels=labels)
     draining = GaugeMetricFamily("failover_node_draining", "1 while the node drains", labels=labels)
+    lease = GaugeMetricFamily(
+        "failover_node_lease_timeout_seconds",
+        "The node's lease (its heartbeat keeps it)",
+        labels=labels,
+    )
     for node in snapshot.nodes:
         values = [node.name, node.region]
+        lease.add_metric(values, node.lease_timeout)
         age.add_metric(values, (snapshot.now - node.last_heartbeat_at).total_seconds())
         live.add_metric(values, int(node.is_live(snapshot.now)))
         active.add_metric(values, int(node.is_active))
         draining.add_metric(values, int(node.draining))
-    return [age, live, active, draining]
+    return [age, live, active, draining, lease]

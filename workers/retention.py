@@ -5,7 +5,9 @@ of each service prunes its own ledger from its service work, at most once an hou
 (`prune_due`, a monotonic throttle in the incarnation's local state), and at most `limit`
 rows per table per call, so one call never holds its locks for long; a backlog is worked
 off an hour at a time. Rows still in flight (a file waiting or in processing, a script
-running) are never touched, and `ownership_history` is kept whole.
+running) are never touched, and `ownership_history` is kept whole. The node events the
+ownership timeline draws (`node_event`) go with the same retention, pruned by whichever owner
+prunes first (any service's owner; a second prune that hour finds nothing).
 """
 
 from __future__ import annotations
@@ -67,6 +69,19 @@ def prune_script_runs(connection: Connection, days: float, limit: int = LIMIT) -
     return int(deleted.rowcount)
 
 
+def prune_node_events(connection: Connection, days: float, limit: int = LIMIT) -> int:
+    """Delete up to `limit` node events (starts, stops, expiries, drains) older than `days`."""
+    deleted = connection.execute(
+        text(
+            "DELETE FROM node_event WHERE id IN ("
+            " SELECT id FROM node_event WHERE at < clock_timestamp() - :days * interval '1 day'"
+            " ORDER BY at LIMIT :limit FOR UPDATE SKIP LOCKED)"
+        ),
+        {"days": days, "limit": limit},
+    )
+    return int(deleted.rowcount)
+
+
 def prune_ledger(connection: Connection, service: str, days: float, limit: int = LIMIT) -> int:
     """Prune the ledger of built-in `service` (none for another service); rows deleted."""
     table = SERVICE_LEDGERS.get(service)
@@ -84,6 +99,7 @@ def prune_when_due(settings: Settings, fence: Fence) -> int:
         return 0
     with transaction(settings) as connection:
         deleted = prune_ledger(connection, fence.service, settings.ledger_retention_days)
+        deleted += prune_node_events(connection, settings.ledger_retention_days)
     if deleted:
         log.info(
             "node %s: deleted %d finished %s ledger rows older than %g days",

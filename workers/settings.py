@@ -229,6 +229,9 @@ class Settings(BaseSettings):
     script_output_lines: int = Field(default=20, ge=1)
     child_env_passthrough: list[str] = []
     services: dict[str, ServiceSettings] = {}
+    web_user: str | None = None
+    web_password: str | None = Field(default=None, repr=False)
+    web_token: str | None = Field(default=None, repr=False)
 
     @classmethod
     def settings_customise_sources(
@@ -433,6 +436,8 @@ class Settings(BaseSettings):
                 shown[key] = mask_url(shown[key])
         for script in shown["scripts"].values():
             script["env"] = {name: MASK for name in script["env"]}
+        for key in ("web_password", "web_token"):
+            shown[key] = MASK if shown[key] else None
         return shown
 
 

@@ -102,6 +102,23 @@ def _service_entry(snapshot: Snapshot, row: Any, policy: Policy) -> dict[str, An
         "actor": row.acquired_by,
         "detail": row.acquired_detail,
         "placement": policy.placement(row.service_type).describe(),
+        "handover": _handover(snapshot, row),
+    }
+
+
+def _handover(snapshot: Snapshot, row: Any) -> dict[str, Any] | None:
+    """A planned handover in progress (None if there is none): to whom, why, time left."""
+    if row.handover_since is None:
+        return None
+    left = row.handover_until and (row.handover_until - snapshot.now).total_seconds()
+    return {
+        "to": row.handover_to,
+        "since": _iso(row.handover_since),
+        "until": _iso(row.handover_until),
+        "left_s": None if left is None else round(left, 1),
+        "reason": row.handover_reason,
+        "actor": row.handover_actor,
+        "detail": row.handover_detail,
     }
 
 

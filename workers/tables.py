@@ -153,3 +153,14 @@ script_schedule = Table(
     Column("script", String(63), primary_key=True),
     Column("last_due_at", DateTime(timezone=True), nullable=False),
 )
+
+node_event = Table(
+    "node_event",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("node_name", String(63), nullable=False),
+    Column("region", String(63), nullable=False),
+    Column("event", String(16), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("detail", Text),
+)
