@@ -62,11 +62,15 @@ class ClusterCollector(Collector):
             handovers = connection.execute(
                 select(services_t).where(services_t.c.handover_since.is_not(None))
             ).all()
+            running = {
+                row.service_type: services.running_work(self.settings, row.service_type)(connection)
+                for row in handovers
+            }
             sections = services.status_sections(connection, self.settings)
         return [
             *_service_families(snapshot),
             *_node_families(snapshot),
-            *_handover_families(snapshot, handovers),
+            *_handover_families(snapshot, handovers, running),
             _counter(
                 "failover_ownership_changes",
                 "Changes of owner, by service and reason",
@@ -183,9 +187,12 @@ def _service_families(snapshot: Any) -> list[Metric]:
     return [epoch, owner, owner_live]
 
 
-def _handover_families(snapshot: Any, rows: Sequence[Any]) -> list[Metric]:
-    """A planned handover in progress: since when, and the seconds left of its grace
-    (negative once the grace is over and the service has still not moved: stuck)."""
+def _handover_families(
+    snapshot: Any, rows: Sequence[Any], running: dict[str, list[str] | None]
+) -> list[Metric]:
+    """A planned handover in progress: since when, the seconds left of its grace (negative
+    once the grace is over and the service has still not moved: stuck), and how many runs
+    it still waits for (where the database can tell)."""
     since = GaugeMetricFamily(
         "failover_service_handover_started_timestamp_seconds",
         "When the service's planned handover in progress started",
@@ -196,12 +203,19 @@ def _handover_families(snapshot: Any, rows: Sequence[Any]) -> list[Metric]:
         "Seconds left of the grace of the service's planned handover in progress",
         labels=["service", "to"],
     )
+    waiting = GaugeMetricFamily(
+        "failover_service_handover_running",
+        "Runs the service's planned handover in progress still waits for",
+        labels=["service", "to"],
+    )
     for row in rows:
         values = [row.service_type, row.handover_to or ""]
         since.add_metric(values, row.handover_since.timestamp())
         if row.handover_until is not None:
             left.add_metric(values, (row.handover_until - snapshot.now).total_seconds())
-    return [since, left]
+        if running.get(row.service_type) is not None:
+            waiting.add_metric(values, len(running[row.service_type] or ()))
+    return [since, left, waiting]
 
 
 def _node_families(snapshot: Any) -> list[Metric]:

@@ -12,7 +12,6 @@ from rich.text import Text
 from sqlalchemy import Connection, select
 
 from workers import services, store
-from workers.decide import Policy
 from workers.errors import ConfigError
 from workers.settings import Settings, require_service
 from workers.snapshot import Node, Snapshot
@@ -90,8 +89,11 @@ def _servers(node: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _service_entry(snapshot: Snapshot, row: Any, policy: Policy) -> dict[str, Any]:
+def _service_entry(
+    connection: Connection, settings: Settings, snapshot: Snapshot, row: Any
+) -> dict[str, Any]:
     owner = snapshot.node_by_id(row.service_registry_id)
+    policy = settings.policy()
     return {
         "service": row.service_type,
         "owner": owner.name if owner else None,
@@ -102,16 +104,22 @@ def _service_entry(snapshot: Snapshot, row: Any, policy: Policy) -> dict[str, An
         "actor": row.acquired_by,
         "detail": row.acquired_detail,
         "placement": policy.placement(row.service_type).describe(),
-        "handover": _handover(snapshot, row),
+        "handover": _handover(connection, settings, snapshot, row),
     }
 
 
-def _handover(snapshot: Snapshot, row: Any) -> dict[str, Any] | None:
-    """A planned handover in progress (None if there is none): to whom, why, time left."""
+def _handover(
+    connection: Connection, settings: Settings, snapshot: Snapshot, row: Any
+) -> dict[str, Any] | None:
+    """A planned handover in progress (None if there is none): from and to whom, why, what
+    still runs on the owner (None: only the owner knows), time left."""
     if row.handover_since is None:
         return None
     left = row.handover_until and (row.handover_until - snapshot.now).total_seconds()
+    owner = snapshot.node_by_id(row.service_registry_id)
     return {
+        "from": owner.name if owner else None,
+        "running": services.running_work(settings, row.service_type)(connection),
         "to": row.handover_to,
         "since": _iso(row.handover_since),
         "until": _iso(row.handover_until),
@@ -155,6 +163,8 @@ def history(
             "reason": row.reason,
             "actor": row.actor,
             "detail": row.detail,
+            "handover_waited_s": _ms(row.handover_waited_s),
+            "handover_cut": row.handover_cut,
         }
         for row in connection.execute(query.limit(limit))
     ]
@@ -162,14 +172,13 @@ def history(
 
 def cluster_status(connection: Connection, settings: Settings, events: int = 10) -> dict[str, Any]:
     """Nodes, services and the latest ownership events, read in one transaction."""
-    policy = settings.policy()
     snapshot = store.read_snapshot(connection)
     rows = {row.node_name: row for row in connection.execute(select(nodes_t))}
     owned = connection.execute(select(services_t).order_by(services_t.c.service_type))
     return {
         "database_time": _iso(snapshot.now),
         "nodes": [_node_entry(snapshot, node, rows[node.name]) for node in snapshot.nodes],
-        "services": [_service_entry(snapshot, row, policy) for row in owned],
+        "services": [_service_entry(connection, settings, snapshot, row) for row in owned],
         **services.status_sections(connection, settings),
         "events": history(connection, limit=events),
     }
@@ -212,6 +221,9 @@ def _service_row(service: dict[str, Any]) -> tuple[Cell, ...]:
     owner = Text(service["owner"]) if service["owner"] else Text("nobody", style="red")
     if service["owner"] and not service["owner_live"]:
         owner.append(" (not live)", style="red")
+    handover = service.get("handover")
+    if handover:
+        owner.append(f"\n{_handover_cell(handover)}", style="yellow")
     return (
         service["service"],
         owner,
@@ -223,6 +235,15 @@ def _service_row(service: dict[str, Any]) -> tuple[Cell, ...]:
     )
 
 
+def _handover_cell(handover: dict[str, Any]) -> str:
+    """`handing over to b: 2 running, 12 s left` (or released, for a graceful stop)."""
+    to = f"handing over to {handover['to']}" if handover["to"] else "stopping: releasing"
+    running = handover["running"]
+    what = "its current runs" if running is None else f"{len(running)} running"
+    left = handover["left_s"]
+    return f"{to}: {what}, {max(left or 0.0, 0.0):.0f} s left"
+
+
 def _event_row(event: dict[str, Any]) -> tuple[Cell, ...]:
     return (
         event["at"],
@@ -232,8 +253,17 @@ def _event_row(event: dict[str, Any]) -> tuple[Cell, ...]:
         str(event["epoch"]),
         event["reason"],
         event["actor"] or "",
-        event["detail"] or "",
+        _with_handover(event),
     )
+
+
+def _with_handover(event: dict[str, Any]) -> str:
+    """The event's why, and for a planned handover how long it waited and what it cut."""
+    why = event["detail"] or ""
+    waited, cut = event.get("handover_waited_s"), event.get("handover_cut")
+    if waited is None:
+        return why if not cut else f"{why} ({cut} run(s) cut)"
+    return f"{why} (waited {waited:.1f} s for running work; {cut or 'nothing'} cut)"
 
 
 def render(status: dict[str, Any]) -> RenderableType:

@@ -201,3 +201,32 @@ def test_a_partial_snapshot_never_chooses_a_new_owner():
     # Then the node waits for the whole registry instead of taking the service blind
     decision = decide(partial, "b", POLICY)
     assert not kinds(decision, Acquire) and kinds(decision, Wait)
+
+
+def handing_over(to: str, since: float, until: float, reason: str = "manual") -> Service:
+    return Service(
+        "x", 1, 7, handover_to=to, handover_since=at(since), handover_until=at(until),
+        handover_reason=reason,
+    )  # fmt: skip
+
+
+def test_a_handover_target_takes_the_service_only_once_the_grace_ended():
+    # Given a live owner a handing x over to b, its grace ending at t=30
+    nodes = (node(1, "a", beat=10.0), node(2, "b", beat=10.0))
+    during = Snapshot(at(11.0), nodes, (handing_over("b", 5.0, 30.0),))
+    after = Snapshot(at(31.0), (node(1, "a", beat=30.5), node(2, "b", beat=30.5)), during.services)
+    # When b decides during the grace, and after it
+    # Then b waits while a's work may finish, then takes x (cutting what still runs)
+    assert decide(during, "b", POLICY).actions == ()
+    taken = kinds(decide(after, "b", POLICY), Acquire)
+    assert [(a.service, a.from_node, a.epoch, a.reason) for a in taken] == [("x", "a", 7, "manual")]
+    assert refusal_to_acquire(after, "b", taken[0], POLICY) is None
+    assert refusal_to_acquire(during, "b", taken[0], POLICY) is not None
+    # And the owner goes on with what it runs meanwhile
+    assert decide(after, "a", POLICY).actions == (Dispatch("x", 7),)
+
+
+def test_a_draining_owner_does_not_ask_again_while_its_service_hands_over():
+    nodes = (node(1, "a", beat=10.0, draining=True), node(2, "b", beat=10.0))
+    asked = Snapshot(at(11.0), nodes, (handing_over("b", 5.0, 30.0),))
+    assert decide(asked, "a", POLICY).actions == (Dispatch("x", 7),)
