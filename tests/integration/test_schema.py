@@ -75,8 +75,8 @@ def test_schema_sql_creates_exactly_what_the_migrations_create(servers, database
 def test_upgrade_is_idempotent(database_url):
     settings = load_settings(database_url=database_url)
     before = catalog(database_url)
-    assert upgrade_schema(settings) == "0009"
-    assert upgrade_schema(settings) == "0009"
+    assert upgrade_schema(settings) == "0010"
+    assert upgrade_schema(settings) == "0010"
     assert catalog(database_url) == before
 
 
