@@ -1,16 +1,16 @@
 """Nodes join without a gap: registered as joining (holding the name, not live) until the
 first heartbeat consumed through the node's own consumer.
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 """
 
 from pathlib import Path
 
 from alembic import op
 
-revision = "0010"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
