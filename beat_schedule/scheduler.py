@@ -22,7 +22,7 @@ from celery.beat import ScheduleEntry, Scheduler
 
 from beat_schedule.clock import wall_time
 from beat_schedule.stagger import SlotTimer, Staggered, build_schedule
-from workers import backlog, local_state
+from workers import backlog, joining, local_state
 from workers.routing import HEARTBEAT, WAITING_MAX_AGE
 
 
@@ -46,6 +46,8 @@ def broker_server(connection: Any) -> str | None:
 
 
 RETRY_FAILED_PUBLISH = 0.2
+CONSUMER_POLL = 0.02
+"""Seconds between two looks at whether the node's consumer consumes (while it starts)."""
 
 
 class NodeScheduler(Scheduler):  # type: ignore[misc]
@@ -55,6 +57,7 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
     broker_server: str | None = None
     publish_failed = False
     late_s = 0.0
+    held_for_consumer = False
 
     def setup_schedule(self) -> None:
         from workers.node import current_identity, current_settings
@@ -67,10 +70,22 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
 
     def tick(self, *_: Any, **__: Any) -> float:
         """Send each heartbeat whose slot has come; return how long to sleep before the next
-        look. Both measured on the monotonic clock, so a wall-clock step changes nothing."""
+        look. Both measured on the monotonic clock, so a wall-clock step changes nothing.
+
+        Nothing is sent while the node's consumer is not consuming (it starts, or restarts
+        after a lost broker connection): the heartbeat could not be consumed, and a node
+        joins only through its consumer. Once it consumes, the heartbeat goes at once
+        rather than at its next slot: the first renewal comes as early as it can."""
+        if joining.waiting_for_consumer():
+            self.held_for_consumer = True
+            return CONSUMER_POLL
+        now_due = self.held_for_consumer
+        self.held_for_consumer = False
         for entry in self.schedule.values():
             timer = self._timer(entry)
-            left = timer.left(time.monotonic())
+            left = (
+                min(0.0, timer.left(time.monotonic())) if now_due else timer.left(time.monotonic())
+            )
             if left <= 0:
                 self.late_s = -left
                 self.apply_entry(entry, producer=self.producer)

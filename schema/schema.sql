@@ -38,7 +38,10 @@ CREATE TABLE server_registry (
     -- files it put back into a hot folder: the database had lost their record (a counter)
     restored_files BIGINT NOT NULL DEFAULT 0,
     -- the grace a drain gives the node's running work (NULL: the setting's; 0: none)
-    drain_grace_s REAL CHECK (drain_grace_s >= 0)
+    drain_grace_s REAL CHECK (drain_grace_s >= 0),
+    -- set while the incarnation is joining: it holds its name until then but is not live;
+    -- its first renewal through its consumer clears it (and makes it live)
+    joining_until TIMESTAMPTZ
 ) WITH (
     -- renewed about once a second per node: room on each page for HOT updates (no index
     -- covers a column a heartbeat changes), vacuumed by absolute thresholds
@@ -262,6 +265,7 @@ BEGIN
             THEN v_now ELSE lease_started_at END,
         last_heartbeat_at = CASE WHEN p_healthy THEN v_now ELSE last_heartbeat_at END,
         is_active = is_active OR p_healthy,
+        joining_until = CASE WHEN p_healthy THEN NULL ELSE joining_until END,
         app_healthy = p_healthy,
         db_round_trip_ms = COALESCE(p_db_round_trip_ms, db_round_trip_ms),
         broker_round_trip_ms = COALESCE(p_broker_round_trip_ms, broker_round_trip_ms),

@@ -10,6 +10,8 @@ from typing import Any
 
 from celery import Celery
 
+from workers import joining
+from workers.broker import transport_for
 from workers.node import current_settings, install
 from workers.settings import Settings
 
@@ -34,6 +36,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         broker_options["master_name"] = settings.sentinel_master
     return {
         "broker_url": settings.broker_url,
+        "broker_transport": transport_for(settings.broker_url),
         "result_backend": settings.result_backend or _result_backend(settings.broker_url),
         "broker_transport_options": broker_options,
         "result_backend_transport_options": broker_options,
@@ -74,3 +77,4 @@ def _result_backend(broker_url: str) -> str | None:
 app = Celery("workers", include=["workers.tasks"])
 app.add_defaults(lambda: celery_config(current_settings()))
 install(app)
+joining.install(app)

@@ -131,7 +131,7 @@ def own_lease_problem(me: Node | None, now: datetime) -> str | None:
     if me.stopped_at is not None:
         return "stopped"
     if not me.is_active:
-        return "marked inactive"
+        return "joining" if me.joining_until is not None else "marked inactive"
     left = me.lease_left(now)
     if left <= 0:
         return f"own lease expired {-left:.1f} s ago"

@@ -155,7 +155,9 @@ class LocalCluster:
 
     def renewed_since_start(self, name: str) -> bool:
         row = self.node_row(name)
-        return bool(row and row.lease_fresh and row.last_heartbeat_at > row.started_at)
+        return bool(
+            row and row.is_active and row.lease_fresh and row.last_heartbeat_at > row.started_at
+        )
 
     def ticks(self, service: str, epoch: int) -> int:
         rows = self.query(

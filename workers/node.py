@@ -41,7 +41,7 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from workers import local_fence, local_state, services, store, supervision
+from workers import joining, local_fence, local_state, services, store, supervision
 from workers.database import (
     close_idle_connections,
     connect_ahead,
@@ -108,17 +108,21 @@ def registration(settings: Settings) -> Registration:
 
 
 def register_birth(settings: Settings, me: Identity) -> None:
-    """Register this incarnation and give each declared service its row; then hold
-    connections only where heartbeats will run."""
-    with transaction(settings) as connection:
-        store.register_node(connection, registration(settings), me.incarnation)
-        services.declare(connection, settings)
+    """Register this incarnation as joining and give each declared service its row, in one
+    round trip; keep its name held while its consumer starts (it is live only from its
+    first heartbeat through that consumer: `workers.joining`); then hold connections only
+    where heartbeats will run."""
+    names = list(services.services_for(settings))
+    store.register(settings, registration(settings), me.incarnation, names)
+    joining.begin()
+    joining.JoinHold(settings, me).start()
     if settings.pool == "prefork":
         close_idle_connections()
     else:
         connect_ahead(settings)
     log.warning(
-        "node %s: registered in region %s, incarnation %s; standby until its first heartbeat",
+        "node %s: registered in region %s, incarnation %s; joining: not live until its "
+        "first heartbeat through its consumer",
         me.name,
         settings.region,
         me.incarnation,

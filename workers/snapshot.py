@@ -27,6 +27,7 @@ class Node:
     app_healthy: bool | None = None
     last_verdict: str | None = None
     drain_grace: float | None = None
+    joining_until: datetime | None = None
 
     @property
     def lease_expires_at(self) -> datetime:
@@ -35,6 +36,16 @@ class Node:
     def lease_left(self, now: datetime) -> float:
         """Seconds until the lease expires (negative once it has)."""
         return (self.lease_expires_at - now).total_seconds()
+
+    def is_joining(self, now: datetime) -> bool:
+        """Registered and starting, not yet renewed through its consumer: it holds its name
+        (until `joining_until`) but is no live node, candidate or judge."""
+        return (
+            not self.is_active
+            and self.stopped_at is None
+            and self.joining_until is not None
+            and self.joining_until > now
+        )
 
     def is_live(self, now: datetime) -> bool:
         """Active, running and holding a fresh lease at database time `now`."""

@@ -51,6 +51,7 @@ def _node_entry(snapshot: Snapshot, node: Node, row: Any) -> dict[str, Any]:
         "heartbeat_interval_s": row.heartbeat_interval_s,
         "draining": node.draining,
         "stopped": node.stopped_at is not None,
+        "joining": node.is_joining(now),
         "app_healthy": row.app_healthy,
         "incarnation": node.incarnation,
         "hostname": row.hostname,
@@ -190,6 +191,8 @@ Cell = str | Text
 def _node_state(node: dict[str, Any]) -> Text:
     if node["stopped"]:
         return Text("stopped", style="dim")
+    if node.get("joining"):
+        return Text("joining", style="yellow")
     if node["live"]:
         return Text("draining", style="yellow") if node["draining"] else Text("live", "green")
     return Text("dead" if not node["active"] else "lease expired", style="red")

@@ -55,6 +55,7 @@ server_registry = Table(
     Column("broker_changed_at", DateTime(timezone=True)),
     Column("restored_files", BigInteger, nullable=False),
     Column("drain_grace_s", Float),
+    Column("joining_until", DateTime(timezone=True)),
 )
 
 service_status = Table(

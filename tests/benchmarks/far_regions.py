@@ -2,7 +2,9 @@
 
 Three real nodes at default settings: `a` and `b` near the stores, `c` (region `far`)
 reaching PostgreSQL and Redis through delay proxies (half the round trip each way). For
-each round trip, `c` owns both services (moved there by `failover move`) for `--soak`
+each round trip, `c` is started and its row sampled every 50 ms (seconds from the start to its
+registration and to its first renewal through its consumer, and whether its lease lapsed
+after that), then `c` owns both services (moved there by `failover move`) for `--soak`
 seconds while its lease is sampled every 0.25 s (lapses) and its stored heartbeat cycle
 is collected (tick to renewed lease, as the node measures it); then `c` is SIGKILLed at a
 random moment `--trials` times, timed until a near node holds `folder_monitor` at a higher
@@ -79,6 +81,30 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+def join_c(cluster: Cluster, far_env: dict[str, str]) -> tuple[float, float, bool]:
+    """Start c and sample its row every 50 ms until it has been live for 5 s: seconds from
+    the start to its registration and to its first renewal through its consumer, and
+    whether its lease lapsed at any moment after that first renewal."""
+    started = time.monotonic()
+    cluster.start("c", "far", **far_env)
+    registered = first_live = None
+    lapsed = False
+    while time.monotonic() - started < 120:
+        row = cluster.node_row("c")
+        now = time.monotonic() - started
+        live = bool(row and row.is_active and row.lease_fresh and row.stopped_at is None)
+        if row is not None and registered is None:
+            registered = now
+        if live and first_live is None:
+            first_live = now
+        lapsed = lapsed or (first_live is not None and not live)
+        if first_live is not None and now - first_live > 5.0:
+            break
+        time.sleep(0.05)
+    assert registered is not None and first_live is not None, "c never joined"
+    return registered, first_live, lapsed
+
+
 def give_everything_to_c(cluster: Cluster) -> None:
     """Move both services to c, as an operator would, retrying while c is still starting."""
     for service in SERVICES:
@@ -135,7 +161,7 @@ def run_case(tmp: Path, servers, rtt_ms: int, soak: float, trials: int) -> dict[
         stack.callback(cluster.close)
         cluster.start_live("a", "near")
         cluster.start_live("b", "near")
-        cluster.start_live("c", "far", **far_env)
+        registered, first_renewal, join_lapsed = join_c(cluster, far_env)
         give_everything_to_c(cluster)
         sampler = Sampler(cluster)
         time.sleep(soak)
@@ -153,6 +179,9 @@ def run_case(tmp: Path, servers, rtt_ms: int, soak: float, trials: int) -> dict[
         "still_owner": still_owner,
         "failovers": failovers,
         "soak": soak,
+        "registered": registered,
+        "first_renewal": first_renewal,
+        "join_lapsed": join_lapsed,
     }
 
 
@@ -160,9 +189,10 @@ def print_table(rows: list[dict[str, object]]) -> None:
     print()
     print(
         "| round trip | lease | heartbeat cycle p50 | p99 | beats | lapses (soak) "
-        "| lapses per 10 min | still owner | failover p50 | max | target |"
+        "| lapses per 10 min | still owner | failover p50 | max | target "
+        "| start to registered | start to first renewal | lapse after joining |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- " * 14 + "|")
     for row in rows:
         cycles: list[float] = row["cycles"]  # type: ignore[assignment]
         failovers: list[float] = row["failovers"]  # type: ignore[assignment]
@@ -173,7 +203,9 @@ def print_table(rows: list[dict[str, object]]) -> None:
             f"| {row['rtt']} ms | {lease:g} s | {percentile(cycles, 0.5):.0f} ms | "
             f"{percentile(cycles, 0.99):.0f} ms | {len(cycles)} | {row['lapses']} | "
             f"{per_10_min:.1f} | {'yes' if row['still_owner'] else 'no'} | "
-            f"{statistics.median(failovers):.2f} s | {max(failovers):.2f} s | {target:.1f} s |"
+            f"{statistics.median(failovers):.2f} s | {max(failovers):.2f} s | {target:.1f} s | "
+            f"{row['registered']:.2f} s | {row['first_renewal']:.2f} s | "
+            f"{'yes' if row['join_lapsed'] else 'no'} |"
         )
 
 

@@ -35,7 +35,8 @@ def test_a_dead_name_is_registered_again_with_a_new_incarnation_and_keeps_draini
         )
     row = node_row(settings, "a")
     assert str(row.incarnation) != first.incarnation
-    assert (row.region, row.is_active, row.draining) == ("r2", True, True)
+    assert (row.region, row.is_active, row.draining) == ("r2", False, True)
+    assert row.joining_until is not None
 
 
 def renew(settings, me):

@@ -17,13 +17,31 @@ def add_node(
     beat_age: float = 0.0,
     lease_age: float = 100.0,
     lease: float = 1.5,
+    joined: bool = True,
 ) -> Identity:
-    """Register `name`, then age its last heartbeat by `beat_age` s and its lease by `lease_age` s."""
+    """Register `name`, then age its last heartbeat by `beat_age` s and its lease by `lease_age` s.
+
+    `joined`: as after its first heartbeat through its consumer (live); else still joining."""
     me = Identity(name, store.new_incarnation())
     with transaction(settings) as connection:
         store.register_node(connection, Registration(name, region, lease, 0.3), me.incarnation)
+    if joined:
+        join(settings, name)
     age_node(settings, name, beat_age, lease_age)
     return me
+
+
+def join(settings: Settings, name: str) -> None:
+    """What `name`'s first renewal through its consumer does: live, no longer joining."""
+    with transaction(settings) as connection:
+        connection.execute(
+            text(
+                "UPDATE server_registry SET is_active = true, joining_until = NULL, "
+                "last_heartbeat_at = clock_timestamp(), lease_started_at = clock_timestamp() "
+                "WHERE node_name = :name"
+            ),
+            {"name": name},
+        )
 
 
 def age_node(settings: Settings, name: str, beat_age: float, lease_age: float) -> None:

@@ -1,0 +1,159 @@
+"""Nodes join without a gap (issue 17): a node far from the stores is not live until its
+first heartbeat through its own consumer, and from that moment its lease never lapses.
+
+Node `c` reaches PostgreSQL and Redis through delay proxies (150 ms round trip), at default
+timings. Its broker is held unreachable while it starts, so that it stays joining for
+longer than a lease; the test samples c's registry row every 50 ms throughout and asserts
+behaviour only: joining, c is never live and its name is held (a second process is
+refused); from its first live sample on, every sample is live; and its start-up costs a
+bounded number of round trips (counted by the proxies), so that none creeps back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support.cluster import Cluster, wait_until
+from tests.support.delay_proxy import DelayProxy
+from tests.support.servers import (
+    broker_target,
+    broker_url_via,
+    database_target,
+    database_url_via,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+DEFAULTS = {
+    "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
+    "FAILOVER_LEASE_TIMEOUT": "3.0",
+    "FAILOVER_DATABASE_TIMEOUT": "0.5",
+    "FAILOVER_CROSS_REGION_DELAY": "1.0",
+}
+ONE_WAY = 0.075
+BROKER_ROUND_TRIPS_TO_JOIN = 30
+"""Broker round trips from the broker's return to c's first renewal, at most (25 measured):
+the consumer's start (about eight connections: `SELECT` and kombu's `PING` each, queue and
+remote-control declarations, the online event) and the first heartbeat's publish and
+delivery. redis-py's default handshake (`HELLO`, `CLIENT MAINT_NOTIFICATIONS`, two `CLIENT
+SETINFO`, a `PING`) adds about five per connection: 69 measured."""
+DATABASE_ROUND_TRIPS_TO_REGISTER = 14
+"""Database round trips from c's start to its registration, at most (13 measured): the
+connection (the driver's and SQLAlchemy's first-connect queries), the command's name check,
+and the registration in one statement (it took six: 18 in all)."""
+
+
+@dataclass
+class Sample:
+    live: bool
+    joining: bool
+
+
+class RowWatch:
+    """Samples a node's registry row every 50 ms, in a thread."""
+
+    def __init__(self, cluster: Cluster, name: str) -> None:
+        self.cluster, self.name = cluster, name
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            rows = self.cluster.query(
+                "SELECT is_active AND stopped_at IS NULL AND last_heartbeat_at + "
+                "lease_timeout_s * interval '1 second' > clock_timestamp() AS live, "
+                "COALESCE(joining_until > clock_timestamp(), false) AS joining "
+                "FROM server_registry WHERE node_name = :name",
+                name=self.name,
+            )
+            if rows:
+                self.samples.append(Sample(bool(rows[0].live), bool(rows[0].joining)))
+
+    def live_samples(self) -> int:
+        return sum(sample.live for sample in self.samples)
+
+    def stop(self) -> list[Sample]:
+        self._stop.set()
+        self._thread.join()
+        return self.samples
+
+
+@pytest.fixture
+def proxies(database_url: str, broker_url: str) -> Iterator[tuple[DelayProxy, DelayProxy]]:
+    db_proxy = DelayProxy(database_target(database_url), one_way_delay=ONE_WAY)
+    broker_proxy = DelayProxy(broker_target(broker_url), one_way_delay=ONE_WAY)
+    try:
+        yield db_proxy, broker_proxy
+    finally:
+        db_proxy.close()
+        broker_proxy.close()
+
+
+def test_a_far_node_is_live_only_from_its_first_renewal_and_never_lapses_after(
+    tmp_path, database_url, broker_url, proxies
+):
+    db_proxy, broker_proxy = proxies
+    far = {
+        "FAILOVER_DATABASE_URL": database_url_via(database_url, db_proxy.port),
+        "FAILOVER_BROKER_URL": broker_url_via(broker_url, broker_proxy.port),
+    }
+    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULTS)
+    try:
+        # Given a near node a, and c starting 150 ms away while its broker cannot be reached
+        cluster.start_live("a", "near")
+        broker_proxy.cut()
+        db_proxy.reset_counts()
+        watch = RowWatch(cluster, "c")
+        c = cluster.start("c", "far", **far)
+        wait_until(lambda: watch.samples and watch.samples[-1].joining, 60, "c to register")
+        registration_round_trips = db_proxy.round_trips
+
+        # Then, for longer than a lease, c holds its name but is not live, and owns nothing
+        wait_until(lambda: len(watch.samples) > 80, 30, "4 s of samples")
+        assert not any(sample.live for sample in watch.samples)
+        assert all(sample.joining for sample in watch.samples)
+        assert cluster.owned_by("a")
+        # And a second process under its name is refused, saying that c is joining
+        twin = cluster.start("c", "far", **far)
+        assert twin.popen.wait(timeout=60) == 1
+        assert "node c is already running" in twin.log() and "joining" in twin.log()
+
+        # When the broker comes back
+        broker_proxy.reset_counts()
+        broker_proxy.restore()
+        wait_until(lambda: watch.live_samples() > 0, 60, "c's first renewal")
+        join_round_trips = broker_proxy.round_trips
+
+        # Then from its first live moment c's lease never lapses (5 s, five beats)
+        wait_until(lambda: watch.live_samples() > 100, 30, "5 s of c live")
+        samples = watch.stop()
+        first_live = next(i for i, sample in enumerate(samples) if sample.live)
+        assert all(sample.live and not sample.joining for sample in samples[first_live:])
+        assert c.alive()
+
+        # And its start cost a bounded number of round trips
+        assert registration_round_trips <= DATABASE_ROUND_TRIPS_TO_REGISTER, (
+            registration_round_trips
+        )
+        assert join_round_trips <= BROKER_ROUND_TRIPS_TO_JOIN, join_round_trips
+
+        # When c loses its broker, then its database, each for longer than a lease
+        for proxy in (broker_proxy, db_proxy):
+            proxy.cut()
+            wait_until(lambda: not cluster.node_row("c").lease_fresh, 10, "c's lease to lapse")
+            # Then it is live again only from a renewal, its consumer back, and never lapses
+            # from that renewal on
+            watch = RowWatch(cluster, "c")
+            proxy.restore()
+            wait_until(lambda watch=watch: watch.live_samples() > 60, 60, "3 s of c live again")
+            samples = watch.stop()
+            first_live = next(i for i, sample in enumerate(samples) if sample.live)
+            assert all(sample.live for sample in samples[first_live:])
+            assert c.alive()
+    finally:
+        cluster.close()
