@@ -390,7 +390,8 @@ BEGIN
         VALUES (NEW.node_name, NEW.region, 'expired',
                 LEAST(v_now, NEW.last_heartbeat_at + NEW.lease_timeout_s * interval '1 second'),
                 'lease expired, marked inactive');
-    ELSIF NEW.is_active AND NOT OLD.is_active AND NEW.stopped_at IS NULL THEN
+    ELSIF NEW.is_active AND NOT OLD.is_active AND NEW.stopped_at IS NULL
+          AND OLD.joining_until IS NULL THEN
         INSERT INTO node_event (node_name, region, event, at, detail)
         VALUES (NEW.node_name, NEW.region, 'revived', v_now, 'beats again');
     END IF;

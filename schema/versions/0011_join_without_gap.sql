@@ -112,3 +112,39 @@ BEGIN
     );
 END
 $$;
+
+-- A joining node's first renewal makes it live: that is its start (already recorded), not a
+-- revival.
+CREATE OR REPLACE FUNCTION server_registry_record_event() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_now TIMESTAMPTZ := clock_timestamp();
+BEGIN
+    IF TG_OP = 'INSERT' OR NEW.incarnation IS DISTINCT FROM OLD.incarnation THEN
+        INSERT INTO node_event (node_name, region, event, at, detail)
+        VALUES (NEW.node_name, NEW.region, 'started', v_now,
+                'pid ' || COALESCE(NEW.pid::text, '?') || ' on ' || COALESCE(NEW.hostname, '?'));
+        RETURN NULL;
+    END IF;
+    IF NEW.stopped_at IS NOT NULL AND OLD.stopped_at IS NULL THEN
+        INSERT INTO node_event (node_name, region, event, at, detail)
+        VALUES (NEW.node_name, NEW.region, 'stopped', NEW.stopped_at, NEW.last_verdict);
+    ELSIF OLD.is_active AND NOT NEW.is_active THEN
+        -- marked inactive by a peer: the node was dead from the end of its lease on
+        INSERT INTO node_event (node_name, region, event, at, detail)
+        VALUES (NEW.node_name, NEW.region, 'expired',
+                LEAST(v_now, NEW.last_heartbeat_at + NEW.lease_timeout_s * interval '1 second'),
+                'lease expired, marked inactive');
+    ELSIF NEW.is_active AND NOT OLD.is_active AND NEW.stopped_at IS NULL
+          AND OLD.joining_until IS NULL THEN
+        INSERT INTO node_event (node_name, region, event, at, detail)
+        VALUES (NEW.node_name, NEW.region, 'revived', v_now, 'beats again');
+    END IF;
+    IF NEW.draining IS DISTINCT FROM OLD.draining THEN
+        INSERT INTO node_event (node_name, region, event, at, detail)
+        VALUES (NEW.node_name, NEW.region,
+                CASE WHEN NEW.draining THEN 'draining' ELSE 'undrained' END, v_now, NULL);
+    END IF;
+    RETURN NULL;
+END
+$$;
