@@ -59,7 +59,7 @@ def move(cluster: Cluster, tmp: Path, busy: bool, dropped: int) -> tuple[float, 
 
 def run(moves: int) -> dict[str, list[float] | int]:
     found: dict[str, list[float] | int] = {"busy": [], "idle": [], "excess": []}
-    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp_name:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp_name, ExitStack() as stack:
         servers = start_servers(stack)
         database_url = stack.enter_context(fresh_database(servers))
         broker_url = stack.enter_context(clean_broker(servers.broker_url))
