@@ -15,14 +15,15 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import psycopg
 from sqlalchemy import Connection, select
 
-from workers.database import one_round_trip, transaction
+from workers.database import Statement, one_round_trip, round_trip, transaction
 from workers.errors import DatabaseUnavailable, HandingOver, StaleEpoch
 from workers.settings import Settings
 from workers.store import LEASE_EXPIRES, NOW, Identity, record_rejection
@@ -129,18 +130,85 @@ def patiently(settings: Settings, fence: Fence, effect: Callable[[Connection], T
 def retrying(settings: Settings, me: Identity, effect: Callable[[Connection], T]) -> T:
     """Apply `effect` in a transaction, trying again while the database is unavailable, for
     up to `outage_patience` (for writes fenced by their own rows, such as a file's handler)."""
-    deadline = time.monotonic() + outage_patience(settings)
+
+    def attempt() -> T:
+        with transaction(settings) as connection:
+            return effect(connection)
+
+    return _again_while_unavailable(settings, me, attempt, outage_patience(settings))
+
+
+def _again_while_unavailable(
+    settings: Settings, me: Identity, attempt: Callable[[], T], patience: float
+) -> T:
+    """`attempt()`, tried again while the database is unavailable, for up to `patience` s."""
+    deadline = time.monotonic() + patience
     pause = 0.2
     while True:
         try:
-            with transaction(settings) as connection:
-                return effect(connection)
+            return attempt()
         except DatabaseUnavailable as error:
             if time.monotonic() + pause > deadline:
                 raise
             log.info("node %s: %s; trying again in %.1f s", me.name, error, pause)
             time.sleep(pause)
             pause = min(1.0, pause * 2)
+
+
+FENCE_SQL = (
+    "SELECT failover_fence(:service, CAST(:epoch AS bigint), :node, CAST(:incarnation AS uuid), "
+    ":owner_only, :starting)"
+)
+STALE, HANDING_OVER = "FOST1", "FOHO1"
+"""The SQLSTATEs `failover_fence` raises (schema revision 0012)."""
+
+
+def fenced_round_trip(
+    settings: Settings, fence: Fence, statements: Sequence[Statement], patient: bool = False
+) -> list[list[tuple[Any, ...]]]:
+    """`statements` under `fence`, sent with it in one message: one round trip and one
+    transaction, with the same share lock as `check_fence` (so `StaleEpoch`, or
+    `HandingOver` for a start, rolls them all back). Returns each statement's rows. With
+    `patient`, tries again while the database is unavailable, as `patiently` does."""
+    params = {
+        "service": fence.service,
+        "epoch": fence.epoch,
+        "node": fence.me.name,
+        "incarnation": uuid.UUID(fence.me.incarnation),
+        "owner_only": fence.owner_only,
+        "starting": fence.starting,
+    }
+    message = [(FENCE_SQL, params), *statements]
+
+    def attempt() -> list[list[tuple[Any, ...]]]:
+        try:
+            return round_trip(settings, message)[1:]
+        except psycopg.Error as error:
+            raise _refusal(error) from None
+
+    patience = outage_patience(settings) if patient else 0.0
+    return _again_while_unavailable(settings, fence.me, attempt, patience)
+
+
+def persistently(
+    settings: Settings, me: Identity, statements: Sequence[Statement]
+) -> list[list[tuple[Any, ...]]]:
+    """`statements` in one message (one round trip, one transaction), tried again while the
+    database is unavailable for up to `outage_patience` (writes fenced by their own rows,
+    such as a batch's outcomes). Returns each statement's rows."""
+    return _again_while_unavailable(
+        settings, me, lambda: round_trip(settings, statements), outage_patience(settings)
+    )
+
+
+def _refusal(error: psycopg.Error) -> Exception:
+    """The fence's refusal as `StaleEpoch` or `HandingOver`; any other error as it is."""
+    message = error.diag.message_primary or str(error)
+    if error.sqlstate == HANDING_OVER:
+        return HandingOver(message)
+    if error.sqlstate == STALE:
+        return StaleEpoch(message)
+    return error
 
 
 def outage_patience(settings: Settings) -> float:
