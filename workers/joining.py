@@ -15,8 +15,9 @@ look live, then lapse, then come back (issue 17). So:
 - that heartbeat, consumed through the consumer, renews the lease for the first time: the
   database clears `joining_until` and the node is live, its judging window starting then.
 
-After a broker reconnect (the consumer restarts) the beat waits for the consumer again and
-beats at once when it is back, so the lease is renewed as soon as it can be.
+After a broker reconnect the beat does not wait for the consumer: its publishes fail and
+are tried again 0.2 s later until the broker (or a promoted Sentinel master) takes them,
+which is what moves its own connection over; the node stays live on its lease meanwhile.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 from celery import bootsteps
 
 from workers import store
+from workers.database import close_idle_connections
 from workers.errors import FailoverError
 from workers.settings import Settings
 from workers.store import Identity
@@ -44,17 +46,18 @@ def begin() -> None:
 
 
 def waiting_for_consumer() -> bool:
-    """Whether this process's node cannot consume right now: its consumer is starting, or
-    restarting after a lost broker connection. A heartbeat sent now could not renew the
-    lease before the consumer is back. False in a process that runs no node."""
+    """Whether this process's node cannot consume yet: its consumer is starting. A heartbeat
+    sent now could not renew the lease before the consumer is up. False in a process that
+    runs no node."""
     return _node.is_set() and not _consuming.is_set()
 
 
 class ConsumerReady(bootsteps.StartStopStep):  # type: ignore[misc]
     """The last step of the consumer before its event loop: the consumer now consumes.
 
-    Celery restarts the consumer's steps after a lost broker connection: `stop` (or
-    `shutdown`) says the consumer is gone until `start` says it is back."""
+    Only the first start counts: after a lost broker connection the beat keeps publishing
+    (a failed publish is tried again 0.2 s later, which is also what moves its connection
+    to a promoted Sentinel master), and the node stays live on its lease meanwhile."""
 
     label = "failover consumer ready"
     requires = (
@@ -65,12 +68,6 @@ class ConsumerReady(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, consumer: Any) -> None:
         _consuming.set()
-
-    def stop(self, consumer: Any) -> None:
-        _consuming.clear()
-
-    def shutdown(self, consumer: Any) -> None:
-        _consuming.clear()
 
 
 def install(app: Any) -> None:
@@ -89,6 +86,15 @@ class JoinHold(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        try:
+            self._hold()
+        finally:
+            if self.settings.pool == "prefork":
+                close_idle_connections()
+
+    def _hold(self) -> None:
+        """Until the node joined: on prefork, the main process then keeps no connection (its
+        pool processes do the work)."""
         while not self.stopping.wait(self.settings.heartbeat_interval):
             try:
                 if not store.hold_while_joining(self.settings, self.me):

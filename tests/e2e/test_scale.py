@@ -19,7 +19,8 @@ SERVICES = ("app_script", "folder_monitor")
 
 def connections_of(cluster: Cluster, node: str) -> int:
     rows = cluster.query(
-        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name LIKE :name",
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name LIKE :name "
+        "AND datname = current_database()",
         name=f"failover:{node}:%",
     )
     return int(rows[0].n)
