@@ -333,11 +333,25 @@ class Schedules:
 
 
 def read_schedules(settings: Settings) -> Schedules:
-    found = one_round_trip(settings, SCHEDULE_SQL, {})
+    return _schedules(one_round_trip(settings, SCHEDULE_SQL, {}))
+
+
+def _schedules(found: object) -> Schedules:
     answer = json.loads(found) if isinstance(found, str) else found
     assert isinstance(answer, dict)
     last_due = {name: datetime.fromisoformat(at) for name, at in answer["last_due"].items()}
     return Schedules(datetime.fromisoformat(answer["now"]), last_due)
+
+
+SCHEDULES_READ: Statement = (SCHEDULE_SQL, {})
+"""The schedules' read, for the owner's service work to send with its ticks (one round trip
+for both): `read_at_tick` keeps its answer for this beat's `take_due_runs`."""
+_read_at_tick: dict[str, Schedules] = {}
+
+
+def read_at_tick(incarnation: str, rows: list[tuple[Any, ...]]) -> None:
+    """The schedules as the service work's tick read them, for this beat's take only."""
+    _read_at_tick[incarnation] = _schedules(rows[0][0])
 
 
 def due_slots(settings: Settings, schedules: Schedules) -> list[tuple[str, Due]]:
@@ -351,11 +365,11 @@ def due_slots(settings: Settings, schedules: Schedules) -> list[tuple[str, Due]]
 
 
 def take_due_runs(settings: Settings, fence: Fence) -> list[tuple[str, int]]:
-    """On the owner: read the schedules (one round trip); if a slot has come, in one more
-    under the fence, close orphaned runs and record each due script's run as started,
-    unless a run of it still runs or another took the slot. Returns (script, run id) for
-    each run to execute."""
-    schedules = read_schedules(settings)
+    """On the owner: read the schedules (one round trip, or none when the beat's ticks read
+    them: `read_at_tick`); if a slot has come, in one more under the fence, close orphaned
+    runs and record each due script's run as started, unless a run of it still runs or
+    another took the slot. Returns (script, run id) for each run to execute."""
+    schedules = _read_at_tick.pop(fence.me.incarnation, None) or read_schedules(settings)
     new = [name for name in sorted(settings.scripts) if name not in schedules.last_due]
     slots = due_slots(settings, schedules)
     if not new and not slots:

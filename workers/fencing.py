@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import psycopg
 from sqlalchemy import Connection, select
 
-from workers.database import Statement, one_round_trip, round_trip, transaction
+from workers.database import Statement, round_trip, transaction
 from workers.errors import DatabaseUnavailable, HandingOver, StaleEpoch
 from workers.settings import Settings
 from workers.store import LEASE_EXPIRES, NOW, Identity, record_rejection
@@ -234,18 +234,19 @@ def reject(settings: Settings, fence: Fence, refusal: StaleEpoch | str) -> None:
 
 TICKS_SQL = """
 WITH owned AS (
-    SELECT * FROM json_to_recordset(%(owned)s::json) AS o(service TEXT, epoch BIGINT)
+    SELECT * FROM json_to_recordset(CAST(:owned AS json)) AS o(service TEXT, epoch BIGINT)
 ), held AS (
     SELECT s.service_type, s.epoch FROM service_status AS s
     JOIN owned AS o ON o.service = s.service_type AND o.epoch = s.epoch
     JOIN server_registry AS r ON r.id = s.service_registry_id
-    WHERE r.node_name = %(node)s AND r.incarnation = %(incarnation)s AND r.stopped_at IS NULL
+    WHERE r.node_name = :node AND r.incarnation = CAST(:incarnation AS uuid)
+      AND r.stopped_at IS NULL
       AND r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' > clock_timestamp()
     ORDER BY s.service_type
     FOR SHARE OF s
 ), ticked AS (
     INSERT INTO service_tick (service_type, epoch, node_name, tick_count)
-    SELECT service_type, epoch, %(node)s, 1 FROM held
+    SELECT service_type, epoch, :node, 1 FROM held
     ON CONFLICT (service_type, epoch) DO UPDATE
         SET tick_count = service_tick.tick_count + 1, last_tick_at = clock_timestamp()
     RETURNING service_type
@@ -270,13 +271,28 @@ def record_ticks(
     did but the service is handing over (no new work), or the `StaleEpoch` that refused it
     (another owner or epoch, or this node's lease no longer fresh).
     """
+    return record_ticks_with(settings, me, owned, [])[0]
+
+
+def record_ticks_with(
+    settings: Settings, me: Identity, owned: list[tuple[str, int]], reads: Sequence[Statement]
+) -> tuple[dict[str, StaleEpoch | None], list[list[tuple[Any, ...]]]]:
+    """`record_ticks`, with `reads` in the same message (still one round trip): what the
+    services' work of this beat needs to know. Returns the outcomes and each read's rows."""
     params = {
         "owned": json.dumps([{"service": name, "epoch": epoch} for name, epoch in owned]),
         "node": me.name,
         "incarnation": uuid.UUID(me.incarnation),
     }
-    found = one_round_trip(settings, TICKS_SQL, params)
-    rows = json.loads(found) if isinstance(found, str) else found
+    (ticked, *found) = round_trip(settings, [(TICKS_SQL, params), *reads])
+    answer = ticked[0][0] if ticked else None
+    rows = json.loads(answer) if isinstance(answer, str) else answer
+    return _tick_outcomes(me, owned, rows), found
+
+
+def _tick_outcomes(
+    me: Identity, owned: list[tuple[str, int]], rows: Any
+) -> dict[str, StaleEpoch | None]:
     epochs = dict(owned)
     outcome: dict[str, StaleEpoch | None] = {}
     for row in rows if isinstance(rows, list) else []:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy import text
 
+from tests.support.cluster import wait_until
 from tests.support.delay_proxy import DelayProxy
 from tests.support.folders import owner as folder_owner
 from tests.support.folders import with_folder
@@ -20,7 +21,7 @@ from tests.support.servers import database_target, database_url_via
 from workers import app_script, folder_monitor
 from workers.database import transaction
 from workers.errors import HandingOver, StaleEpoch
-from workers.fencing import Fence, fenced_round_trip
+from workers.fencing import Fence, fenced_round_trip, record_ticks_with
 from workers.services.builtin import AppScriptService
 from workers.settings import ScriptSettings, Settings
 
@@ -123,6 +124,22 @@ def test_each_script_path_costs_a_fixed_few_round_trips(counted, tmp_path):
     assert count == SCRIPT_RUN and result is not None and result.status == "succeeded"
     # A beat with nothing due
     assert trips(proxy, lambda: service.work(settings, fence, sender))[0] == SCRIPT_NOTHING_DUE
+    # A beat of the service work as the owner runs it: the ticks read the schedules in
+    # their own round trip, and the take of a due slot costs one more
+
+    def beat() -> None:
+        _refusals, found = record_ticks_with(
+            settings, fence.me, [("app_script", fence.epoch)], [app_script.SCHEDULES_READ]
+        )
+        app_script.read_at_tick(fence.me.incarnation, found[0])
+        service.work(settings, fence, sender)
+
+    wait_until(
+        lambda: app_script.due_slots(settings, app_script.read_schedules(settings)), 5, "a slot"
+    )
+    assert trips(proxy, beat)[0] == TICKS_AND_DUE_SCRIPTS and len(queued) == 1
+    _task, (name, run_id, _epoch) = queued.pop()
+    app_script.run_scheduled(settings, name, fence, run_id)
     # An on-demand run, from its request to its end
     count, outcome = trips(proxy, lambda: app_script.run_now(settings, "tick", fence))
     assert count == RUN_NOW and outcome["status"] == "succeeded"
@@ -150,3 +167,4 @@ SCRIPT_DUE = 2
 SCRIPT_RUN = 2
 SCRIPT_NOTHING_DUE = 1
 RUN_NOW = 2
+TICKS_AND_DUE_SCRIPTS = 2
