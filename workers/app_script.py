@@ -29,8 +29,8 @@ from sqlalchemy import Connection, text
 
 from workers import local_fence, local_state
 from workers.children import child_environment
-from workers.database import one_round_trip
-from workers.fencing import Fence, fenced, reject, retrying
+from workers.database import Statement, one_round_trip
+from workers.fencing import Fence, fenced_round_trip, persistently, reject
 from workers.settings import ScriptSettings, Settings
 from workers.store import Identity, gone_incarnation, own_work_lost
 from workers.supervision import Watch, die_with_parent, end_subtree, guarded, supervise
@@ -80,55 +80,37 @@ def _now(connection: Connection) -> datetime:
     return connection.execute(text("SELECT clock_timestamp()")).scalar_one()  # type: ignore[no-any-return]
 
 
-def take_due_run(
-    connection: Connection, name: str, script: ScriptSettings, fence: Fence, lease: float
-) -> int | None:
-    """Take the script's due slot and record its run as started; the run's id, or None."""
-    connection.execute(
-        text("SELECT pg_advisory_xact_lock(hashtext('app_script:' || :n))"), {"n": name}
+def _lock_sql(name: str) -> Statement:
+    """A script's slot and its runs are taken one at a time (scheduled and on demand)."""
+    return (
+        "SELECT pg_advisory_xact_lock(hashtext('app_script:' || CAST(:n AS text)))",
+        {"n": name},
     )
-    now = _now(connection)
-    last = connection.execute(
-        text("SELECT last_due_at FROM script_schedule WHERE script = :n FOR UPDATE"), {"n": name}
-    ).scalar()
-    if last is None:
-        connection.execute(
-            text("INSERT INTO script_schedule (script, last_due_at) VALUES (:n, :now)"),
-            {"n": name, "now": now},
-        )
-        return None
-    slot = due(script, last, now)
-    if slot is None or _running(connection, name, fence, script.timeout + lease):
-        return None
-    connection.execute(
-        text("UPDATE script_schedule SET last_due_at = :at WHERE script = :n"),
-        {"n": name, "at": slot.at},
+
+
+def _close_lost_sql(name: str, fence: Fence, lost_after: float) -> Statement:
+    """A run of this incarnation with no end after its timeout and a lease was lost (its
+    message, or a killed pool process): closed, so the script runs again."""
+    return (
+        "UPDATE script_run SET status = 'failed', finished_at = clock_timestamp(), "
+        "output_tail = coalesce(output_tail, '') || :why "
+        "WHERE script = :n AND status = 'running' AND incarnation = :me "
+        f"AND {own_work_lost('started_at', ':lost')}",
+        {"n": name, "me": fence.me.incarnation, "lost": lost_after, "why": LOST_RUN},
     )
-    late = (now - slot.at).total_seconds() > lease
-    trigger = "missed" if slot.slots > 1 or late else "schedule"
-    return record_start(connection, name, fence, trigger, slot.at)
+
+
+NONE_RUNNING = "NOT EXISTS (SELECT 1 FROM script_run WHERE script = :n AND status = 'running')"
+"""No run of the script may still be running (on this node, or on a previous owner that has
+not said it is done and whose lease holds)."""
 
 
 def _running(connection: Connection, name: str, fence: Fence, lost_after: float) -> bool:
-    """Whether a run of the script may still be running (on this node, or on a previous
-    owner that has not said it is done and whose lease holds). A run of this incarnation
-    with no end after its timeout and a lease was lost (its message, or a killed pool
-    process): it is closed here, so the script runs again."""
-    connection.execute(
-        text(
-            "UPDATE script_run SET status = 'failed', finished_at = clock_timestamp(), "
-            "output_tail = coalesce(output_tail, '') || :why "
-            "WHERE script = :n AND status = 'running' AND incarnation = :me "
-            f"AND {own_work_lost('started_at', ':lost')}"
-        ),
-        {"n": name, "me": fence.me.incarnation, "lost": lost_after, "why": LOST_RUN},
-    )
-    return bool(
-        connection.execute(
-            text("SELECT 1 FROM script_run WHERE script = :n AND status = 'running' LIMIT 1"),
-            {"n": name},
-        ).first()
-    )
+    """Whether a run of the script may still be running, after closing this incarnation's
+    lost runs (`_close_lost_sql`)."""
+    sql, params = _close_lost_sql(name, fence, lost_after)
+    connection.execute(text(sql), params)
+    return not connection.execute(text(f"SELECT {NONE_RUNNING}"), {"n": name}).scalar_one()
 
 
 def in_flight(connection: Connection) -> list[str]:
@@ -146,22 +128,26 @@ def in_flight(connection: Connection) -> list[str]:
 def record_start(
     connection: Connection, name: str, fence: Fence, trigger: str, due_at: datetime | None
 ) -> int:
-    return int(
-        connection.execute(
-            text(
-                "INSERT INTO script_run "
-                "(script, node, incarnation, epoch, trigger, due_at, status) "
-                "VALUES (:n, :node, :incarnation, :epoch, :trigger, :due, 'running') RETURNING id"
-            ),
-            {
-                "n": name,
-                "node": fence.me.name,
-                "incarnation": fence.me.incarnation,
-                "epoch": fence.epoch,
-                "trigger": trigger,
-                "due": due_at,
-            },
-        ).scalar_one()
+    sql, params = _start_sql(name, fence, trigger, due_at)
+    return int(connection.execute(text(sql), params).scalar_one())
+
+
+def _start_sql(
+    name: str, fence: Fence, trigger: str, due_at: datetime | None, when: str = "true"
+) -> Statement:
+    """Record a run of `name` as started (if `when` holds); returns its id."""
+    return (
+        "INSERT INTO script_run (script, node, incarnation, epoch, trigger, due_at, status) "
+        "SELECT :n, :node, CAST(:incarnation AS uuid), :epoch, :trigger, "
+        f"CAST(:due AS timestamptz), 'running' WHERE {when} RETURNING id",
+        {
+            "n": name,
+            "node": fence.me.name,
+            "incarnation": fence.me.incarnation,
+            "epoch": fence.epoch,
+            "trigger": trigger,
+            "due": due_at,
+        },
     )
 
 
@@ -169,13 +155,16 @@ def close_orphans(connection: Connection, fence: Fence) -> None:
     """Runs left 'running' by another incarnation whose lease has run out ended with it: say
     so in the ledger. Those of a live one are left alone: it kills or finishes them, and
     records their end itself (a planned handover)."""
-    connection.execute(
-        text(
-            "UPDATE script_run AS s SET status = 'failed', finished_at = clock_timestamp(), "
-            "output_tail = coalesce(output_tail, '') || :why "
-            "WHERE s.status = 'running' AND s.incarnation IS DISTINCT FROM :me "
-            f"AND {gone_incarnation('s.incarnation')}"
-        ),
+    sql, params = _close_orphans_sql(fence)
+    connection.execute(text(sql), params)
+
+
+def _close_orphans_sql(fence: Fence) -> Statement:
+    return (
+        "UPDATE script_run AS s SET status = 'failed', finished_at = clock_timestamp(), "
+        "output_tail = coalesce(output_tail, '') || :why "
+        "WHERE s.status = 'running' AND s.incarnation IS DISTINCT FROM CAST(:me AS uuid) "
+        f"AND {gone_incarnation('s.incarnation')}",
         {"me": fence.me.incarnation, "why": ORPHANED_RUN},
     )
 
@@ -262,12 +251,15 @@ def _run_in_guard(
 def record_end(connection: Connection, run_id: int, result: RunResult, me: Identity) -> bool:
     """Record a run's end, fenced by its own row: only the incarnation that ran it, while
     the row is still open (another owner closes it only once this one's lease ran out)."""
-    updated = connection.execute(
-        text(
-            "UPDATE script_run SET status = :status, exit_code = :code, output_tail = :tail, "
-            "finished_at = clock_timestamp() "
-            "WHERE id = :id AND status = 'running' AND incarnation = :me"
-        ),
+    sql, params = _end_sql(run_id, result, me)
+    return bool(connection.execute(text(sql), params).rowcount)
+
+
+def _end_sql(run_id: int, result: RunResult, me: Identity) -> Statement:
+    return (
+        "UPDATE script_run SET status = :status, exit_code = :code, output_tail = :tail, "
+        "finished_at = clock_timestamp() "
+        "WHERE id = :id AND status = 'running' AND incarnation = :me RETURNING id",
         {
             "id": run_id,
             "status": result.status,
@@ -276,26 +268,29 @@ def record_end(connection: Connection, run_id: int, result: RunResult, me: Ident
             "me": me.incarnation,
         },
     )
-    return bool(updated.rowcount)
 
 
 def run_scheduled(settings: Settings, name: str, fence: Fence, run_id: int) -> RunResult | None:
     """Execute a run the owner's service work recorded, only if this node still owns the
-    service at that epoch (checked under the fence just before it starts; `StaleEpoch`
-    otherwise) and the run was not closed meanwhile (None then)."""
-    with fenced(settings, fence) as connection:
-        still = connection.execute(
-            text(
+    service at that epoch (checked under the fence just before it starts, in one round trip;
+    `StaleEpoch` otherwise) and the run was not closed meanwhile (None then)."""
+    (still,) = fenced_round_trip(
+        settings,
+        fence,
+        [
+            (
                 "UPDATE script_run SET started_at = clock_timestamp() WHERE id = :id "
-                "AND status = 'running' AND epoch = :epoch AND incarnation = :me RETURNING id"
-            ),
-            {"id": run_id, "epoch": fence.epoch, "me": fence.me.incarnation},
-        ).first()
-    return None if still is None else run_recorded(settings, name, fence, run_id)
+                "AND status = 'running' AND epoch = :epoch AND incarnation = :me RETURNING id",
+                {"id": run_id, "epoch": fence.epoch, "me": fence.me.incarnation},
+            )
+        ],
+    )
+    return run_recorded(settings, name, fence, run_id) if still else None
 
 
 def run_recorded(settings: Settings, name: str, fence: Fence, run_id: int) -> RunResult:
-    """Execute a run whose start is already recorded, and record its end whatever happens."""
+    """Execute a run whose start is already recorded, and record its end whatever happens
+    (one round trip, tried again while the database is unavailable)."""
     script = settings.script(name)
     log.warning(
         "node %s: running script %s (run %d) at epoch %d", fence.me.name, name, run_id, fence.epoch
@@ -306,9 +301,7 @@ def run_recorded(settings: Settings, name: str, fence: Fence, run_id: int) -> Ru
         )
     except Exception as error:
         result = RunResult("failed", None, f"{type(error).__name__}: {error}")
-    recorded = retrying(
-        settings, fence.me, lambda connection: record_end(connection, run_id, result, fence.me)
-    )
+    (recorded,) = persistently(settings, fence.me, [_end_sql(run_id, result, fence.me)])
     log.warning(
         "node %s: script %s (run %d) %s, exit code %s%s",
         fence.me.name,
@@ -331,48 +324,115 @@ SCHEDULE_SQL = (
 )
 
 
-def any_due(settings: Settings) -> bool:
-    """Whether a script's slot has come (or a script has no schedule row yet): one read."""
-    found = one_round_trip(settings, SCHEDULE_SQL, {})
+@dataclass(frozen=True)
+class Schedules:
+    """The database time and each script's last slot run, read in one round trip."""
+
+    now: datetime
+    last_due: dict[str, datetime]
+
+
+def read_schedules(settings: Settings) -> Schedules:
+    return _schedules(one_round_trip(settings, SCHEDULE_SQL, {}))
+
+
+def _schedules(found: object) -> Schedules:
     answer = json.loads(found) if isinstance(found, str) else found
     assert isinstance(answer, dict)
-    now = datetime.fromisoformat(answer["now"])
     last_due = {name: datetime.fromisoformat(at) for name, at in answer["last_due"].items()}
-    return any(
-        name not in last_due or due(script, last_due[name], now) is not None
-        for name, script in settings.scripts.items()
+    return Schedules(datetime.fromisoformat(answer["now"]), last_due)
+
+
+SCHEDULES_READ: Statement = (SCHEDULE_SQL, {})
+"""The schedules' read, for the owner's service work to send with its ticks (one round trip
+for both): `read_at_tick` keeps its answer for this beat's `take_due_runs`."""
+_read_at_tick: dict[str, Schedules] = {}
+
+
+def read_at_tick(incarnation: str, rows: list[tuple[Any, ...]]) -> None:
+    """The schedules as the service work's tick read them, for this beat's take only."""
+    _read_at_tick[incarnation] = _schedules(rows[0][0])
+
+
+def due_slots(settings: Settings, schedules: Schedules) -> list[tuple[str, Due]]:
+    """Each script whose slot has come, with the slot: pure."""
+    return [
+        (name, slot)
+        for name, script in sorted(settings.scripts.items())
+        if name in schedules.last_due
+        and (slot := due(script, schedules.last_due[name], schedules.now)) is not None
+    ]
+
+
+def take_due_runs(settings: Settings, fence: Fence) -> list[tuple[str, int]]:
+    """On the owner: read the schedules (one round trip, or none when the beat's ticks read
+    them: `read_at_tick`); if a slot has come, in one more under the fence, close orphaned
+    runs and record each due script's run as started, unless a run of it still runs or
+    another took the slot. Returns (script, run id) for each run to execute."""
+    schedules = _read_at_tick.pop(fence.me.incarnation, None) or read_schedules(settings)
+    new = [name for name in sorted(settings.scripts) if name not in schedules.last_due]
+    slots = due_slots(settings, schedules)
+    if not new and not slots:
+        return []
+    statements: list[Statement] = [_close_orphans_sql(fence)]
+    statements += [_first_slot_sql(name) for name in new]
+    takes: list[tuple[str, int]] = []
+    for name, slot in slots:
+        lost = settings.script(name).timeout + settings.lease_timeout
+        statements += [_lock_sql(name), _close_lost_sql(name, fence, lost)]
+        takes.append((name, len(statements)))
+        statements.append(_take_slot_sql(name, slot, schedules, fence, settings.lease_timeout))
+    results = fenced_round_trip(settings, fence, statements)
+    return [(name, int(results[at][0][0])) for name, at in takes if results[at]]
+
+
+def _first_slot_sql(name: str) -> Statement:
+    """A script seen for the first time: its schedule starts now (its first slot is next)."""
+    return (
+        "INSERT INTO script_schedule (script, last_due_at) VALUES (:n, clock_timestamp()) "
+        "ON CONFLICT (script) DO NOTHING",
+        {"n": name},
     )
 
 
-def take_due_runs(
-    connection: Connection, settings: Settings, fence: Fence
-) -> list[tuple[str, int]]:
-    """In the owner's fenced transaction: close orphaned runs, then record each due script's
-    run as started; returns (script, run id) for each run to execute."""
-    close_orphans(connection, fence)
-    runs = []
-    for name, script in sorted(settings.scripts.items()):
-        run_id = take_due_run(connection, name, script, fence, settings.lease_timeout)
-        if run_id is not None:
-            runs.append((name, run_id))
-    return runs
+def _take_slot_sql(
+    name: str, slot: Due, schedules: Schedules, fence: Fence, lease: float
+) -> Statement:
+    """Move the script's schedule to `slot` (if no one did since it was read) and record
+    its run as started, unless a run of it still runs: slots missed while no one owned the
+    service run once (trigger `missed`)."""
+    late = (schedules.now - slot.at).total_seconds() > lease
+    trigger = "missed" if slot.slots > 1 or late else "schedule"
+    sql, params = _start_sql(name, fence, trigger, slot.at, "EXISTS (SELECT 1 FROM slot)")
+    return (
+        "WITH slot AS (UPDATE script_schedule SET last_due_at = :at "
+        f"WHERE script = :n AND last_due_at = :seen AND {NONE_RUNNING} RETURNING script) " + sql,
+        {**params, "at": slot.at, "seen": schedules.last_due[name]},
+    )
 
 
 def run_now(settings: Settings, name: str, fence: Fence) -> dict[str, Any]:
-    """An on-demand run (trigger `manual`), refused before it starts if the fence fails."""
+    """An on-demand run (trigger `manual`), refused before it starts if the fence fails or a
+    run of the script is in progress: its start in one round trip, its end in one more."""
     script = settings.script(name)
     left = local_fence.holding_off(settings)
     if left:
         why = f"its database connection broke: no new work for {left:.1f} s"
         return {"run": None, "status": "refused", "exit_code": None, "output_tail": why}
-    with fenced(settings, fence.to_start()) as connection:
-        connection.execute(
-            text("SELECT pg_advisory_xact_lock(hashtext('app_script:' || :n))"), {"n": name}
-        )
-        if _running(connection, name, fence, script.timeout + settings.lease_timeout):
-            why = f"a run of {name} is still in progress (see failover history)"
-            return {"run": None, "status": "refused", "exit_code": None, "output_tail": why}
-        run_id = record_start(connection, name, fence, "manual", None)
+    lost = script.timeout + settings.lease_timeout
+    *_, started = fenced_round_trip(
+        settings,
+        fence.to_start(),
+        [
+            _lock_sql(name),
+            _close_lost_sql(name, fence, lost),
+            _start_sql(name, fence, "manual", None, NONE_RUNNING),
+        ],
+    )
+    if not started:
+        why = f"a run of {name} is still in progress (see failover history)"
+        return {"run": None, "status": "refused", "exit_code": None, "output_tail": why}
+    run_id = int(started[0][0])
     result = run_recorded(settings, name, fence, run_id)
     return {
         "run": run_id,

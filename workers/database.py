@@ -20,13 +20,14 @@ import contextlib
 import functools
 import math
 import os
+import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from threading import Lock
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.errors import UndefinedColumn, UndefinedFunction, UndefinedTable
@@ -195,24 +196,66 @@ def one_round_trip(
     A connection found dead (the database restarted or failed over) is dropped and the
     statement is tried once more on a new one: no ping before every use (a round trip each).
     """
+
+    def send(driver: psycopg.Connection[Any], bounds: str) -> object:
+        return _send(driver, bounds, statement, params)
+
+    return _in_one_message(settings, purpose, send)
+
+
+Statement = tuple[str, Mapping[str, object]]
+"""A statement with SQLAlchemy-style `:name` parameters, and their values."""
+
+
+def round_trip(
+    settings: Settings, statements: Sequence[Statement], purpose: str = WORK
+) -> list[list[tuple[Any, ...]]]:
+    """Run `statements`, in order, as one transaction in one message (one round trip): each
+    sees what the ones before it wrote, and an error in any rolls all of them back. Returns
+    each statement's rows ([] for one that returns none)."""
+
+    def send(driver: psycopg.Connection[Any], bounds: str) -> list[list[tuple[Any, ...]]]:
+        return _send_all(driver, bounds, statements)
+
+    return _in_one_message(settings, purpose, send)
+
+
+T = TypeVar("T")
+OWN_ERRORS = "FO"
+"""The SQLSTATE class of the errors the schema's own functions raise (the fence's refusals):
+answers, not an unavailable database."""
+
+
+def _in_one_message(
+    settings: Settings, purpose: str, send: Callable[[psycopg.Connection[Any], str], T]
+) -> T:
+    """`send` on a pooled connection, once more on a new one if it was found dead."""
     engine = engine_for(settings, purpose=purpose)
     deadline = answer_deadline(settings)
     for attempt in (1, 2):
         try:
-            return _on_pooled_connection(engine, bounded(settings), statement, params, deadline)
+            return _on_pooled_connection(engine, bounded(settings), send, deadline)
         except _DeadConnection as dead:
             note_broken(settings.require_database_url())
             if attempt == 2:
                 shown = _shown(engine)
                 raise DatabaseUnavailable(f"database unavailable at {shown}: {dead}") from None
-        except (psycopg.OperationalError, OperationalError) as error:
-            raise DatabaseUnavailable(
-                f"database unavailable at {_shown(engine)}: {_first_line_of(error)}"
-            ) from None
         except UndefinedFunction:
             raise DatabaseUnavailable(
                 f"the failover schema in {_shown(engine)} is older than this version: "
                 "run `failover db upgrade`"
+            ) from None
+        except psycopg.Error as error:
+            if (error.sqlstate or "").startswith(OWN_ERRORS) or not isinstance(
+                error, psycopg.OperationalError
+            ):
+                raise
+            raise DatabaseUnavailable(
+                f"database unavailable at {_shown(engine)}: {_first_line_of(error)}"
+            ) from None
+        except OperationalError as error:
+            raise DatabaseUnavailable(
+                f"database unavailable at {_shown(engine)}: {_first_line_of(error)}"
             ) from None
     raise AssertionError("unreachable")
 
@@ -222,14 +265,17 @@ class _DeadConnection(Exception):
 
 
 def _on_pooled_connection(
-    engine: Engine, bounds: str, statement: str, params: Mapping[str, object], deadline: float
-) -> object:
+    engine: Engine,
+    bounds: str,
+    send: Callable[[psycopg.Connection[Any], str], T],
+    deadline: float,
+) -> T:
     with engine.connect() as connection:
         driver = connection.connection.driver_connection
         assert isinstance(driver, psycopg.Connection)
         try:
             with answered_within(driver.pgconn.socket, deadline):
-                return _send(driver, bounds, statement, params)
+                return send(driver, bounds)
         except psycopg.OperationalError as error:
             if not driver.broken:
                 raise
@@ -246,6 +292,32 @@ def _send(
         pass
     row = cursor.fetchone()
     return row[0] if row else None
+
+
+BOUNDS = 2
+NAMED = re.compile(r"(?<![:\w]):(\w+)")
+
+
+def _pyformat(sql: str) -> str:
+    """A statement written with SQLAlchemy's `:name` parameters in psycopg's `%(name)s`."""
+    return NAMED.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+
+"""How many statements `bounded` sends ahead of a message's own."""
+
+
+def _send_all(
+    driver: psycopg.Connection[Any], bounds: str, statements: Sequence[Statement]
+) -> list[list[tuple[Any, ...]]]:
+    client = psycopg.ClientCursor(driver)
+    query = bounds + "; ".join(client.mogrify(_pyformat(sql), params) for sql, params in statements)
+    cursor = driver.execute(query)
+    results: list[list[tuple[Any, ...]]] = []
+    while True:
+        results.append(list(cursor.fetchall()) if cursor.description is not None else [])
+        if not cursor.nextset():
+            break
+    return results[BOUNDS:]
 
 
 def _first_line_of(error: Exception) -> str:

@@ -15,14 +15,15 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import psycopg
 from sqlalchemy import Connection, select
 
-from workers.database import one_round_trip, transaction
+from workers.database import Statement, round_trip, transaction
 from workers.errors import DatabaseUnavailable, HandingOver, StaleEpoch
 from workers.settings import Settings
 from workers.store import LEASE_EXPIRES, NOW, Identity, record_rejection
@@ -129,18 +130,85 @@ def patiently(settings: Settings, fence: Fence, effect: Callable[[Connection], T
 def retrying(settings: Settings, me: Identity, effect: Callable[[Connection], T]) -> T:
     """Apply `effect` in a transaction, trying again while the database is unavailable, for
     up to `outage_patience` (for writes fenced by their own rows, such as a file's handler)."""
-    deadline = time.monotonic() + outage_patience(settings)
+
+    def attempt() -> T:
+        with transaction(settings) as connection:
+            return effect(connection)
+
+    return _again_while_unavailable(settings, me, attempt, outage_patience(settings))
+
+
+def _again_while_unavailable(
+    settings: Settings, me: Identity, attempt: Callable[[], T], patience: float
+) -> T:
+    """`attempt()`, tried again while the database is unavailable, for up to `patience` s."""
+    deadline = time.monotonic() + patience
     pause = 0.2
     while True:
         try:
-            with transaction(settings) as connection:
-                return effect(connection)
+            return attempt()
         except DatabaseUnavailable as error:
             if time.monotonic() + pause > deadline:
                 raise
             log.info("node %s: %s; trying again in %.1f s", me.name, error, pause)
             time.sleep(pause)
             pause = min(1.0, pause * 2)
+
+
+FENCE_SQL = (
+    "SELECT failover_fence(:service, CAST(:epoch AS bigint), :node, CAST(:incarnation AS uuid), "
+    ":owner_only, :starting)"
+)
+STALE, HANDING_OVER = "FOST1", "FOHO1"
+"""The SQLSTATEs `failover_fence` raises (schema revision 0012)."""
+
+
+def fenced_round_trip(
+    settings: Settings, fence: Fence, statements: Sequence[Statement], patient: bool = False
+) -> list[list[tuple[Any, ...]]]:
+    """`statements` under `fence`, sent with it in one message: one round trip and one
+    transaction, with the same share lock as `check_fence` (so `StaleEpoch`, or
+    `HandingOver` for a start, rolls them all back). Returns each statement's rows. With
+    `patient`, tries again while the database is unavailable, as `patiently` does."""
+    params = {
+        "service": fence.service,
+        "epoch": fence.epoch,
+        "node": fence.me.name,
+        "incarnation": uuid.UUID(fence.me.incarnation),
+        "owner_only": fence.owner_only,
+        "starting": fence.starting,
+    }
+    message = [(FENCE_SQL, params), *statements]
+
+    def attempt() -> list[list[tuple[Any, ...]]]:
+        try:
+            return round_trip(settings, message)[1:]
+        except psycopg.Error as error:
+            raise _refusal(error) from None
+
+    patience = outage_patience(settings) if patient else 0.0
+    return _again_while_unavailable(settings, fence.me, attempt, patience)
+
+
+def persistently(
+    settings: Settings, me: Identity, statements: Sequence[Statement]
+) -> list[list[tuple[Any, ...]]]:
+    """`statements` in one message (one round trip, one transaction), tried again while the
+    database is unavailable for up to `outage_patience` (writes fenced by their own rows,
+    such as a batch's outcomes). Returns each statement's rows."""
+    return _again_while_unavailable(
+        settings, me, lambda: round_trip(settings, statements), outage_patience(settings)
+    )
+
+
+def _refusal(error: psycopg.Error) -> Exception:
+    """The fence's refusal as `StaleEpoch` or `HandingOver`; any other error as it is."""
+    message = error.diag.message_primary or str(error)
+    if error.sqlstate == HANDING_OVER:
+        return HandingOver(message)
+    if error.sqlstate == STALE:
+        return StaleEpoch(message)
+    return error
 
 
 def outage_patience(settings: Settings) -> float:
@@ -166,18 +234,19 @@ def reject(settings: Settings, fence: Fence, refusal: StaleEpoch | str) -> None:
 
 TICKS_SQL = """
 WITH owned AS (
-    SELECT * FROM json_to_recordset(%(owned)s::json) AS o(service TEXT, epoch BIGINT)
+    SELECT * FROM json_to_recordset(CAST(:owned AS json)) AS o(service TEXT, epoch BIGINT)
 ), held AS (
     SELECT s.service_type, s.epoch FROM service_status AS s
     JOIN owned AS o ON o.service = s.service_type AND o.epoch = s.epoch
     JOIN server_registry AS r ON r.id = s.service_registry_id
-    WHERE r.node_name = %(node)s AND r.incarnation = %(incarnation)s AND r.stopped_at IS NULL
+    WHERE r.node_name = :node AND r.incarnation = CAST(:incarnation AS uuid)
+      AND r.stopped_at IS NULL
       AND r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' > clock_timestamp()
     ORDER BY s.service_type
     FOR SHARE OF s
 ), ticked AS (
     INSERT INTO service_tick (service_type, epoch, node_name, tick_count)
-    SELECT service_type, epoch, %(node)s, 1 FROM held
+    SELECT service_type, epoch, :node, 1 FROM held
     ON CONFLICT (service_type, epoch) DO UPDATE
         SET tick_count = service_tick.tick_count + 1, last_tick_at = clock_timestamp()
     RETURNING service_type
@@ -202,13 +271,28 @@ def record_ticks(
     did but the service is handing over (no new work), or the `StaleEpoch` that refused it
     (another owner or epoch, or this node's lease no longer fresh).
     """
+    return record_ticks_with(settings, me, owned, [])[0]
+
+
+def record_ticks_with(
+    settings: Settings, me: Identity, owned: list[tuple[str, int]], reads: Sequence[Statement]
+) -> tuple[dict[str, StaleEpoch | None], list[list[tuple[Any, ...]]]]:
+    """`record_ticks`, with `reads` in the same message (still one round trip): what the
+    services' work of this beat needs to know. Returns the outcomes and each read's rows."""
     params = {
         "owned": json.dumps([{"service": name, "epoch": epoch} for name, epoch in owned]),
         "node": me.name,
         "incarnation": uuid.UUID(me.incarnation),
     }
-    found = one_round_trip(settings, TICKS_SQL, params)
-    rows = json.loads(found) if isinstance(found, str) else found
+    (ticked, *found) = round_trip(settings, [(TICKS_SQL, params), *reads])
+    answer = ticked[0][0] if ticked else None
+    rows = json.loads(answer) if isinstance(answer, str) else answer
+    return _tick_outcomes(me, owned, rows), found
+
+
+def _tick_outcomes(
+    me: Identity, owned: list[tuple[str, int]], rows: Any
+) -> dict[str, StaleEpoch | None]:
     epochs = dict(owned)
     outcome: dict[str, StaleEpoch | None] = {}
     for row in rows if isinstance(rows, list) else []:

@@ -39,13 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import psycopg
 from sqlalchemy import Connection, text
 
 from workers import local_fence, local_state, store
 from workers.children import child_environment
-from workers.database import transaction
+from workers.database import Statement, transaction
 from workers.errors import ConfigError, DatabaseUnavailable, StaleEpoch
-from workers.fencing import Fence, fenced, patiently, reject, retrying
+from workers.fencing import Fence, fenced, fenced_round_trip, persistently, reject
 from workers.settings import HotFolderSettings, Settings
 from workers.supervision import Forked, Watch, die_with_parent, guarded, run_command, supervise
 
@@ -187,29 +188,6 @@ def _arrays(arrivals: list[Arrival]) -> dict[str, list[Any]]:
     }
 
 
-def _load_listing(connection: Connection, arrivals: list[Arrival]) -> None:
-    """The folder's listing as a temporary table with statistics, so the planner can hash-join.
-
-    The table lives for this transaction only (`ON COMMIT DROP`): behind PgBouncer in
-    transaction mode the next transaction may run on another server connection.
-    """
-    connection.execute(
-        text(
-            "CREATE TEMPORARY TABLE IF NOT EXISTS listing "
-            "(name text, size bigint, mtime bigint, dev bigint, inode bigint) ON COMMIT DROP"
-        )
-    )
-    connection.execute(
-        text(
-            "INSERT INTO listing SELECT * FROM unnest(CAST(:names AS text[]), "
-            "CAST(:sizes AS bigint[]), CAST(:mtimes AS bigint[]), CAST(:devs AS bigint[]), "
-            "CAST(:inodes AS bigint[]))"
-        ),
-        _arrays(arrivals),
-    )
-    connection.execute(text("ANALYZE listing"))
-
-
 OPEN = "('seen', 'claimed', 'processing')"
 CLAIM_COLUMNS = "id, rel_path, size, mtime_ns, dev, inode, attempts"
 
@@ -220,10 +198,31 @@ def record_and_claim(
     """Record new arrivals (a sighting whose file changed starts settling again), forget
     vanished ones, claim the settled ones. A file with no open record is a new arrival, even
     with the name, size and mtime of one processed before (a second copy)."""
-    _load_listing(connection, arrivals)
+    for sql, params in listing_sql(folder, arrivals):
+        connection.execute(text(sql), params)
+    return claim_settled(connection, folder, fence)
+
+
+def listing_sql(folder: HotFolderSettings, arrivals: list[Arrival]) -> list[Statement]:
+    """The folder's listing as a temporary table with statistics (so the planner can
+    hash-join), then the sightings it changes. The table lives for this transaction only
+    (`ON COMMIT DROP`): behind PgBouncer in transaction mode the next transaction may run
+    on another server connection."""
     params = {"folder": folder.name}
-    connection.execute(
-        text(
+    return [
+        (
+            "CREATE TEMPORARY TABLE IF NOT EXISTS listing "
+            "(name text, size bigint, mtime bigint, dev bigint, inode bigint) ON COMMIT DROP",
+            {},
+        ),
+        (
+            "INSERT INTO listing SELECT * FROM unnest(CAST(:names AS text[]), "
+            "CAST(:sizes AS bigint[]), CAST(:mtimes AS bigint[]), CAST(:devs AS bigint[]), "
+            "CAST(:inodes AS bigint[]))",
+            _arrays(arrivals),
+        ),
+        ("ANALYZE listing", {}),
+        (
             "INSERT INTO folder_file (folder, rel_path, size, mtime_ns, dev, inode, state) "
             "SELECT CAST(:folder AS varchar), l.name, l.size, l.mtime, l.dev, l.inode, 'seen' "
             "FROM listing l WHERE NOT EXISTS (SELECT 1 FROM folder_file f "
@@ -233,74 +232,76 @@ def record_and_claim(
             f"ON CONFLICT (folder, rel_path) WHERE state IN {OPEN} DO UPDATE "
             "SET size = EXCLUDED.size, mtime_ns = EXCLUDED.mtime_ns, dev = EXCLUDED.dev, "
             "inode = EXCLUDED.inode, first_seen_at = clock_timestamp() "
-            "WHERE folder_file.state = 'seen'"
+            "WHERE folder_file.state = 'seen'",
+            params,
         ),
-        params,
-    )
-    connection.execute(
-        text(
+        (
             "DELETE FROM folder_file WHERE folder = :folder AND state = 'seen' "
-            "AND rel_path NOT IN (SELECT name FROM listing)"
+            "AND rel_path NOT IN (SELECT name FROM listing)",
+            params,
         ),
-        params,
-    )
-    return claim_settled(connection, folder, fence)
+    ]
 
 
 def claim_settled(connection: Connection, folder: HotFolderSettings, fence: Fence) -> list[Claim]:
     """Claim, under the epoch, every sighting unchanged for the settle time."""
-    claimed = connection.execute(
-        text(
-            "UPDATE folder_file SET state = 'processing', epoch = :epoch, node = :node, "
-            "claimed_at = clock_timestamp() "
-            "WHERE folder = :folder AND state = 'seen' "
-            "AND first_seen_at <= clock_timestamp() - make_interval(secs => :settle) "
-            f"RETURNING {CLAIM_COLUMNS}"
-        ),
+    sql, params = claim_settled_sql(folder, fence)
+    return [Claim(*row) for row in connection.execute(text(sql), params).all()]
+
+
+def claim_settled_sql(folder: HotFolderSettings, fence: Fence) -> Statement:
+    return (
+        "UPDATE folder_file SET state = 'processing', epoch = :epoch, node = :node, "
+        "claimed_at = clock_timestamp() "
+        "WHERE folder = :folder AND state = 'seen' "
+        f"AND first_seen_at <= clock_timestamp() - make_interval(secs => :settle) "
+        f"RETURNING {CLAIM_COLUMNS}",
         {
             "folder": folder.name,
             "epoch": fence.epoch,
             "node": fence.me.name,
             "settle": folder.settle_seconds,
         },
-    ).all()
-    return [Claim(*row) for row in claimed]
+    )
 
 
 def record_refusals(
     connection: Connection, folder: HotFolderSettings, refused: list[tuple[str, str]]
 ) -> list[tuple[str, str]]:
     """Record refused names once, with why (symlinks, unusable names); return the new ones."""
-    if not refused:
-        return []
-    rows = connection.execute(
-        text(
-            "INSERT INTO folder_file (folder, rel_path, size, mtime_ns, state, error, finished_at) "
-            "SELECT CAST(:folder AS varchar), r.name, 0, 0, 'refused', r.why, clock_timestamp() "
-            "FROM unnest(CAST(:names AS text[]), CAST(:whys AS text[])) AS r(name, why) "
-            "WHERE NOT EXISTS (SELECT 1 FROM folder_file f WHERE f.folder = :folder "
-            "AND f.rel_path = r.name AND f.state = 'refused') RETURNING rel_path, error"
-        ),
+    sql, params = refusals_sql(folder, refused)
+    return [(row.rel_path, row.error) for row in connection.execute(text(sql), params)]
+
+
+def refusals_sql(folder: HotFolderSettings, refused: list[tuple[str, str]]) -> Statement:
+    return (
+        "INSERT INTO folder_file (folder, rel_path, size, mtime_ns, state, error, finished_at) "
+        "SELECT CAST(:folder AS varchar), r.name, 0, 0, 'refused', r.why, clock_timestamp() "
+        "FROM unnest(CAST(:names AS text[]), CAST(:whys AS text[])) AS r(name, why) "
+        "WHERE NOT EXISTS (SELECT 1 FROM folder_file f WHERE f.folder = :folder "
+        "AND f.rel_path = r.name AND f.state = 'refused') RETURNING rel_path, error",
         {
             "folder": folder.name,
             "names": [shown_name(name) for name, _ in refused],
             "whys": [why for _, why in refused],
         },
-    ).all()
-    return [(row.rel_path, row.error) for row in rows]
+    )
 
 
 def adopt_orphans(connection: Connection, folder: HotFolderSettings, fence: Fence) -> int:
     """Take over the claims of a previous owner. Files its handlers still hold (marked, lease
     fresh) stay with them until they are done: `take_batches` skips marked files."""
-    result = connection.execute(
-        text(
-            "UPDATE folder_file SET epoch = :epoch, node = :node, dispatched_at = NULL "
-            "WHERE folder = :folder AND state IN ('claimed', 'processing') AND epoch < :epoch"
-        ),
+    sql, params = adopt_orphans_sql(folder, fence)
+    return len(connection.execute(text(sql), params).all())
+
+
+def adopt_orphans_sql(folder: HotFolderSettings, fence: Fence) -> Statement:
+    return (
+        "UPDATE folder_file SET epoch = :epoch, node = :node, dispatched_at = NULL "
+        "WHERE folder = :folder AND state IN ('claimed', 'processing') AND epoch < :epoch "
+        "RETURNING id",
         {"folder": folder.name, "epoch": fence.epoch, "node": fence.me.name},
     )
-    return int(result.rowcount)
 
 
 def release_dead_marks(connection: Connection, folder: HotFolderSettings, fence: Fence) -> int:
@@ -308,21 +309,23 @@ def release_dead_marks(connection: Connection, folder: HotFolderSettings, fence:
     their handlers), and this incarnation's own marks of batches no longer in flight on this
     host (a killed pool process, an outcome the database lost): those files can be handled
     again."""
+    sql, params = release_dead_marks_sql(folder, fence)
+    return int(connection.execute(text(sql), params).rowcount)
+
+
+def release_dead_marks_sql(folder: HotFolderSettings, fence: Fence) -> Statement:
     live = [
         name.removeprefix(BATCH_MARK) for name in local_state.held(fence.me.incarnation, BATCH_MARK)
     ]
-    result = connection.execute(
-        text(
-            "UPDATE folder_file AS f SET handler = NULL, handling_since = NULL, "
-            "handler_batch = NULL, dispatched_at = NULL "
-            "WHERE f.folder = :folder AND f.state = 'processing' "
-            "AND f.handler IS NOT NULL AND CASE WHEN f.handler = :me "
-            "THEN f.handler_batch IS NULL OR NOT f.handler_batch = ANY(CAST(:live AS uuid[])) "
-            f"ELSE {GONE_HANDLER} END"
-        ),
+    return (
+        "UPDATE folder_file AS f SET handler = NULL, handling_since = NULL, "
+        "handler_batch = NULL, dispatched_at = NULL "
+        "WHERE f.folder = :folder AND f.state = 'processing' "
+        "AND f.handler IS NOT NULL AND CASE WHEN f.handler = :me "
+        "THEN f.handler_batch IS NULL OR NOT f.handler_batch = ANY(CAST(:live AS uuid[])) "
+        f"ELSE {GONE_HANDLER} END",
         {"folder": folder.name, "me": fence.me.incarnation, "live": live},
     )
-    return int(result.rowcount)
 
 
 def processing_path(folder: HotFolderSettings, file_id: int, name: str) -> Path:
@@ -383,33 +386,35 @@ def take_batches(
     """Mark due files dispatched, up to the parallelism, and return them in batches. A batch
     whose message was lost (never started) is sent again after about a lease."""
     release_dead_marks(connection, folder, fence)
-    size = settings.folder_batch_size
+    sql, params = take_batches_sql(folder, settings, fence)
+    return in_batches(settings, list(connection.execute(text(sql), params).scalars()))
+
+
+def take_batches_sql(folder: HotFolderSettings, settings: Settings, fence: Fence) -> Statement:
+    """Room is what the parallelism leaves beside the files in flight (marked, or sent
+    within about a lease); `release_dead_marks_sql` goes first."""
     lost_after = settings.node_lease_timeout() + settings.heartbeat_interval
-    params = {"folder": folder.name, "epoch": fence.epoch, "lost": lost_after}
-    in_flight = connection.execute(
-        text(
-            "SELECT count(*) FROM folder_file WHERE folder = :folder AND state = 'processing' "
-            "AND (handler IS NOT NULL "
-            "OR dispatched_at > clock_timestamp() - make_interval(secs => :lost))"
-        ),
-        params,
-    ).scalar_one()
-    room = settings.folder_parallelism * size - in_flight
-    if room <= 0:
-        return []
-    ids = connection.execute(
-        text(
-            "UPDATE folder_file SET dispatched_at = clock_timestamp() WHERE id IN ("
-            " SELECT id FROM folder_file WHERE folder = :folder AND state = 'processing'"
-            " AND epoch = :epoch AND handler IS NULL"
-            " AND (dispatched_at IS NULL"
-            "      OR dispatched_at <= clock_timestamp() - make_interval(secs => :lost))"
-            " AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp())"
-            " ORDER BY id LIMIT :room FOR UPDATE SKIP LOCKED) RETURNING id"
-        ),
-        {**params, "room": room},
-    ).scalars()
-    ordered = sorted(ids)
+    capacity = settings.folder_parallelism * settings.folder_batch_size
+    in_flight = (
+        "SELECT count(*) FROM folder_file WHERE folder = :folder AND state = 'processing' "
+        "AND (handler IS NOT NULL "
+        "OR dispatched_at > clock_timestamp() - make_interval(secs => :lost))"
+    )
+    return (
+        "UPDATE folder_file SET dispatched_at = clock_timestamp() WHERE id IN ("
+        " SELECT id FROM folder_file WHERE folder = :folder AND state = 'processing'"
+        " AND epoch = :epoch AND handler IS NULL"
+        " AND (dispatched_at IS NULL"
+        "      OR dispatched_at <= clock_timestamp() - make_interval(secs => :lost))"
+        " AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp())"
+        f" ORDER BY id LIMIT greatest(0, :capacity - ({in_flight})) FOR UPDATE SKIP LOCKED)"
+        " RETURNING id",
+        {"folder": folder.name, "epoch": fence.epoch, "lost": lost_after, "capacity": capacity},
+    )
+
+
+def in_batches(settings: Settings, ids: list[int]) -> list[list[int]]:
+    ordered, size = sorted(ids), settings.folder_batch_size
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
@@ -449,18 +454,12 @@ def _scan_folder(
     seen = hash((tuple(found.arrivals), tuple(found.refused)))
     listing = (folder.name, fence.me.incarnation, fence.epoch, seen)
     unchanged = listing in _recorded_listings and not found.unusable
-    adopted, refusals = 0, []
-    with fenced(settings, fence) as connection:
-        if not _folder_lock(connection, folder):
-            return 0
-        if unchanged:
-            claimed = claim_settled(connection, folder, fence)
-        else:
-            refusals = record_refusals(connection, folder, found.refused + found.unusable)
-            adopted = adopt_orphans(connection, folder, fence)
-            claimed = record_and_claim(connection, folder, found.arrivals, fence)
-        batches = take_batches(connection, folder, settings, fence)
-        leftovers = sweep_processing(connection, folder, fence)
+    try:
+        scanned = _scan_message(settings, folder, fence, None if unchanged else found)
+    except FolderBusy:
+        return 0
+    claimed, batches, leftovers = scanned.claimed, scanned.batches, scanned.leftovers
+    adopted, refusals = scanned.adopted, scanned.refusals
     if not unchanged:
         _report_refusals(fence, folder, refusals)
     set_aside(fence, folder, found.unusable)
@@ -493,6 +492,69 @@ def _scan_folder(
         if rest:
             send_batch(folder.name, rest)
     return len(claimed) - len(changed)
+
+
+class Scanned(NamedTuple):
+    """What one scan of a folder did in the database."""
+
+    claimed: list[Claim]
+    batches: list[list[int]]
+    leftovers: Leftovers
+    adopted: int
+    refusals: list[tuple[str, str]]
+
+
+def _scan_message(
+    settings: Settings, folder: HotFolderSettings, fence: Fence, found: Listing | None
+) -> Scanned:
+    """A scan of a folder in one round trip under the fence: record its listing if it
+    changed (`found`; None: unchanged since the last scan), adopt a previous owner's claims,
+    claim what settled, send what is due, sweep the areas. Raises `FolderBusy` when another
+    scan of the folder holds it."""
+    waiting, handled = _areas(folder)
+    statements: list[Statement] = [(LOCK_FOLDER, {"folder": folder.name})]
+    marks: dict[str, int] = {}
+    if found is not None:
+        refused = found.refused + found.unusable
+        if refused:
+            marks["refusals"] = len(statements)
+            statements.append(refusals_sql(folder, refused))
+        marks["adopted"] = len(statements)
+        statements.append(adopt_orphans_sql(folder, fence))
+        statements += listing_sql(folder, found.arrivals)
+    marks["claimed"] = len(statements)
+    statements += [claim_settled_sql(folder, fence), release_dead_marks_sql(folder, fence)]
+    marks["batches"] = len(statements)
+    statements.append(take_batches_sql(folder, settings, fence))
+    sweep = _sweep_sql(waiting, handled, fence) if waiting or handled else []
+    try:
+        results = fenced_round_trip(settings, fence, [*statements, *sweep])
+    except psycopg.Error as error:
+        if error.sqlstate == BUSY:
+            raise FolderBusy(folder.name) from None
+        raise
+    return Scanned(
+        claimed=[Claim(*row) for row in results[marks["claimed"]]],
+        batches=in_batches(settings, [row[0] for row in results[marks["batches"]]]),
+        leftovers=_leftovers(folder, waiting, handled, results[-1]) if sweep else NO_LEFTOVERS,
+        adopted=len(results[marks["adopted"]]) if "adopted" in marks else 0,
+        refusals=[(row[0], row[1]) for row in results[marks["refusals"]]]
+        if "refusals" in marks
+        else [],
+    )
+
+
+class FolderBusy(Exception):
+    """Another scan of the folder holds its lock: this one skips it."""
+
+
+BUSY = "FOBZ1"
+LOCK_FOLDER = (
+    "SELECT pg_try_advisory_xact_lock(hashtext('folder_monitor:' || CAST(:folder AS text))) "
+    "OR failover_busy('folder ' || :folder)"
+)
+"""One scan of a folder at a time: a scan that finds another holding the folder's lock
+stops there (`failover_busy` raises `BUSY`, rolling its message back)."""
 
 
 def _report_refusals(
@@ -543,27 +605,20 @@ def _undo_changed(
         reject(settings, fence, refusal)
 
 
-def _folder_lock(connection: Connection, folder: HotFolderSettings) -> bool:
-    """One scan of a folder at a time (an overlapping scan simply skips)."""
-    return bool(
-        connection.execute(
-            text("SELECT pg_try_advisory_xact_lock(hashtext('folder_monitor:' || :folder))"),
-            {"folder": folder.name},
-        ).scalar_one()
-    )
-
-
 def dispatch(
     settings: Settings,
     folder: HotFolderSettings,
     fence: Fence,
     send_batch: Callable[[str, list[int]], None],
 ) -> None:
-    with fenced(settings, fence) as connection:
-        batches = take_batches(connection, folder, settings, fence)
-        leftovers = sweep_processing(connection, folder, fence)
-    settle_leftovers(settings, fence, folder, leftovers)
-    for batch in batches:
+    """Send the folder's next batches (after a batch ended): one round trip, under the
+    fence; leftovers in the processing area are the next scan's."""
+    _dead, taken = fenced_round_trip(
+        settings,
+        fence,
+        [release_dead_marks_sql(folder, fence), take_batches_sql(folder, settings, fence)],
+    )
+    for batch in in_batches(settings, [row[0] for row in taken]):
         send_batch(folder.name, batch)
 
 
@@ -625,9 +680,7 @@ def _handle_batch(
     settings: Settings, folder: HotFolderSettings, ids: list[int], fence: Fence, batch: str
 ) -> int:
     try:
-        claims = patiently(
-            settings, fence, lambda connection: start_batch(connection, ids, fence, batch)
-        )
+        claims = start_batch(settings, ids, fence, batch)
     except StaleEpoch as refusal:
         reject(settings, fence, refusal)
         return 0
@@ -639,11 +692,7 @@ def _handle_batch(
     except OSError as error:
         log.error("node %s: could not run the handler of %s: %s", fence.me.name, folder.name, error)
         outcomes = {claim.id: Outcome("untried", f"could not run: {error}") for claim in claims}
-    recorded = retrying(
-        settings,
-        fence.me,
-        lambda connection: record_batch(connection, fence, claims, outcomes, batch),
-    )
+    recorded = record_batch(settings, fence, claims, outcomes, batch)
     if len(recorded) < len(claims):
         lost = len(claims) - len(recorded)
         reject(
@@ -656,23 +705,30 @@ def _handle_batch(
     return sum(1 for claim in claims if outcomes[claim.id].kind != "untried")
 
 
-def start_batch(connection: Connection, ids: list[int], fence: Fence, batch: str) -> list[Claim]:
+def start_batch(settings: Settings, ids: list[int], fence: Fence, batch: str) -> list[Claim]:
     """Mark the batch's files as handled by this incarnation and `batch` (skipping any marked
-    by another batch; a retry of this very start finds its own marks)."""
-    rows = connection.execute(
-        text(
-            "UPDATE folder_file SET "
-            "attempts = attempts + CASE WHEN handler IS NULL THEN 1 ELSE 0 END, "
-            "handler = :me, handler_batch = :batch, "
-            "handling_since = clock_timestamp(), dispatched_at = clock_timestamp() "
-            "WHERE id = ANY(:ids) AND state = 'processing' AND epoch = :epoch "
-            "AND (handler IS NULL OR (handler = :me AND handler_batch = :batch)) "
-            "AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp() "
-            "OR handler_batch = :batch) "
-            f"RETURNING {CLAIM_COLUMNS}"
-        ),
-        {"ids": ids, "epoch": fence.epoch, "me": fence.me.incarnation, "batch": batch},
-    ).all()
+    by another batch; a retry of this very start finds its own marks): one round trip under
+    the fence, tried again while the database is unavailable."""
+    (rows,) = fenced_round_trip(
+        settings,
+        fence,
+        [
+            (
+                "UPDATE folder_file SET "
+                "attempts = attempts + CASE WHEN handler IS NULL THEN 1 ELSE 0 END, "
+                "handler = :me, handler_batch = :batch, "
+                "handling_since = clock_timestamp(), dispatched_at = clock_timestamp() "
+                "WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'processing' "
+                "AND epoch = :epoch "
+                "AND (handler IS NULL OR (handler = :me AND handler_batch = :batch)) "
+                "AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp() "
+                "OR handler_batch = :batch) "
+                f"RETURNING {CLAIM_COLUMNS}",
+                {"ids": ids, "epoch": fence.epoch, "me": fence.me.incarnation, "batch": batch},
+            )
+        ],
+        patient=True,
+    )
     return sorted((Claim(*row) for row in rows), key=lambda claim: claim.id)
 
 
@@ -917,46 +973,46 @@ def _mark_handled(folder: HotFolderSettings, claim: Claim, path: Path) -> bool:
 
 
 def record_batch(
-    connection: Connection,
+    settings: Settings,
     fence: Fence,
     claims: list[Claim],
     outcomes: dict[int, Outcome],
     batch: str,
 ) -> set[int]:
-    """Record every outcome of a batch and clear its marks, in one statement, fenced by the
-    marks: only files this batch still holds. Returns the ids recorded, by this call or by
-    an earlier try of it whose COMMIT went through unanswered (the batch id stays behind)."""
+    """Record every outcome of a batch and clear its marks, in one statement (one round
+    trip, tried again while the database is unavailable), fenced by the marks: only files
+    this batch still holds. Returns the ids recorded, by this call or by an earlier try of
+    it whose COMMIT went through unanswered (the batch id stays behind)."""
     rows = [
         {"id": claim.id, "kind": outcomes[claim.id].kind, "error": outcomes[claim.id].error,
          "delay": outcomes[claim.id].delay}
         for claim in claims
     ]  # fmt: skip
-    recorded = connection.execute(
-        text(
-            "WITH updated AS (UPDATE folder_file AS f SET "
-            "state = CASE WHEN o.kind IN ('processed', 'failed') THEN o.kind ELSE f.state END, "
-            "error = CASE WHEN o.kind = 'untried' THEN f.error ELSE o.error END, "
-            "finished_at = CASE WHEN o.kind IN ('processed', 'failed') "
-            "THEN clock_timestamp() END, "
-            "attempts = f.attempts - CASE WHEN o.kind = 'untried' THEN 1 ELSE 0 END, "
-            "next_attempt_at = CASE WHEN o.kind = 'retry' "
-            "THEN clock_timestamp() + make_interval(secs => o.delay) ELSE f.next_attempt_at END, "
-            "handler = NULL, handling_since = NULL, dispatched_at = NULL "
-            "FROM json_to_recordset(CAST(:outcomes AS json)) "
-            "AS o(id bigint, kind text, error text, delay float8) "
-            "WHERE f.id = o.id AND f.state IN ('processing') AND f.handler = :me "
-            "AND f.handler_batch = :batch RETURNING f.id) "
-            "SELECT id FROM updated UNION SELECT id FROM folder_file "
-            "WHERE id = ANY(:ids) AND handler IS NULL AND handler_batch = :batch"
-        ),
-        {
-            "outcomes": json.dumps(rows),
-            "me": fence.me.incarnation,
-            "batch": batch,
-            "ids": [claim.id for claim in claims],
-        },
-    ).scalars()
-    found = set(recorded)
+    statement = (
+        "WITH updated AS (UPDATE folder_file AS f SET "
+        "state = CASE WHEN o.kind IN ('processed', 'failed') THEN o.kind ELSE f.state END, "
+        "error = CASE WHEN o.kind = 'untried' THEN f.error ELSE o.error END, "
+        "finished_at = CASE WHEN o.kind IN ('processed', 'failed') "
+        "THEN clock_timestamp() END, "
+        "attempts = f.attempts - CASE WHEN o.kind = 'untried' THEN 1 ELSE 0 END, "
+        "next_attempt_at = CASE WHEN o.kind = 'retry' "
+        "THEN clock_timestamp() + make_interval(secs => o.delay) ELSE f.next_attempt_at END, "
+        "handler = NULL, handling_since = NULL, dispatched_at = NULL "
+        "FROM json_to_recordset(CAST(:outcomes AS json)) "
+        "AS o(id bigint, kind text, error text, delay float8) "
+        "WHERE f.id = o.id AND f.state IN ('processing') AND f.handler = :me "
+        "AND f.handler_batch = :batch RETURNING f.id) "
+        "SELECT id FROM updated UNION SELECT id FROM folder_file "
+        "WHERE id = ANY(CAST(:ids AS bigint[])) AND handler IS NULL AND handler_batch = :batch"
+    )
+    params = {
+        "outcomes": json.dumps(rows),
+        "me": fence.me.incarnation,
+        "batch": batch,
+        "ids": [claim.id for claim in claims],
+    }
+    (found_rows,) = persistently(settings, fence.me, [(statement, params)])
+    found = {row[0] for row in found_rows}
     _log_outcomes(fence, claims, outcomes, found)
     return found
 
@@ -1014,6 +1070,9 @@ class Leftovers(NamedTuple):
     unrecorded: list[tuple[Path, str]]
 
 
+NO_LEFTOVERS = Leftovers([], [])
+
+
 def _entries(directory: Path) -> dict[int, tuple[Path, str]]:
     """The `{id}__{name}` files of a processing or handled area, by claim id."""
     if not directory.is_dir():
@@ -1032,46 +1091,57 @@ def sweep_processing(connection: Connection, folder: HotFolderSettings, fence: F
     never recorded (recorded now, as processed: a handler never runs twice), and files the
     database has no claim for (it failed over and lost its last commits). Listed before the
     query, so a file renamed in after its claim committed is always found with its claim."""
-    waiting = _entries(folder.processing)
-    handled = _entries(folder.path / HANDLED_DIR)
+    waiting, handled = _areas(folder)
     if not waiting and not handled:
-        return Leftovers([], [])
-    _record_handled(connection, handled, fence)
-    rows = connection.execute(
-        text("SELECT id, rel_path, state FROM folder_file WHERE id = ANY(:ids)"),
-        {"ids": list(waiting) + list(handled)},
-    ).all()
+        return NO_LEFTOVERS
+    *writes, (read, params) = _sweep_sql(waiting, handled, fence)
+    for sql, values in writes:
+        connection.execute(text(sql), values)
+    return _leftovers(folder, waiting, handled, connection.execute(text(read), params).all())
+
+
+Area = dict[int, tuple[Path, str]]
+
+
+def _areas(folder: HotFolderSettings) -> tuple[Area, Area]:
+    """The files in the processing area, and those handled and not yet moved on."""
+    return _entries(folder.processing), _entries(folder.path / HANDLED_DIR)
+
+
+def _sweep_sql(waiting: Area, handled: Area, fence: Fence) -> list[Statement]:
+    """Record handled files whose handler is gone without recording them as processed; then
+    read the state of every file in both areas (the last statement's rows)."""
+    return [
+        (
+            "UPDATE folder_file AS f SET state = 'processed', error = NULL, "
+            "finished_at = clock_timestamp(), handler = NULL, handling_since = NULL, "
+            "handler_batch = NULL "
+            "WHERE f.id = ANY(CAST(:ids AS bigint[])) AND f.state = 'processing' "
+            f"AND (f.handler IS NULL OR {GONE_HANDLER})",
+            {"ids": list(handled), "me": fence.me.incarnation},
+        ),
+        (
+            "SELECT id, rel_path, state FROM folder_file WHERE id = ANY(CAST(:ids AS bigint[]))",
+            {"ids": list(waiting) + list(handled)},
+        ),
+    ]
+
+
+def _leftovers(folder: HotFolderSettings, waiting: Area, handled: Area, rows: Any) -> Leftovers:
     finished, unrecorded = [], []
-    states = {row.id: row for row in rows}
+    states = {row[0]: row for row in rows}
     for area in (waiting, handled):
         for file_id, (path, name) in area.items():
             row = states.get(file_id)
-            if row is None or row.rel_path != name:
+            if row is None or row[1] != name:
                 if area is handled:
                     finished.append((path, folder.processed, name, file_id))
                 else:
                     unrecorded.append((path, name))
-            elif row.state in ("processed", "failed"):
-                target = folder.processed if row.state == "processed" else folder.failed
+            elif row[2] in ("processed", "failed"):
+                target = folder.processed if row[2] == "processed" else folder.failed
                 finished.append((path, target, name, file_id))
     return Leftovers(finished, unrecorded)
-
-
-def _record_handled(
-    connection: Connection, handled: dict[int, tuple[Path, str]], fence: Fence
-) -> None:
-    """Handled files whose handler is gone without recording them are processed."""
-    if handled:
-        connection.execute(
-            text(
-                "UPDATE folder_file AS f SET state = 'processed', error = NULL, "
-                "finished_at = clock_timestamp(), handler = NULL, handling_since = NULL, "
-                "handler_batch = NULL "
-                "WHERE f.id = ANY(:ids) AND f.state = 'processing' "
-                f"AND (f.handler IS NULL OR {GONE_HANDLER})"
-            ),
-            {"ids": list(handled), "me": fence.me.incarnation},
-        )
 
 
 def settle_leftovers(

@@ -70,19 +70,33 @@ def taken(incarnation: str, kind: str) -> None:
 
 
 @contextlib.contextmanager
-def alone(incarnation: str, kind: str) -> Iterator[bool]:
-    """Hold the node's lock for `kind` if no other task of this node holds it: yields
-    whether it does. A lock of the host's kernel (`flock`), so it dies with its holder."""
+def alone(incarnation: str, kind: str, wait: float = 0.0) -> Iterator[bool]:
+    """Hold the node's lock for `kind` if no other task of this node holds it (or lets it go
+    within `wait` seconds): yields whether it does. A lock of the host's kernel (`flock`),
+    so it dies with its holder."""
     with (state_dir(incarnation) / f"{kind}.running").open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock_within(handle, wait):
             yield False
             return
         try:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+LOCK_POLL = 0.02
+
+
+def _lock_within(handle: Any, wait: float) -> bool:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(LOCK_POLL)
 
 
 def remember(incarnation: str, name: str, value: float) -> None:

@@ -33,7 +33,7 @@ from workers.celery import app
 from workers.database import transaction
 from workers.decide import Acquire, Dispatch, Handover
 from workers.errors import HandingOver, StaleEpoch
-from workers.fencing import Fence, record_ticks, reject
+from workers.fencing import Fence, record_ticks_with, reject
 from workers.heartbeat import Beat, run_cycle
 from workers.node import beat_stopped, current_identity, current_settings, stopping
 from workers.routing import (
@@ -264,11 +264,13 @@ def service_work(owned: list[tuple[str, int]]) -> dict[str, Any]:
 
     One statement fences and ticks them all; then each service does its own work, if it
     has any (the built-ins do), each side effect again under its fence. One runs at a time
-    on a node: a slow one is not joined by the next.
+    on a node: a slow one (a far owner's) is not joined by the next, which waits up to half
+    a heartbeat interval for it before giving its turn up.
     """
     settings = current_settings()
     me = current_identity()
-    with local_state.alone(me.incarnation, SERVICE_WORK) as alone:
+    wait = settings.heartbeat_interval / 2
+    with local_state.alone(me.incarnation, SERVICE_WORK, wait) as alone:
         if not alone:
             log.debug("node %s: service work skipped: the previous one still runs", me.name)
             return {}
@@ -283,7 +285,10 @@ def _service_work(settings: Settings, me: Identity, pairs: list[tuple[str, int]]
     if left:
         _report_hold(settings, me, left)
         return {}
-    refusals = record_ticks(settings, me, pairs)
+    reads = [app_script.SCHEDULES_READ] if _owns_scripts(settings, pairs) else []
+    refusals, found = record_ticks_with(settings, me, pairs, reads)
+    if reads:
+        app_script.read_at_tick(me.incarnation, found[0])
     done: dict[str, Any] = {}
     for service, epoch in pairs:
         fence = Fence(service, me, epoch, starting=True)
@@ -297,6 +302,12 @@ def _service_work(settings: Settings, me: Identity, pairs: list[tuple[str, int]]
         except StaleEpoch as stale:
             reject(settings, fence, stale)
     return done
+
+
+def _owns_scripts(settings: Settings, pairs: list[tuple[str, int]]) -> bool:
+    """Whether this beat's work includes the scripts' (their schedules are read with the
+    ticks: a far owner saves a round trip a beat)."""
+    return bool(settings.scripts) and any(service == app_script.SERVICE for service, _ in pairs)
 
 
 def _report_hold(settings: Settings, me: Identity, left: float) -> None:

@@ -13,7 +13,7 @@ from tests.support.registry import add_node, give
 from workers import app_script
 from workers.database import transaction
 from workers.errors import ConfigError, StaleEpoch
-from workers.fencing import Fence, fenced
+from workers.fencing import Fence
 from workers.settings import ScriptSettings, Settings
 
 SERVICE = "app_script"
@@ -35,8 +35,7 @@ def with_scripts(settings: Settings, **scripts: ScriptSettings) -> Settings:
 
 def tick(settings, fence):
     """What the owner's service work does for scripts: take the due runs, then run them."""
-    with fenced(settings, fence) as connection:
-        runs = app_script.take_due_runs(connection, settings, fence)
+    runs = app_script.take_due_runs(settings, fence)
     for name, run_id in runs:
         app_script.run_scheduled(settings, name, fence, run_id)
     return [name for name, _ in runs]
@@ -103,8 +102,7 @@ def test_a_scheduled_run_recorded_before_a_move_never_starts_on_the_old_owner(se
         connection.execute(
             text("INSERT INTO script_schedule VALUES ('touch', clock_timestamp() - interval '5 s')")
         )
-    with fenced(settings, old) as connection:
-        [(name, run_id)] = app_script.take_due_runs(connection, settings, old)
+    [(name, run_id)] = app_script.take_due_runs(settings, old)
     # When the service moves to b before the message is run
     add_node(settings, "b", lease=30)
     give(settings, SERVICE, "b", reason="manual")

@@ -191,11 +191,9 @@ def test_a_start_and_an_outcome_retried_after_an_ambiguous_commit_find_their_own
 ):
     settings, fence, ids = claimed(settings, tmp_path)
     # Given a batch's start that committed, its answer lost (so it is sent again)
-    with transaction(settings) as connection:
-        first = folder_monitor.start_batch(connection, ids, fence, BATCH)
-    with transaction(settings) as connection:
-        again = folder_monitor.start_batch(connection, ids, fence, BATCH)
-        other = folder_monitor.start_batch(connection, ids, fence, str(uuid.uuid4()))
+    first = folder_monitor.start_batch(settings, ids, fence, BATCH)
+    again = folder_monitor.start_batch(settings, ids, fence, BATCH)
+    other = folder_monitor.start_batch(settings, ids, fence, str(uuid.uuid4()))
     # Then the retry finds the batch's marks (counted once), and no other batch takes them
     assert [c.id for c in again] == [c.id for c in first] == ids
     assert other == []
@@ -203,8 +201,7 @@ def test_a_start_and_an_outcome_retried_after_an_ambiguous_commit_find_their_own
     # Given its outcome recorded, the answer lost, and recorded again
     outcomes = {ids[0]: folder_monitor.Outcome("processed")}
     for _ in range(2):
-        with transaction(settings) as connection:
-            recorded = folder_monitor.record_batch(connection, fence, first, outcomes, BATCH)
+        recorded = folder_monitor.record_batch(settings, fence, first, outcomes, BATCH)
         # Then both say the outcome is recorded (no false "another handler took them")
         assert recorded == set(ids)
     assert (ledger(settings)[0].state, ledger(settings)[0].handler) == ("processed", None)
@@ -327,8 +324,7 @@ def test_after_its_database_broke_a_node_starts_no_new_work_for_a_lease_and_a_be
 def test_own_marks_of_a_batch_no_longer_in_flight_here_are_cleared_at_once(settings, tmp_path):
     # Given a's own marks on a file, by a batch that is still in flight on its host
     settings, fence, ids = claimed(settings, tmp_path)
-    with transaction(settings) as connection:
-        folder_monitor.start_batch(connection, ids, fence, BATCH)
+    folder_monitor.start_batch(settings, ids, fence, BATCH)
     mark = f"{folder_monitor.BATCH_MARK}{BATCH}"
     try:
         with local_state.holding(fence.me.incarnation, mark):

@@ -53,17 +53,15 @@ def test_a_new_owner_leaves_files_alone_while_the_old_handler_holds_them(
     settings = with_folder(settings, inbox_with(tmp_path, "x.dat", "y.dat"))
     old = owner(settings, "a")
     (batch,) = scan(settings, old)
-    with transaction(settings) as connection:
-        claims = folder_monitor.start_batch(connection, batch, old, BATCH)
+    claims = folder_monitor.start_batch(settings, batch, old, BATCH)
     # When the service moves to b (a planned move: a stays alive) and b scans
     new = owner(settings, "b")
     # Then b dispatches none of a's files while a holds them
     assert scan(settings, new) == []
     # When a says it is done (it stopped before handling them: the done marker)
-    with transaction(settings) as connection:
-        folder_monitor.record_batch(
-            connection, old, claims, {claim.id: Outcome("untried") for claim in claims}, BATCH
-        )
+    folder_monitor.record_batch(
+        settings, old, claims, {claim.id: Outcome("untried") for claim in claims}, BATCH
+    )
     # Then b takes and handles them, each once
     run_until_idle(settings, new)
     assert handled(handler_log) == {"x.dat": 1, "y.dat": 1}
@@ -78,8 +76,7 @@ def test_a_dead_handlers_marks_are_cleared_once_its_lease_has_run_out(
     settings = with_folder(settings, inbox_with(tmp_path, "x.dat"))
     old = owner(settings, "a", lease=3.0)
     (batch,) = scan(settings, old)
-    with transaction(settings) as connection:
-        folder_monitor.start_batch(connection, batch, old, BATCH)
+    folder_monitor.start_batch(settings, batch, old, BATCH)
     new = owner(settings, "b")
     assert scan(settings, new) == []
     time.sleep(3.2)
@@ -293,11 +290,9 @@ def test_runs_of_a_previous_incarnation_at_the_same_epoch_are_orphans(settings, 
     time.sleep(1.1)
     again = add_node(settings, "a", lease=30)
     now = Fence("app_script", again, before.epoch)
-    with fenced(settings, now) as connection:
-        app_script.take_due_runs(connection, settings, now)  # first slot recorded
+    app_script.take_due_runs(settings, now)  # first slot recorded
     time.sleep(0.3)
-    with fenced(settings, now) as connection:
-        taken = app_script.take_due_runs(connection, settings, now)
+    taken = app_script.take_due_runs(settings, now)
     assert [name for name, _ in taken] == ["tick"]
     statuses = [(row.status, row.incarnation is not None) for row in runs(settings)]
     assert statuses[0] == ("failed", True)
@@ -311,18 +306,15 @@ def test_a_run_of_a_live_previous_owner_is_left_to_it(settings, tmp_path):
     with fenced(settings, old) as connection:
         run_id = app_script.record_start(connection, "tick", old, "schedule", None)
     new = script_owner(settings, "b")
-    with fenced(settings, new) as connection:
-        app_script.take_due_runs(connection, settings, new)
+    app_script.take_due_runs(settings, new)
     time.sleep(0.3)
-    with fenced(settings, new) as connection:
-        assert app_script.take_due_runs(connection, settings, new) == []
+    assert app_script.take_due_runs(settings, new) == []
     # The old owner records its end (fenced by its run, not by the service it lost)
     result = app_script.RunResult("killed", -9, "(killed: it no longer owns app_script)")
     with transaction(settings) as connection:
         assert app_script.record_end(connection, run_id, result, old.me)
     time.sleep(0.3)
-    with fenced(settings, new) as connection:
-        assert [name for name, _ in app_script.take_due_runs(connection, settings, new)] == ["tick"]
+    assert [name for name, _ in app_script.take_due_runs(settings, new)] == ["tick"]
 
 
 def test_children_do_not_get_the_nodes_secrets(settings, monkeypatch):

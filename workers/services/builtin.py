@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from workers import app_script, folder_monitor
-from workers.fencing import Fence, fenced
+from workers.fencing import Fence
 from workers.routing import HANDLE_FILES, SCHEDULED_RUN, SHARED_QUEUE, node_queue
 from workers.services.base import Gauge, Row, Section, Sender
 from workers.settings import Settings
@@ -189,10 +189,9 @@ class AppScriptService:
         """Part of `take_due_runs`: it closes the previous owner's orphaned runs."""
 
     def work(self, settings: Settings, fence: Fence, send: Sender) -> Any:
-        if not (settings.scripts and app_script.any_due(settings)):
+        if not settings.scripts:
             return None
-        with fenced(settings, fence) as connection:
-            runs = app_script.take_due_runs(connection, settings, fence)
+        runs = app_script.take_due_runs(settings, fence)
         for name, run_id in runs:
             send.to_node(SCHEDULED_RUN, (name, run_id, fence.epoch), settings.lease_timeout)
         return [name for name, _ in runs]
