@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 
-from workers import joining
+from workers import joining, remote_control
 from workers.broker import transport_for
 from workers.node import current_settings, install
 from workers.settings import Settings
@@ -24,7 +24,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     no ack emulation (the Redis transport's unacked bookkeeping: a hash and a sorted set per
     message, to redeliver after an hour what the database already re-decides within a
     lease) and no task events unless `FAILOVER_TASK_EVENTS` asks for them (a publish per
-    task state; Flower still sees every worker through its worker heartbeats).
+    task state; Flower still sees every worker through its worker heartbeats), and while
+    it does not, a remote `enable_events` (Flower sends one every 5 s) is refused
+    (`workers/remote_control.py`).
     """
     broker_options: dict[str, Any] = {
         "socket_timeout": 5.0,
@@ -78,3 +80,4 @@ app = Celery("workers", include=["workers.tasks"])
 app.add_defaults(lambda: celery_config(current_settings()))
 install(app)
 joining.install(app)
+remote_control.install()

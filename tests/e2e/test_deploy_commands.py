@@ -78,3 +78,9 @@ def test_compose_commands_run_a_cluster_with_flower_behind_authentication(cluste
 
     assert wait_until(answers, 60, "Flower to answer") == 401
     assert requests.get(f"http://127.0.0.1:{port}/", auth=("operator", "s3cret"), timeout=5).ok
+    # And the shipped Flower (--enable_events=False) never asks the nodes for task events:
+    # over more than one of Flower's 5 s periods, no node had a switch to refuse
+    cluster.beats("a", 20)
+    for name in ("node-a", "node-b", "node-c"):
+        node = cluster.running(name)
+        assert node is not None and "refused a remote enable_events" not in node.log()

@@ -47,13 +47,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def flower(cluster: Cluster) -> Iterator[str]:
-    """`celery -A workers flower` with basic auth, as an operator runs it; its base URL."""
+def flower(cluster: Cluster, *extra: str) -> Iterator[str]:
+    """`celery -A workers flower` with basic auth (and `extra` options), as an operator runs
+    it; its base URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = [
         sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={port}",
-        "--address=127.0.0.1", f"--basic-auth={AUTH[0]}:{AUTH[1]}",
+        "--address=127.0.0.1", f"--basic-auth={AUTH[0]}:{AUTH[1]}", *extra,
     ]  # fmt: skip
     process = serve(cluster, command, base + "/healthcheck")
     try:
@@ -70,3 +71,18 @@ def workers_listed(base: str, names: set[str]) -> dict:
         return {}
     listed = answer.json() if answer.ok else {}
     return listed if {name.split("@")[0] for name in listed} >= names else {}
+
+
+def workers_shown(base: str) -> set[str]:
+    """The nodes on Flower's workers page (`/workers?json=1`): built from the events Flower
+    receives, the workers' own heartbeats, which stay on whatever the task events."""
+    answer = requests.get(base + "/workers?json=1", auth=AUTH, timeout=5)
+    answer.raise_for_status()
+    return {worker["hostname"].split("@")[0] for worker in answer.json()["data"]}
+
+
+def tasks_shown(base: str) -> dict[str, dict]:
+    """Flower's task list (`/api/tasks`, what its tasks page shows), by task id."""
+    answer = requests.get(base + "/api/tasks", auth=AUTH, timeout=5)
+    answer.raise_for_status()
+    return dict(answer.json())
