@@ -49,12 +49,21 @@ class Due:
     slots: int
 
 
+CAUGHT_UP = 2
+"""An interval script one slot behind takes the older slot, and the newer at the next beat:
+a beat that comes a little late (its cycle jitters across a slot's boundary, as a far
+owner's does) loses no run. Further behind (no owner for a while), the slots missed
+collapse into one run."""
+
+
 def due(script: ScriptSettings, last_due: datetime, now: datetime) -> Due | None:
     """The slot to run now, if any: pure, from the last slot run and the database time."""
     if script.interval is not None:
         slots = math.floor((now - last_due).total_seconds() / script.interval)
         if slots < 1:
             return None
+        if slots == CAUGHT_UP:
+            return Due(last_due + timedelta(seconds=script.interval), 1)
         return Due(last_due + timedelta(seconds=slots * script.interval), slots)
     if script.cron is not None:
         schedule = croniter(script.cron, last_due)

@@ -33,6 +33,7 @@ MANUAL_FAILOVER = "failover.manual_failover"
 SERVICE_WORK = "failover.service_work"
 HANDLE_FILES = "failover.handle_files"
 SCHEDULED_RUN = "failover.scheduled_run"
+TAKEN_RUN = "failover.taken_run"
 RUN_SCRIPT = "failover.run_script"
 CUSTOM_RUN = "failover.custom_run"
 

@@ -7,7 +7,9 @@
 - `failover.service_work`: the work of every service this node owns, one message per beat:
   a fenced, observable tick of each, then each one's work through `workers.services` (the
   folder monitor's scan dispatches `failover.handle_files` batches, the script runner's due
-  runs `failover.scheduled_run`, a custom service's turn `failover.custom_run`);
+  runs `failover.taken_run` in a thread of the worker (no message: its slot was taken under
+  the fence a moment before), a custom service's turn `failover.custom_run`;
+  `failover.scheduled_run` runs one sent by a node of the previous release);
   `failover.run_script` runs a script on demand.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +47,7 @@ from workers.routing import (
     RUN_SCRIPT,
     SCHEDULED_RUN,
     SERVICE_WORK,
+    TAKEN_RUN,
     TAKEOVER,
     WAITING_MAX_AGE,
     expired,
@@ -343,6 +347,11 @@ class CelerySender:
         deadline = db_clock.database_time(self.settings, self.me.incarnation) + expires
         send_to_queue(app, task, queue, args, deadline=deadline)
 
+    def here(self, task: str, args: tuple[Any, ...]) -> None:
+        """Run `task` in a thread of this process, now: the service work has just checked
+        its fence (a script's slot taken under it) and returns at once."""
+        threading.Thread(target=app.tasks[task].run, args=args, name=task, daemon=True).start()
+
 
 def _own_work(settings: Settings, fence: Fence) -> Any:
     """What the service does at each beat beyond its tick, through the service registry."""
@@ -394,6 +403,17 @@ def scheduled_run(name: str, run_id: int, epoch: int) -> str:
         return "rejected"
     _after_run(settings, fence)
     return result.status if result else "closed before it started"
+
+
+@app.task(name=TAKEN_RUN, ignore_result=True)
+def taken_run(name: str, run_id: int, epoch: int) -> str:
+    """Execute a run that the service work recorded as started under the fence a moment ago
+    (`CelerySender.here`): no second check before it starts, no message."""
+    settings = current_settings()
+    fence = Fence(app_script.SERVICE, current_identity(), epoch)
+    result = app_script.run_recorded(settings, name, fence, run_id)
+    _after_run(settings, fence)
+    return result.status
 
 
 def _after_run(settings: Settings, fence: Fence) -> None:

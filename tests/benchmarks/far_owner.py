@@ -14,6 +14,7 @@ Prints a table; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -104,6 +105,13 @@ def measure(cluster: Cluster, inbox: Path, seconds: float) -> dict[str, object]:
     )[0].n
     time.sleep(5.0)
     sampler.stop()
+    if os.environ.get("FAR_OWNER_DEBUG"):
+        for row in cluster.query(
+            "SELECT id, trigger, status, extract(epoch FROM due_at) AS due, "
+            "extract(epoch FROM started_at) AS s, extract(epoch FROM finished_at) AS f "
+            "FROM script_run ORDER BY id"
+        ):
+            print(row)
     finished = cluster.query(
         "SELECT rel_path, extract(epoch FROM finished_at - first_seen_at) AS took "
         "FROM folder_file WHERE state = 'processed'"

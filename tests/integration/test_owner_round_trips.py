@@ -118,10 +118,10 @@ def test_each_script_path_costs_a_fixed_few_round_trips(counted, tmp_path):
     # A beat with a slot due: the run is taken and sent
     count, _ = trips(proxy, lambda: service.work(settings, fence, sender))
     assert count == SCRIPT_DUE and len(queued) == 1
-    # The run, from its start to its end
+    # The run, from its start (recorded with the take, under the fence) to its end
     _task, (name, run_id, _epoch) = queued.pop()
-    count, result = trips(proxy, lambda: app_script.run_scheduled(settings, name, fence, run_id))
-    assert count == SCRIPT_RUN and result is not None and result.status == "succeeded"
+    count, result = trips(proxy, lambda: app_script.run_recorded(settings, name, fence, run_id))
+    assert count == SCRIPT_RUN and result.status == "succeeded"
     # A beat with nothing due
     assert trips(proxy, lambda: service.work(settings, fence, sender))[0] == SCRIPT_NOTHING_DUE
     # A beat of the service work as the owner runs it: the ticks read the schedules in
@@ -139,7 +139,7 @@ def test_each_script_path_costs_a_fixed_few_round_trips(counted, tmp_path):
     )
     assert trips(proxy, beat)[0] == TICKS_AND_DUE_SCRIPTS and len(queued) == 1
     _task, (name, run_id, _epoch) = queued.pop()
-    app_script.run_scheduled(settings, name, fence, run_id)
+    app_script.run_recorded(settings, name, fence, run_id)
     # An on-demand run, from its request to its end
     count, outcome = trips(proxy, lambda: app_script.run_now(settings, "tick", fence))
     assert count == RUN_NOW and outcome["status"] == "succeeded"
@@ -159,12 +159,15 @@ class Queued:
     def to_queue(self, task: str, args: tuple[Any, ...], queue: str, expires: float) -> None:
         self.queued.append((task, args))
 
+    def here(self, task: str, args: tuple[Any, ...]) -> None:
+        self.queued.append((task, args))
+
 
 SCAN_NOTHING_NEW = 1
 SCAN_CLAIMS = 1
 BATCH = 3
 SCRIPT_DUE = 2
-SCRIPT_RUN = 2
+SCRIPT_RUN = 1
 SCRIPT_NOTHING_DUE = 1
 RUN_NOW = 2
 TICKS_AND_DUE_SCRIPTS = 2

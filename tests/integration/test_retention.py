@@ -107,6 +107,9 @@ class Collected:
     def to_queue(self, task, args, queue, expires) -> None:
         self.sent.append((task, args))
 
+    def here(self, task, args) -> None:
+        self.sent.append((task, args))
+
 
 def test_the_owners_service_work_prunes_its_own_ledger(settings):
     from tests.support.registry import add_node, give

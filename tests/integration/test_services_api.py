@@ -43,6 +43,9 @@ class TurnSender:
     def to_queue(self, *args):
         raise AssertionError("a custom service's turn goes to its own node")
 
+    def here(self, task, args):
+        self.sent.append((task, args))
+
 
 def run_turn(settings, fence: Fence) -> str:
     """What `failover.custom_run` does with the turn: the handler in a child process."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from workers.app_script import due, next_due
+from workers.app_script import Due, due, next_due
 from workers.settings import ScriptSettings
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -17,6 +17,16 @@ def test_interval_is_due_once_per_slot_and_missed_slots_collapse_into_one():
     assert (one.at, one.slots) == (T0 + timedelta(seconds=60), 1)
     many = due(every_minute, T0, T0 + timedelta(minutes=10, seconds=5))
     assert (many.at, many.slots) == (T0 + timedelta(minutes=10), 10)
+
+
+def test_an_interval_one_slot_behind_takes_the_older_slot_and_loses_no_run():
+    every_second = ScriptSettings(argv=["true"], interval=1)
+    # A beat a little late sees two slots passed: it runs the older, the next beat the newer
+    late = due(every_second, T0, T0 + timedelta(seconds=2.05))
+    assert late == Due(T0 + timedelta(seconds=1), 1)
+    assert due(every_second, late.at, T0 + timedelta(seconds=3.0)) == Due(
+        T0 + timedelta(seconds=2), 1
+    )
 
 
 def test_cron_finds_the_latest_passed_slot():

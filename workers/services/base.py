@@ -34,14 +34,17 @@ Row = dict[str, Any]
 
 
 class Sender(Protocol):
-    """How a service sends Celery tasks: to its node's own queue, or to a named queue.
-    `expires` is in seconds from now."""
+    """How a service sends Celery tasks: to its node's own queue, or to a named queue
+    (`expires` is in seconds from now), or runs one here and now, beside the service work,
+    with no message (`here`: a far owner saves the publish and the delivery)."""
 
     node: str
 
     def to_node(self, task: str, args: tuple[Any, ...], expires: float) -> None: ...
 
     def to_queue(self, task: str, args: tuple[Any, ...], queue: str, expires: float) -> None: ...
+
+    def here(self, task: str, args: tuple[Any, ...]) -> None: ...
 
 
 @dataclass(frozen=True)

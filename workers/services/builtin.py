@@ -11,7 +11,7 @@ from sqlalchemy import Connection, text
 
 from workers import app_script, folder_monitor
 from workers.fencing import Fence
-from workers.routing import HANDLE_FILES, SCHEDULED_RUN, SHARED_QUEUE, node_queue
+from workers.routing import HANDLE_FILES, SHARED_QUEUE, TAKEN_RUN, node_queue
 from workers.services.base import Gauge, Row, Section, Sender
 from workers.settings import Settings
 
@@ -193,7 +193,7 @@ class AppScriptService:
             return None
         runs = app_script.take_due_runs(settings, fence)
         for name, run_id in runs:
-            send.to_node(SCHEDULED_RUN, (name, run_id, fence.epoch), settings.lease_timeout)
+            send.here(TAKEN_RUN, (name, run_id, fence.epoch))
         return [name for name, _ in runs]
 
     def status(self, connection: Connection, settings: Settings) -> list[Row]:
