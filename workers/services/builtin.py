@@ -11,7 +11,7 @@ from sqlalchemy import Connection, text
 
 from workers import app_script, folder_monitor
 from workers.fencing import Fence
-from workers.routing import HANDLE_FILES, SHARED_QUEUE, TAKEN_RUN, node_queue
+from workers.routing import HANDLE_FILES, SHARED_QUEUE, TAKEN_RUN
 from workers.services.base import Gauge, Row, Section, Sender
 from workers.settings import Settings
 
@@ -21,12 +21,15 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def batch_sender(settings: Settings, send: Sender, epoch: int) -> Callable[[str, list[int]], None]:
-    """Where handler batches go: the owner's own queue, or the shared processing queue."""
-    queue = SHARED_QUEUE if settings.folder_dispatch == "shared" else node_queue(send.node)
+    """Where handler batches go: run here, in a thread of the owner's worker (no message: a
+    far owner saves the publish and the delivery, and its heartbeats never queue behind
+    them), or to the shared processing queue, for any node."""
+    if settings.folder_dispatch != "shared":
+        return lambda folder, ids: send.here(HANDLE_FILES, (folder, ids, epoch))
     expires = max(60.0, settings.lease_timeout * 20)
 
     def send_batch(folder: str, ids: list[int]) -> None:
-        send.to_queue(HANDLE_FILES, (folder, ids, epoch), queue, expires)
+        send.to_queue(HANDLE_FILES, (folder, ids, epoch), SHARED_QUEUE, expires)
 
     return send_batch
 
