@@ -272,9 +272,6 @@ def history(
 @click.pass_context
 def metrics(ctx: click.Context, address: str, port: int) -> None:
     """Serve the cluster's metrics for Prometheus at http://ADDRESS:PORT/metrics."""
-    import signal
-    import threading
-
     from prometheus_client import CollectorRegistry, start_http_server
 
     from workers.metrics import ClusterCollector
@@ -284,11 +281,7 @@ def metrics(ctx: click.Context, address: str, port: int) -> None:
     registry.register(ClusterCollector(settings))
     server, _thread = start_http_server(port, address, registry=registry)
     click.echo(f"serving cluster metrics on http://{address}:{port}/metrics")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with contextlib.suppress(KeyboardInterrupt):
-        stop.wait()
-    server.shutdown()
+    _serve_until_stopped(server)
 
 
 @cli.command()
@@ -297,13 +290,18 @@ def metrics(ctx: click.Context, address: str, port: int) -> None:
 @click.pass_context
 def web(ctx: click.Context, address: str, port: int) -> None:
     """Serve the status page, its JSON, the timeline and /metrics at http://ADDRESS:PORT/."""
-    import signal
-    import threading
-
     from workers import web as site
 
     server = site.serve(_settings(ctx), address, port)
     click.echo(f"serving the status page on http://{address}:{port}/")
+    _serve_until_stopped(server)
+
+
+def _serve_until_stopped(server: Any) -> None:
+    """Serve until SIGTERM or Ctrl-C, then shut the server down."""
+    import signal
+    import threading
+
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with contextlib.suppress(KeyboardInterrupt):

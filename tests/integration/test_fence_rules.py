@@ -153,7 +153,7 @@ def test_a_command_s_timeout_kills_what_it_started(tmp_path):
     pid_file = tmp_path / "pid"
     script = f"sleep 600 & echo $! > {pid_file}; wait"
     # When it times out
-    code, _last = supervision.run_command(["bash", "-c", script], None, 1.0)
+    code, _last = supervision.run_command(["bash", "-c", script], None, 3.0)
     # Then the command and its subcommand are both dead
     assert code is None
     pid = int(pid_file.read_text())

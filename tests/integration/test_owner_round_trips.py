@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -17,7 +17,6 @@ from tests.support.folders import owner as folder_owner
 from tests.support.folders import with_folder
 from tests.support.handlers import handled
 from tests.support.registry import add_node, give
-from tests.support.servers import database_target, database_url_via
 from workers import app_script, folder_monitor
 from workers.database import transaction
 from workers.errors import HandingOver, StaleEpoch
@@ -51,16 +50,6 @@ def test_a_fenced_message_commits_under_its_fence_and_is_refused_whole_without_i
     with transaction(settings) as connection:
         written = connection.execute(text("SELECT script FROM script_schedule")).scalars().all()
     assert written == ["x"]
-
-
-@pytest.fixture
-def counted(settings: Settings, database_url: str) -> Iterator[tuple[Settings, DelayProxy]]:
-    proxy = DelayProxy(database_target(database_url))
-    try:
-        url = database_url_via(database_url, proxy.port)
-        yield settings.model_copy(update={"database_url": url}), proxy
-    finally:
-        proxy.close()
 
 
 def trips(proxy: DelayProxy, action: Callable[[], T]) -> tuple[int, T]:

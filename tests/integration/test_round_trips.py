@@ -9,7 +9,6 @@ client spoke, so a `BEGIN` or a pool ping sent on its own would show.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
@@ -41,16 +40,6 @@ class Recorded:
 
     def request_handover(self, action: Handover) -> None:
         self.sent.append(action)
-
-
-@pytest.fixture
-def counted(settings: Settings, database_url: str) -> Iterator[tuple[Settings, DelayProxy]]:
-    proxy = DelayProxy(database_target(database_url))
-    try:
-        url = database_url_via(database_url, proxy.port)
-        yield settings.model_copy(update={"database_url": url}), proxy
-    finally:
-        proxy.close()
 
 
 def round_trips_per_beat(settings: Settings, proxy: DelayProxy, me, beats: int = 5) -> list[int]:
