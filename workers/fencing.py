@@ -21,18 +21,16 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import psycopg
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
 from workers.database import Statement, round_trip, transaction
 from workers.errors import DatabaseUnavailable, HandingOver, StaleEpoch
 from workers.settings import Settings
-from workers.store import LEASE_EXPIRES, NOW, Identity, record_rejection
-from workers.tables import server_registry as nodes_t
-from workers.tables import service_status as services_t
+from workers.store import Identity, record_rejection
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-OWNER_JOIN = nodes_t.c.id == services_t.c.service_registry_id
 
 
 @dataclass(frozen=True)
@@ -57,43 +55,17 @@ class Fence:
 
 
 def check_fence(connection: Connection, fence: Fence) -> None:
-    """Raise `StaleEpoch` unless this incarnation owns the service at that epoch, lease fresh."""
-    condition = (
-        (services_t.c.service_type == fence.service)
-        & (services_t.c.epoch == fence.epoch)
-        & nodes_t.c.stopped_at.is_(None)
-        & (LEASE_EXPIRES > NOW)
-    )
-    if fence.owner_only:
-        condition &= (nodes_t.c.node_name == fence.me.name) & (
-            nodes_t.c.incarnation == uuid.UUID(fence.me.incarnation)
-        )
-    held = connection.execute(
-        select(services_t.c.id, services_t.c.handover_since, services_t.c.handover_to)
-        .join(nodes_t, OWNER_JOIN)
-        .where(condition)
-        .with_for_update(read=True, of=services_t)
-    ).first()
-    if held is None:
-        raise StaleEpoch(_why_stale(connection, fence))
-    if fence.starting and held.handover_since is not None:
-        to = held.handover_to or "nobody (a graceful stop)"
-        raise HandingOver(f"{fence.service} is handing over to {to}: it starts nothing new")
-
-
-def _why_stale(connection: Connection, fence: Fence) -> str:
-    row = connection.execute(
-        select(services_t.c.epoch, nodes_t.c.node_name)
-        .select_from(
-            services_t.outerjoin(nodes_t, nodes_t.c.id == services_t.c.service_registry_id)
-        )
-        .where(services_t.c.service_type == fence.service)
-    ).first()
-    owner, epoch = (row.node_name, row.epoch) if row else (None, None)
-    return (
-        f"{fence.me.name} is not the owner of {fence.service} at epoch {fence.epoch} "
-        f"with a fresh lease (owner {owner or 'nobody'}, epoch {epoch})"
-    )
+    """Raise `StaleEpoch` unless this incarnation owns the service at that epoch, lease fresh
+    (`HandingOver` for a start while the service hands over): the database's own
+    `failover_fence`, the one rule a fenced message checks too."""
+    try:
+        connection.execute(text(FENCE_SQL), _fence_params(fence))
+    except DBAPIError as error:
+        if isinstance(error.orig, psycopg.Error):
+            refusal = _refusal(error.orig)
+            if isinstance(refusal, StaleEpoch):
+                raise refusal from None
+        raise
 
 
 @contextmanager
@@ -170,15 +142,7 @@ def fenced_round_trip(
     transaction, with the same share lock as `check_fence` (so `StaleEpoch`, or
     `HandingOver` for a start, rolls them all back). Returns each statement's rows. With
     `patient`, tries again while the database is unavailable, as `patiently` does."""
-    params = {
-        "service": fence.service,
-        "epoch": fence.epoch,
-        "node": fence.me.name,
-        "incarnation": uuid.UUID(fence.me.incarnation),
-        "owner_only": fence.owner_only,
-        "starting": fence.starting,
-    }
-    message = [(FENCE_SQL, params), *statements]
+    message = [(FENCE_SQL, _fence_params(fence)), *statements]
 
     def attempt() -> list[list[tuple[Any, ...]]]:
         try:
@@ -199,6 +163,17 @@ def persistently(
     return _again_while_unavailable(
         settings, me, lambda: round_trip(settings, statements), outage_patience(settings)
     )
+
+
+def _fence_params(fence: Fence) -> dict[str, object]:
+    return {
+        "service": fence.service,
+        "epoch": fence.epoch,
+        "node": fence.me.name,
+        "incarnation": str(uuid.UUID(fence.me.incarnation)),
+        "owner_only": fence.owner_only,
+        "starting": fence.starting,
+    }
 
 
 def _refusal(error: psycopg.Error) -> Exception:
