@@ -469,11 +469,13 @@ cannot tell, only the owner knows)."""
 
 @dataclass(frozen=True)
 class Grace:
-    """What a planned change of owner waits for: at most `seconds`, for the work `running`
-    finds still running on the owner."""
+    """What a planned change of owner waits for: at most `seconds` (None: the owner's drain
+    grace while it drains, else `default`), for the work `running` finds still running on
+    the owner."""
 
-    seconds: float
+    seconds: float | None
     running: InFlight
+    default: float = 0.0
 
 
 NO_GRACE = Grace(0.0, lambda _connection: [])
@@ -507,7 +509,10 @@ def _plan(
     live = owner is not None and owner.is_live(snapshot.now)
     running = grace.running(connection) if live else []
     ended = to is not None and grace_ended(snapshot, to.name, service) is not None
-    if not live or grace.seconds <= 0 or running == [] or ended:
+    seconds = grace.seconds
+    if seconds is None:
+        seconds = drain_grace(snapshot, service.name, grace.default)
+    if not live or seconds <= 0 or running == [] or ended:
         cut = None if running is None else len(running)
         epoch = _set_owner(connection, locked, to.id if to else None, reason, actor, why, cut)
         return Handing(epoch, moved=True)
@@ -518,7 +523,7 @@ def _plan(
             handover_to=to.name if to else None,
             handover_since=func.coalesce(services_t.c.handover_since, NOW),
             handover_until=func.coalesce(
-                services_t.c.handover_until, NOW + timedelta(seconds=grace.seconds)
+                services_t.c.handover_until, NOW + timedelta(seconds=seconds)
             ),
             handover_reason=reason,
             handover_actor=actor,
@@ -586,11 +591,6 @@ def drain_grace(snapshot: Snapshot, service: str, default: float) -> float:
     if owner is not None and owner.draining and owner.drain_grace is not None:
         return owner.drain_grace
     return default
-
-
-def handover_grace(connection: Connection, service: str, default: float) -> float:
-    """`drain_grace` read from the database."""
-    return drain_grace(read_snapshot(connection), service, default)
 
 
 @dataclass(frozen=True)

@@ -169,16 +169,9 @@ def manual_failover(
             "node %s: refused to take %s (asked by %s): %s", me.name, service, actor, refusal
         )
         return {**answer, "refusal": refusal, "moved": False}
-    running = services.running_work(settings, service)
+    planned = store.Grace(grace, services.running_work(settings, service), settings.handover_grace)
     with transaction(settings) as connection:
-        seconds = (
-            grace
-            if grace is not None
-            else store.handover_grace(connection, service, settings.handover_grace)
-        )
-        refusal, handing = store.move_here(
-            connection, me, service, actor, why, store.Grace(seconds, running)
-        )
+        refusal, handing = store.move_here(connection, me, service, actor, why, planned)
     answer |= {"epoch": handing.epoch, "refusal": refusal, "moved": handing.moved}
     if refusal:
         log.warning(
