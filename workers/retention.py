@@ -41,45 +41,35 @@ def prune_due(incarnation: str, service: str, every: float = PRUNE_EVERY) -> boo
     return True
 
 
-def prune_folder_files(connection: Connection, days: float, limit: int = LIMIT) -> int:
-    """Delete up to `limit` files processed, failed or refused more than `days` days ago."""
+def _prune(connection: Connection, table: str, ended: str, at: str, days: float, limit: int) -> int:
+    """Delete up to `limit` rows of `table` that are over (`ended`) and whose `at` is more
+    than `days` days ago, oldest first, skipping rows another pruner holds."""
     deleted = connection.execute(
         text(
-            "DELETE FROM folder_file WHERE id IN ("
-            f" SELECT id FROM folder_file WHERE state IN {FINISHED_FILES}"
-            " AND finished_at < clock_timestamp() - :days * interval '1 day'"
-            " ORDER BY finished_at LIMIT :limit FOR UPDATE SKIP LOCKED)"
+            f"DELETE FROM {table} WHERE id IN ("
+            f" SELECT id FROM {table} WHERE {ended}"
+            f" AND {at} < clock_timestamp() - :days * interval '1 day'"
+            f" ORDER BY {at} LIMIT :limit FOR UPDATE SKIP LOCKED)"
         ),
         {"days": days, "limit": limit},
     )
     return int(deleted.rowcount)
+
+
+def prune_folder_files(connection: Connection, days: float, limit: int = LIMIT) -> int:
+    """Delete up to `limit` files processed, failed or refused more than `days` days ago."""
+    ended = f"state IN {FINISHED_FILES}"
+    return _prune(connection, "folder_file", ended, "finished_at", days, limit)
 
 
 def prune_script_runs(connection: Connection, days: float, limit: int = LIMIT) -> int:
     """Delete up to `limit` script runs that ended more than `days` days ago."""
-    deleted = connection.execute(
-        text(
-            "DELETE FROM script_run WHERE id IN ("
-            " SELECT id FROM script_run WHERE status <> 'running'"
-            " AND finished_at < clock_timestamp() - :days * interval '1 day'"
-            " ORDER BY finished_at LIMIT :limit FOR UPDATE SKIP LOCKED)"
-        ),
-        {"days": days, "limit": limit},
-    )
-    return int(deleted.rowcount)
+    return _prune(connection, "script_run", "status <> 'running'", "finished_at", days, limit)
 
 
 def prune_node_events(connection: Connection, days: float, limit: int = LIMIT) -> int:
     """Delete up to `limit` node events (starts, stops, expiries, drains) older than `days`."""
-    deleted = connection.execute(
-        text(
-            "DELETE FROM node_event WHERE id IN ("
-            " SELECT id FROM node_event WHERE at < clock_timestamp() - :days * interval '1 day'"
-            " ORDER BY at LIMIT :limit FOR UPDATE SKIP LOCKED)"
-        ),
-        {"days": days, "limit": limit},
-    )
-    return int(deleted.rowcount)
+    return _prune(connection, "node_event", "true", "at", days, limit)
 
 
 def prune_ledger(connection: Connection, service: str, days: float, limit: int = LIMIT) -> int:
