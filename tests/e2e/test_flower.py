@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
 from tests.e2e.test_far_regions import LapseWatch
 from tests.support.cluster import Cluster, wait_until
-from tests.support.delay_proxy import DelayProxy
 from tests.support.flower import flower, tasks_shown, workers_shown
 from tests.support.servers import (
-    broker_target,
     broker_url_via,
-    database_target,
     database_url_via,
 )
 from workers.remote_control import REFUSAL
@@ -115,18 +111,6 @@ def test_flower_shows_the_tasks_of_nodes_that_send_task_events(cluster):
         # And no node refused Flower's enable_events: its setting asked for task events
         for name in NODES:
             assert refused(cluster, name) == 0
-
-
-@pytest.fixture
-def far_proxies(database_url: str, broker_url: str) -> Iterator[tuple[DelayProxy, DelayProxy]]:
-    """Delay proxies that put a node 150 ms (round trip) from PostgreSQL and from Redis."""
-    db_proxy = DelayProxy(database_target(database_url), one_way_delay=0.075)
-    broker_proxy = DelayProxy(broker_target(broker_url), one_way_delay=0.075)
-    try:
-        yield db_proxy, broker_proxy
-    finally:
-        db_proxy.close()
-        broker_proxy.close()
 
 
 def test_a_node_150_ms_away_keeps_its_round_trip_budget_while_flower_runs(

@@ -12,17 +12,13 @@ bounded number of round trips (counted by the proxies), so that none creeps back
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from tests.support.cluster import Cluster, wait_until
-from tests.support.delay_proxy import DelayProxy
 from tests.support.servers import (
-    broker_target,
     broker_url_via,
-    database_target,
     database_url_via,
 )
 
@@ -33,7 +29,6 @@ DEFAULTS = {
     "FAILOVER_DATABASE_TIMEOUT": "0.5",
     "FAILOVER_CROSS_REGION_DELAY": "1.0",
 }
-ONE_WAY = 0.075
 BROKER_ROUND_TRIPS_TO_JOIN = 30
 """Broker round trips from the broker's return to c's first renewal, at most (25 measured):
 the consumer's start (about eight connections: `SELECT` and kombu's `PING` each, queue and
@@ -83,21 +78,10 @@ class RowWatch:
         return self.samples
 
 
-@pytest.fixture
-def proxies(database_url: str, broker_url: str) -> Iterator[tuple[DelayProxy, DelayProxy]]:
-    db_proxy = DelayProxy(database_target(database_url), one_way_delay=ONE_WAY)
-    broker_proxy = DelayProxy(broker_target(broker_url), one_way_delay=ONE_WAY)
-    try:
-        yield db_proxy, broker_proxy
-    finally:
-        db_proxy.close()
-        broker_proxy.close()
-
-
 def test_a_far_node_is_live_only_from_its_first_renewal_and_never_lapses_after(
-    tmp_path, database_url, broker_url, proxies
+    tmp_path, database_url, broker_url, far_proxies
 ):
-    db_proxy, broker_proxy = proxies
+    db_proxy, broker_proxy = far_proxies
     far = {
         "FAILOVER_DATABASE_URL": database_url_via(database_url, db_proxy.port),
         "FAILOVER_BROKER_URL": broker_url_via(broker_url, broker_proxy.port),
