@@ -1,0 +1,97 @@
+"""One PostgreSQL server of a test's own, on loopback: for settings the shared one lacks.
+
+TLS (`ssl = on` with the test's certificates) and roles (which are server-wide, so a test
+that creates `failover_owner` and `failover_node` must not share a server with another) need
+a server the test configures and then throws away. It is the primary of `PostgresPair`
+without its standby, so it runs as `postgres` when the tests run as root, like the pair.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.support.replicas import (
+    PostgresPair,
+    _postgres_account,
+    _write_owned,
+    postgres_bindir,
+)
+
+
+class PostgresServer(PostgresPair):
+    """A single server (the pair's `db1`) with extra settings, client rules and files."""
+
+    def __init__(
+        self,
+        folder: Path,
+        settings: Mapping[str, str],
+        hba: Sequence[str],
+        files: Mapping[str, bytes],
+    ) -> None:
+        super().__init__(folder, postgres_bindir(), synchronous=False)
+        self.members = self.members[:1]
+        self.extra_settings = dict(settings)
+        self.hba = list(hba)
+        self.files = dict(files)
+
+    @property
+    def port(self) -> int:
+        return self.primary.port
+
+    def url(self, database: str, user: str = "postgres", query: str = "") -> str:
+        """The SQLAlchemy URL of this server as `user`, with a libpq query string if given."""
+        suffix = f"?{query}" if query else ""
+        return f"postgresql+psycopg://{user}@127.0.0.1:{self.port}/{database}{suffix}"
+
+    def start(self) -> None:
+        """initdb, write the files and rules, start; wait until it answers."""
+        self._init_primary()
+        datadir = self.primary.datadir
+        for name, content in self.files.items():
+            _write_owned(datadir / name, "", self.account)
+            (datadir / name).write_bytes(content)
+            os.chmod(datadir / name, 0o600)
+        if self.hba:
+            _write_owned(datadir / "pg_hba.conf", "\n".join(self.hba) + "\n", self.account)
+        self._start(self.primary)
+
+    def restart(self) -> None:
+        """Stop the server (fast: every connection is cut) and start it again on its port."""
+        self._stop(self.primary, "fast")
+        self._start(self.primary)
+
+    def _server_config(self) -> str:
+        extra = "".join(f"{key} = {value}\n" for key, value in self.extra_settings.items())
+        return super()._server_config() + extra
+
+
+@contextmanager
+def postgres_server(
+    settings: Mapping[str, str] | None = None,
+    hba: Sequence[str] = (),
+    files: Mapping[str, bytes] | None = None,
+) -> Iterator[PostgresServer]:
+    """A running server of the test's own; stopped and removed at exit.
+
+    `settings` are postgresql.conf lines (values as PostgreSQL reads them: quote strings),
+    `hba` replaces pg_hba.conf when given (keep a `local` trust rule: the harness's own
+    queries use TCP as `postgres`, so keep a rule that lets them in too), and `files` are
+    written into the data folder, readable only by the server (key files must be).
+    """
+    folder = Path(tempfile.mkdtemp(prefix="failover-pg-"))
+    account = _postgres_account()
+    if account is not None:
+        os.chown(folder, account.pw_uid, account.pw_gid)
+    os.chmod(folder, 0o700)
+    server = PostgresServer(folder, settings or {}, hba, files or {})
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+        shutil.rmtree(folder, ignore_errors=True)
