@@ -14,8 +14,12 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from tests.support.replicas import (
+    PgMember,
     PostgresPair,
     _postgres_account,
     _write_owned,
@@ -48,6 +52,27 @@ class PostgresServer(PostgresPair):
         suffix = f"?{query}" if query else ""
         return f"postgresql+psycopg://{user}@127.0.0.1:{self.port}/{database}{suffix}"
 
+    def admin_url(self, database: str) -> str:
+        """The SQLAlchemy URL of `postgres` over the server's Unix socket (whatever the rules
+        for TCP say: the harness's way in)."""
+        return f"postgresql+psycopg://postgres@/{database}?host={self.folder}&port={self.port}"
+
+    def query(
+        self,
+        member: PgMember,
+        sql: str,
+        params: tuple[Any, ...] | None = None,
+        database: str = "postgres",
+    ) -> list[tuple[Any, ...]]:
+        """Run one statement as `postgres` over the Unix socket; its rows, if any."""
+        conninfo = f"host={self.folder} port={member.port} user=postgres dbname={database}"
+        with (
+            psycopg.connect(conninfo, autocommit=True, connect_timeout=2) as connection,
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(sql.encode(), params)
+            return cursor.fetchall() if cursor.description else []
+
     def start(self) -> None:
         """initdb, write the files and rules, start; wait until it answers."""
         self._init_primary()
@@ -79,8 +104,8 @@ def postgres_server(
     """A running server of the test's own; stopped and removed at exit.
 
     `settings` are postgresql.conf lines (values as PostgreSQL reads them: quote strings),
-    `hba` replaces pg_hba.conf when given (keep a `local` trust rule: the harness's own
-    queries use TCP as `postgres`, so keep a rule that lets them in too), and `files` are
+    `hba` replaces pg_hba.conf when given (keep `local all postgres trust`: the harness's own
+    queries use the Unix socket), and `files` are
     written into the data folder, readable only by the server (key files must be).
     """
     folder = Path(tempfile.mkdtemp(prefix="failover-pg-"))
