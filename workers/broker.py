@@ -19,11 +19,18 @@ Unix-socket brokers keep kombu's own.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import redis
+from kombu.exceptions import OperationalError
 from kombu.transport import redis as kombu_redis
 from redis.maint_notifications import MaintNotificationsConfig
+
+from workers import tls
+from workers.errors import BrokerUnavailable, ConfigError, first_line
+from workers.settings import Settings, mask_url
 
 PROTOCOL = 2
 
@@ -70,3 +77,32 @@ TRANSPORT = f"{__name__}:Transport"
 def transport_for(broker_url: str) -> str | None:
     """The transport to use for a broker URL: this one for plain and TLS Redis, else kombu's."""
     return TRANSPORT if broker_url.startswith(("redis://", "rediss://")) else None
+
+
+@contextlib.contextmanager
+def tls_refused(broker_url: str) -> Iterator[None]:
+    """Turn a broker connection that failed TLS verification (a certificate that does not
+    verify, a host name that does not match) into one line naming the broker (exit 2)."""
+    try:
+        yield
+    except Exception as error:
+        reason = tls.verification_failure(error)
+        if reason is None:
+            raise
+        raise ConfigError(f"TLS to the broker at {mask_url(broker_url)} failed: {reason}") from None
+
+
+def check_broker(app: Any, settings: Settings, wait: bool) -> None:
+    """Connect to the broker once. A certificate that does not verify is refused (exit 2):
+    Celery would retry it forever. A broker that is down is refused too, unless `wait`: a node
+    waits for its broker (and checks only a TLS one, to start without the extra connection);
+    a command that needs it now does not."""
+    if wait and not tls.asks_for_tls(settings.broker_url):
+        return
+    try:
+        with tls_refused(settings.broker_url), app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=0)
+    except (OperationalError, redis.RedisError, OSError) as error:
+        if not wait:
+            shown = mask_url(settings.broker_url)
+            raise BrokerUnavailable(f"broker unavailable at {shown}: {first_line(error)}") from None

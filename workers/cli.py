@@ -68,12 +68,15 @@ def db_upgrade(ctx: click.Context) -> None:
 def worker(ctx: click.Context, /, **flags: Any) -> None:
     """Run a node: its Celery worker on node.NAME and its own staggered heartbeat."""
     from workers import services, store
+    from workers.broker import check_broker
+    from workers.celery import app
     from workers.database import transaction
 
     settings = _settings(ctx, **flags)
     _export(ctx, flags)
     name, _region = settings.require_node()
     services.check_all(settings)
+    check_broker(app, settings, wait=True)
     with transaction(settings) as connection:
         holder = store.name_holder(connection, name)
     if holder:

@@ -34,8 +34,9 @@ from psycopg.errors import UndefinedColumn, UndefinedFunction, UndefinedTable
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from workers.errors import DatabaseUnavailable
-from workers.settings import Settings
+from workers import tls
+from workers.errors import DatabaseUnavailable, first_line
+from workers.settings import Settings, mask_url
 from workers.watchdog import answer_deadline, answered_within, watch_statements
 
 HEARTBEAT = "heartbeat"
@@ -163,9 +164,10 @@ def transaction(settings: Settings, url: str | None = None) -> Iterator[Connecti
 def _clear_error(engine: Engine, error: DBAPIError) -> Exception:
     """One clear line for what a node or an operator can act on; other errors as they are."""
     if isinstance(error, OperationalError) or error.connection_invalidated:
-        return DatabaseUnavailable(
-            f"database unavailable at {_shown(engine)}: {_first_line(error)}"
-        )
+        line = _first_line(error)
+        if tls.database_failure(line):
+            return DatabaseUnavailable(f"TLS to the database at {_shown(engine)} failed: {line}")
+        return DatabaseUnavailable(f"database unavailable at {_shown(engine)}: {line}")
     if isinstance(error.orig, UndefinedTable):
         return DatabaseUnavailable(
             f"no failover schema in {_shown(engine)}: run `failover db upgrade` first"
@@ -251,11 +253,11 @@ def _in_one_message(
             ):
                 raise
             raise DatabaseUnavailable(
-                f"database unavailable at {_shown(engine)}: {_first_line_of(error)}"
+                f"database unavailable at {_shown(engine)}: {first_line(error)}"
             ) from None
         except OperationalError as error:
             raise DatabaseUnavailable(
-                f"database unavailable at {_shown(engine)}: {_first_line_of(error)}"
+                f"database unavailable at {_shown(engine)}: {first_line(error)}"
             ) from None
     raise AssertionError("unreachable")
 
@@ -280,7 +282,7 @@ def _on_pooled_connection(
             if not driver.broken:
                 raise
             connection.invalidate()
-            raise _DeadConnection(_first_line_of(error)) from None
+            raise _DeadConnection(first_line(error)) from None
 
 
 def _send(
@@ -320,13 +322,8 @@ def _send_all(
     return results[BOUNDS:]
 
 
-def _first_line_of(error: Exception) -> str:
-    text_ = str(error).strip()
-    return text_.splitlines()[0] if text_ else type(error).__name__
-
-
 def _shown(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
+    return mask_url(engine.url.render_as_string(hide_password=True))
 
 
 def _first_line(error: DBAPIError) -> str:

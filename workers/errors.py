@@ -19,6 +19,12 @@ class DatabaseUnavailable(FailoverError):
     exit_code = 2
 
 
+class BrokerUnavailable(FailoverError):
+    """A command that must send a message now cannot reach the broker (exit 2)."""
+
+    exit_code = 2
+
+
 class Refused(FailoverError):
     """The cluster refused the operation for a stated reason (exit 1)."""
 
@@ -37,3 +43,9 @@ class HandingOver(StaleEpoch):
     stale owner, so not counted as a rejected side effect."""
 
     counted = True
+
+
+def first_line(error: BaseException) -> str:
+    """An error's first line, for a one-line message; its type when it says nothing."""
+    said = str(error).strip()
+    return said.splitlines()[0] if said else type(error).__name__

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 
 from workers import services, store
+from workers.broker import check_broker
 from workers.database import transaction
 from workers.errors import ConfigError, Refused
 from workers.placement import best_candidate, move_refusal
@@ -94,6 +95,7 @@ def move(
     before = snapshot.service(service)
     args = (service, operator(), why, grace)
     deadline = snapshot.now.timestamp() + timeout
+    check_broker(app, settings, wait=False)
     result = send_to_node(app, MANUAL_FAILOVER, target, args, deadline=deadline)
     try:
         outcome = result.get(timeout=timeout + 1.0, disable_sync_subtasks=False)
@@ -257,6 +259,7 @@ def run_script_now(
     if not owner.is_live(snapshot.now):
         raise Refused(f"the owner of app_script, {owner.name}, is not live (no fresh lease)")
     deadline = snapshot.now.timestamp() + timeout
+    check_broker(app, settings, wait=False)
     result = send_to_node(app, RUN_SCRIPT, owner.name, (name, service.epoch), deadline=deadline)
     queued = {"node": owner.name, "epoch": service.epoch}
     if not wait:

@@ -25,6 +25,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from workers import tls
 from workers.decide import Policy
 from workers.errors import ConfigError
 from workers.placement import Placement
@@ -264,9 +265,10 @@ class Settings(BaseSettings):
             return None
         scheme = value.split("://", 1)[0]
         if scheme in ("postgresql", "postgres"):
-            return "postgresql+psycopg://" + value.split("://", 1)[1]
-        if scheme != "postgresql+psycopg":
+            value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        elif scheme != "postgresql+psycopg":
             raise ValueError("must start with postgresql+psycopg:// (or postgresql://)")
+        _check_tls_files(value, tls.DATABASE_FILES)
         return value
 
     @field_validator("broker_url")
@@ -276,6 +278,14 @@ class Settings(BaseSettings):
         for part in value.split(";"):
             if part.split("://", 1)[0] not in schemes:
                 raise ValueError(f"scheme must be one of {', '.join(sorted(schemes))}")
+        _check_tls_files(value, tls.BROKER_FILES)
+        return value
+
+    @field_validator("result_backend")
+    @classmethod
+    def _check_result_backend(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_tls_files(value, tls.BROKER_FILES)
         return value
 
     @model_validator(mode="after")
@@ -481,6 +491,14 @@ def describe_toml_error(path: str | Path | None, error: tomllib.TOMLDecodeError)
         f"configuration error: {path} line {found['line']}, column {found['column']}: "
         f"{found['reason']}"
     )
+
+
+def _check_tls_files(url: str, parameters: tuple[str, ...]) -> None:
+    """Refuse a URL whose TLS files (CA, certificate, key) cannot be read: a connection would
+    fail on every try, so the node must not start and wait for it."""
+    problems = tls.file_problems(url, parameters)
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def describe_validation_error(error: ValidationError) -> str:

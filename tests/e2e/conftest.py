@@ -13,9 +13,16 @@ from tests.support.servers import broker_target, database_target
 
 @pytest.fixture(autouse=True)
 def no_worker_left_behind() -> Iterator[None]:
+    """A test ends every process it started (a module's shared servers and nodes, started
+    before it, are its fixture's to end)."""
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
     yield
     children = psutil.Process().children(recursive=True)
-    workers = [child.pid for child in children if child.is_running() and child.status() != "zombie"]
+    workers = [
+        child.pid
+        for child in children
+        if child.pid not in before and child.is_running() and child.status() != "zombie"
+    ]
     assert not workers, f"processes left running: {workers}"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,13 +61,15 @@ class Cluster(LocalCluster):
         """Wait until `name`'s lease has run out (so the name may be registered again)."""
         wait_until(lambda: not self.node_row(name).lease_fresh, 10, f"{name}'s lease to lapse")
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run `failover ARGS` as an operator would, with this cluster's settings."""
+    def cli(
+        self, *args: str, timeout: float = 60, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `failover ARGS` as an operator would, with this cluster's settings (and `env`)."""
         return subprocess.run(
             [sys.executable, "-m", "workers", *args],
             capture_output=True,
             text=True,
-            env=self.env,
+            env={**self.env, **(env or {})},
             timeout=timeout,
         )
 

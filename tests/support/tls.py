@@ -131,6 +131,7 @@ class TlsRedis:
     process: subprocess.Popen[bytes]
     log: Path
     pki: Pki
+    misnamed: bool = False
 
     def url(self, db: int = 0, scheme: str = "rediss") -> str:
         """The broker URL a node uses, with kombu's TLS parameters."""
@@ -146,6 +147,7 @@ class TlsRedis:
             ssl_ca_certs=str(self.pki.ca),
             ssl_certfile=str(self.pki.client_cert),
             ssl_keyfile=str(self.pki.client_key),
+            ssl_check_hostname=not self.misnamed,
             socket_timeout=2,
             socket_connect_timeout=2,
         )
@@ -191,7 +193,7 @@ def tls_redis(pki: Pki, misnamed: bool = False) -> Iterator[TlsRedis]:
             cwd=folder,
             start_new_session=True,
         )
-    server = TlsRedis(port, process, log, pki)
+    server = TlsRedis(port, process, log, pki, misnamed)
     try:
         _wait_until(lambda: _pings(server), START_TIMEOUT, "redis-server with TLS to start", log)
         yield server

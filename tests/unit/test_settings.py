@@ -212,3 +212,37 @@ def test_a_failover_variable_cannot_be_passed_through_to_children(tmp_path):
     assert load_settings(child_env_passthrough=["PYTHONPATH"]).child_env_passthrough == [
         "PYTHONPATH"
     ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (
+            {"database_url": "postgresql://u:pw@h/db?sslmode=verify-full&sslrootcert={missing}"},
+            "FAILOVER_DATABASE_URL: sslrootcert {missing}: no such file",
+        ),
+        (
+            {"broker_url": "rediss://:pw@h:6380/0?ssl_cert_reqs=required&ssl_ca_certs={missing}"},
+            "FAILOVER_BROKER_URL: ssl_ca_certs {missing}: no such file",
+        ),
+        (
+            {"broker_url": "sentinel://:pw@h:26379/0?ssl_certfile={missing};sentinel://h2:26379"},
+            "FAILOVER_BROKER_URL: ssl_certfile {missing}: no such file",
+        ),
+    ],
+)
+def test_a_tls_file_that_cannot_be_read_is_refused_by_name_without_the_password(
+    tmp_path, flags, named
+):
+    missing = tmp_path / "ca.pem"
+    flags = {key: value.format(missing=missing) for key, value in flags.items()}
+    with pytest.raises(ConfigError) as refused:
+        load_settings(sentinel_master="m", **flags)
+    assert named.format(missing=missing) in str(refused.value)
+    assert "pw" not in str(refused.value)
+    missing.write_text("a CA")
+    load_settings(sentinel_master="m", **flags)
+
+
+def test_libpq_s_system_root_certificates_are_not_a_file():
+    load_settings(database_url="postgresql://u@h/db?sslmode=verify-full&sslrootcert=system")
