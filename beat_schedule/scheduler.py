@@ -18,6 +18,7 @@ import os
 import time
 from typing import Any
 
+import redis
 from celery.beat import ScheduleEntry, Scheduler
 
 from beat_schedule.clock import wall_time
@@ -26,14 +27,19 @@ from workers import backlog, joining, local_state
 from workers.routing import HEARTBEAT, WAITING_MAX_AGE
 
 
+def _pool(connection: Any) -> Any:
+    """The redis-py connection pool behind a kombu connection, or None if it has none."""
+    try:
+        return connection.default_channel.client.connection_pool
+    except Exception:
+        return None
+
+
 def broker_server(connection: Any) -> str | None:
     """The Redis server a kombu connection's publishes reach, as `host:port` (or a socket
     path); with Sentinel, the master it was last given. Read from the client's connection
     pool: no round trip. None when the transport does not say."""
-    try:
-        pool = connection.default_channel.client.connection_pool
-    except Exception:
-        return None
+    pool = _pool(connection)
     master = getattr(pool, "master_address", None)
     if master:
         return f"{master[0]}:{master[1]}"
@@ -43,6 +49,15 @@ def broker_server(connection: Any) -> str | None:
     if options.get("host"):
         return f"{options['host']}:{options.get('port', 6379)}"
     return None
+
+
+def broker_encrypted(connection: Any) -> bool | None:
+    """Whether the beat's broker connections use TLS (their class says; no round trip), or
+    None when the transport does not say."""
+    connection_class = getattr(_pool(connection), "connection_class", None)
+    if not isinstance(connection_class, type):
+        return None
+    return issubclass(connection_class, redis.SSLConnection)
 
 
 RETRY_FAILED_PUBLISH = 0.2
@@ -55,6 +70,7 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
 
     broker_round_trip_ms: float | None = None
     broker_server: str | None = None
+    broker_encrypted: bool | None = None
     publish_failed = False
     late_s = 0.0
     held_for_consumer = False
@@ -125,6 +141,7 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
             "tick": time.time() - self.late_s,
             "broker_round_trip_ms": self.broker_round_trip_ms,
             "broker_server": self.broker_server,
+            "broker_encrypted": self.broker_encrypted,
         }
         started = time.perf_counter()
         try:
@@ -136,6 +153,7 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
         self.publish_failed = False
         self.broker_round_trip_ms = (time.perf_counter() - started) * 1000
         self.broker_server = broker_server(self.connection)
+        self.broker_encrypted = broker_encrypted(self.connection)
         return result
 
     def sync(self) -> None:

@@ -41,7 +41,10 @@ CREATE TABLE server_registry (
     drain_grace_s REAL CHECK (drain_grace_s >= 0),
     -- set while the incarnation is joining: it holds its name until then but is not live;
     -- its first renewal through its consumer clears it (and makes it live)
-    joining_until TIMESTAMPTZ
+    joining_until TIMESTAMPTZ,
+    -- whether the node's own connections to the database and to the broker are encrypted
+    database_encrypted BOOLEAN,
+    broker_encrypted BOOLEAN
 ) WITH (
     -- renewed about once a second per node: room on each page for HOT updates (no index
     -- covers a column a heartbeat changes), vacuumed by absolute thresholds
@@ -245,7 +248,9 @@ CREATE FUNCTION failover_heartbeat(
     p_broker_round_trip_ms REAL,
     p_heartbeat_cycle_ms REAL,
     p_everyone BOOLEAN,
-    p_broker_server TEXT
+    p_broker_server TEXT,
+    p_database_encrypted BOOLEAN,
+    p_broker_encrypted BOOLEAN
 ) RETURNS JSON
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -275,7 +280,9 @@ BEGIN
         database_server = v_server,
         broker_changed_at = CASE WHEN broker_server <> p_broker_server
             THEN v_now ELSE broker_changed_at END,
-        broker_server = COALESCE(p_broker_server, broker_server)
+        broker_server = COALESCE(p_broker_server, broker_server),
+        database_encrypted = COALESCE(p_database_encrypted, database_encrypted),
+        broker_encrypted = COALESCE(p_broker_encrypted, broker_encrypted)
     WHERE node_name = p_node AND incarnation = p_incarnation AND stopped_at IS NULL;
     v_renewed := FOUND;
     -- The owners' ids as an array: read by the primary key whatever the planner knows of
@@ -339,6 +346,22 @@ BEGIN
         FROM everyone
     );
 END
+$$;
+
+-- The heartbeat with the eight arguments of nodes before revision 0013 (a rolling upgrade):
+-- it renews as the new one does and leaves the encryption columns as they are.
+CREATE OR REPLACE FUNCTION failover_heartbeat(
+    p_node TEXT,
+    p_incarnation UUID,
+    p_healthy BOOLEAN,
+    p_db_round_trip_ms REAL,
+    p_broker_round_trip_ms REAL,
+    p_heartbeat_cycle_ms REAL,
+    p_everyone BOOLEAN,
+    p_broker_server TEXT
+) RETURNS JSON
+LANGUAGE sql AS $$
+    SELECT failover_heartbeat($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL);
 $$;
 
 -- The heartbeat of nodes not yet upgraded to revision 0005 (no broker server).

@@ -44,6 +44,7 @@ WORK = "work"
 _engines: dict[tuple[int, str, float, str], Engine] = {}
 _lock = Lock()
 _broken_at: dict[str, float] = {}
+_encrypted: dict[str, bool] = {}
 
 
 def note_broken(url: str) -> None:
@@ -54,6 +55,16 @@ def note_broken(url: str) -> None:
 def broken_at(url: str) -> float | None:
     """When (monotonic) this process last found `url` broken, or None."""
     return _broken_at.get(url)
+
+
+def encrypted(url: str) -> bool | None:
+    """Whether this process's last connection to `url` was encrypted (TLS); None before any."""
+    return _encrypted.get(url)
+
+
+def _on_connect(url: str, driver: Any, _record: Any) -> None:
+    """Note whether the new connection is encrypted: libpq knows, no round trip."""
+    _encrypted[url] = bool(driver.pgconn.ssl_in_use)
 
 
 def _on_error(url: str, context: Any) -> None:
@@ -92,6 +103,7 @@ def _create_engine(settings: Settings, url: str, purpose: str) -> Engine:
     )
     watch_statements(engine, answer_deadline(settings))
     event.listen(engine, "handle_error", functools.partial(_on_error, url))
+    event.listen(engine, "connect", functools.partial(_on_connect, url))
     return engine
 
 

@@ -64,11 +64,12 @@ def application_problem(settings: Settings) -> str | None:
 class Beat:
     """What the beat knows of the heartbeat it sent: its scheduled tick (Unix time on this
     host), how long the previous publish to the broker took (one round trip), and the
-    broker server it reached (`host:port`)."""
+    broker server it reached (`host:port`), and whether over TLS."""
 
     tick: float | None = None
     broker_round_trip_ms: float | None = None
     broker_server: str | None = None
+    broker_encrypted: bool | None = None
 
 
 CYCLE_WARN_FRACTION = 1 / 3
@@ -84,7 +85,9 @@ def run_cycle(settings: Settings, me: Identity, transport: Transport, beat: Beat
         local_state.recall(me.incarnation, "heartbeat_cycle_ms"),
     )
     sent = time.monotonic()
-    snapshot = store.heartbeat(settings, me, problem is None, latency, beat.broker_server)
+    snapshot = store.heartbeat(
+        settings, me, problem is None, latency, beat.broker_server, beat.broker_encrypted
+    )
     _measure(settings, me, (time.monotonic() - sent) * 1000, beat)
     if snapshot is None:
         return Decision((), "this incarnation is stopped or replaced")

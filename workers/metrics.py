@@ -91,6 +91,7 @@ class ClusterCollector(Collector):
             ),
             *_latency_families(rows),
             *_server_families(rows),
+            *_encryption_families(rows),
             *_section_families(sections),
         ]
 
@@ -157,6 +158,23 @@ def _server_families(rows: Sequence[Any]) -> list[Metric]:
                 moment = getattr(row, f"{store_name}_changed_at")
                 changed.add_metric([row.node_name], moment.timestamp())
         families += [server, changed]
+    return families
+
+
+def _encryption_families(rows: Sequence[Any]) -> list[Metric]:
+    """1 where a node's connections to a store are encrypted (TLS), 0 where they are not."""
+    families: list[Metric] = []
+    for store_name in ("database", "broker"):
+        family = GaugeMetricFamily(
+            f"failover_node_{store_name}_encrypted",
+            f"1 if the node's connections to the {store_name} are encrypted (TLS), else 0",
+            labels=["node", "region"],
+        )
+        for row in rows:
+            value = getattr(row, f"{store_name}_encrypted")
+            if value is not None:
+                family.add_metric([row.node_name, row.region], float(value))
+        families.append(family)
     return families
 
 

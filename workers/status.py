@@ -66,6 +66,8 @@ def _node_entry(snapshot: Snapshot, node: Node, row: Any) -> dict[str, Any]:
         "database_changed_at": _iso(row.database_changed_at),
         "broker_server": row.broker_server,
         "broker_changed_at": _iso(row.broker_changed_at),
+        "database_encrypted": row.database_encrypted,
+        "broker_encrypted": row.broker_encrypted,
         "restored_files": row.restored_files,
     }
 
@@ -80,11 +82,16 @@ def _latency(node: dict[str, Any]) -> str:
     return " / ".join("-" if part is None else f"{part:.0f}" for part in parts)
 
 
+ENCRYPTION = {True: " TLS", False: " plain", None: ""}
+"""How a node's link to a store is shown: encrypted, in the clear, or not said yet."""
+
+
 def _servers(node: dict[str, Any]) -> str:
-    """The database server and broker the node last reached, each with when it last changed."""
+    """The database server and broker the node last reached, whether over TLS, and when each
+    last changed."""
     parts = []
     for store_name in ("database", "broker"):
-        server = node[f"{store_name}_server"] or "-"
+        server = (node[f"{store_name}_server"] or "-") + ENCRYPTION[node[f"{store_name}_encrypted"]]
         changed = node[f"{store_name}_changed_at"]
         parts.append(f"{server} (since {changed[11:19]})" if changed else server)
     return "\n".join(parts)

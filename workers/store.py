@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, func, literal_column, select, update
 
 from workers.database import HEARTBEAT as HEARTBEAT_ENGINE
-from workers.database import one_round_trip, transaction
+from workers.database import encrypted, one_round_trip, transaction
 from workers.decide import Acquire, MarkInactive, Policy, grace_ended, refusal_to_acquire
 from workers.errors import Refused
 from workers.placement import move_refusal
@@ -167,7 +167,8 @@ of owner and fenced work commit in transactions of their own). Saves a WAL flush
 
 HEARTBEAT_SQL = ASYNC_COMMIT + (
     "SELECT failover_heartbeat(%(node)s, %(incarnation)s, %(healthy)s, "
-    "%(db)s::real, %(broker)s::real, %(cycle)s::real, %(everyone)s, %(broker_server)s::text)"
+    "%(db)s::real, %(broker)s::real, %(cycle)s::real, %(everyone)s, %(broker_server)s::text, "
+    "%(database_encrypted)s::boolean, %(broker_encrypted)s::boolean)"
 )
 
 
@@ -177,9 +178,11 @@ def heartbeat(
     healthy: bool,
     latency: Latency,
     broker_server: str | None = None,
+    broker_encrypted: bool | None = None,
 ) -> Snapshot | None:
     """One heartbeat's database work in one round trip: renew (if healthy) and read. The
-    database records which server answered; `broker_server` is the broker the beat reached.
+    database records which server answered; `broker_server` is the broker the beat reached,
+    and the node says whether its connections to both stores are encrypted.
 
     Returns the snapshot to decide on, or None when this incarnation is stopped or replaced.
     """
@@ -192,6 +195,8 @@ def heartbeat(
         "cycle": latency.heartbeat_cycle_ms,
         "everyone": settings.policy().any_failback(),
         "broker_server": broker_server,
+        "database_encrypted": encrypted(settings.require_database_url()),
+        "broker_encrypted": broker_encrypted,
     }
     found = one_round_trip(settings, HEARTBEAT_SQL, params, HEARTBEAT_ENGINE)
     answer = json.loads(found) if isinstance(found, str) else found

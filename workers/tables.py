@@ -56,6 +56,8 @@ server_registry = Table(
     Column("restored_files", BigInteger, nullable=False),
     Column("drain_grace_s", Float),
     Column("joining_until", DateTime(timezone=True)),
+    Column("database_encrypted", Boolean),
+    Column("broker_encrypted", Boolean),
 )
 
 service_status = Table(

@@ -97,11 +97,12 @@ def heartbeat(
     tick: float | None = None,
     broker_round_trip_ms: float | None = None,
     broker_server: str | None = None,
+    broker_encrypted: bool | None = None,
 ) -> str:
     """Renew this node's lease and act on the cluster snapshot; returns the verdict.
 
-    `tick`, `broker_round_trip_ms` and `broker_server` come from the node's own beat (same
-    host): the scheduled time of this beat, how long its previous publish took, and where.
+    The other arguments come from the node's own beat (same host): the scheduled time of
+    this beat, how long its previous publish took, where it went, and whether over TLS.
     """
     settings = current_settings()
     me = current_identity()
@@ -113,7 +114,8 @@ def heartbeat(
     if beat_stopped(me.incarnation):
         return "dropped: the beat stopped"
     transport = CeleryTransport(me.name, settings.heartbeat_interval)
-    decision = run_cycle(settings, me, transport, Beat(tick, broker_round_trip_ms, broker_server))
+    beat = Beat(tick, broker_round_trip_ms, broker_server, broker_encrypted)
+    decision = run_cycle(settings, me, transport, beat)
     log.debug("node %s: %s", me.name, decision.verdict)
     return decision.verdict
 

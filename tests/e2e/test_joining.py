@@ -11,12 +11,10 @@ bounded number of round trips (counted by the proxies), so that none creeps back
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass
-
 import pytest
 
 from tests.support.cluster import Cluster, wait_until
+from tests.support.renewals import RowWatch, never_lapsed_once_live
 from tests.support.servers import (
     broker_url_via,
     database_url_via,
@@ -39,43 +37,6 @@ DATABASE_ROUND_TRIPS_TO_REGISTER = 14
 """Database round trips from c's start to its registration, at most (13 measured): the
 connection (the driver's and SQLAlchemy's first-connect queries), the command's name check,
 and the registration in one statement (it took six: 18 in all)."""
-
-
-@dataclass
-class Sample:
-    live: bool
-    joining: bool
-
-
-class RowWatch:
-    """Samples a node's registry row every 50 ms, in a thread."""
-
-    def __init__(self, cluster: Cluster, name: str) -> None:
-        self.cluster, self.name = cluster, name
-        self.samples: list[Sample] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            rows = self.cluster.query(
-                "SELECT is_active AND stopped_at IS NULL AND last_heartbeat_at + "
-                "lease_timeout_s * interval '1 second' > clock_timestamp() AS live, "
-                "COALESCE(joining_until > clock_timestamp(), false) AS joining "
-                "FROM server_registry WHERE node_name = :name",
-                name=self.name,
-            )
-            if rows:
-                self.samples.append(Sample(bool(rows[0].live), bool(rows[0].joining)))
-
-    def live_samples(self) -> int:
-        return sum(sample.live for sample in self.samples)
-
-    def stop(self) -> list[Sample]:
-        self._stop.set()
-        self._thread.join()
-        return self.samples
 
 
 def test_a_far_node_is_live_only_from_its_first_renewal_and_never_lapses_after(
@@ -115,9 +76,7 @@ def test_a_far_node_is_live_only_from_its_first_renewal_and_never_lapses_after(
 
         # Then from its first live moment c's lease never lapses (5 s, five beats)
         wait_until(lambda: watch.live_samples() > 100, 30, "5 s of c live")
-        samples = watch.stop()
-        first_live = next(i for i, sample in enumerate(samples) if sample.live)
-        assert all(sample.live and not sample.joining for sample in samples[first_live:])
+        assert never_lapsed_once_live(watch.stop())
         assert c.alive()
 
         # And its start cost a bounded number of round trips
@@ -135,9 +94,7 @@ def test_a_far_node_is_live_only_from_its_first_renewal_and_never_lapses_after(
             watch = RowWatch(cluster, "c")
             proxy.restore()
             wait_until(lambda watch=watch: watch.live_samples() > 60, 60, "3 s of c live again")
-            samples = watch.stop()
-            first_live = next(i for i, sample in enumerate(samples) if sample.live)
-            assert all(sample.live for sample in samples[first_live:])
+            assert never_lapsed_once_live(watch.stop())
             assert c.alive()
     finally:
         cluster.close()

@@ -174,3 +174,45 @@ def test_a_heartbeat_on_a_server_that_went_silent_fails_within_its_deadline(sett
             connection.execute(text("SELECT 1"))
     finally:
         proxy.close()
+
+
+def test_a_heartbeat_says_whether_the_node_s_links_are_encrypted(settings):
+    me = add_node(settings, "a")
+    # Given a node that reaches the database in the clear and says nothing of its broker
+    run_cycle(settings, me, Recorded(), Beat())
+    assert encryption(settings) == (False, None)
+    # When its beat says its broker link is encrypted
+    run_cycle(settings, me, Recorded(), Beat(broker_encrypted=True))
+    assert encryption(settings) == (False, True)
+    # And a beat that says nothing of it (a node of the previous release) leaves it as it was
+    run_cycle(settings, me, Recorded(), Beat())
+    assert encryption(settings) == (False, True)
+
+
+def encryption(settings: Settings) -> tuple:
+    with transaction(settings) as connection:
+        return tuple(
+            connection.execute(
+                text(
+                    "SELECT database_encrypted, broker_encrypted FROM server_registry "
+                    "WHERE node_name = 'a'"
+                )
+            ).one()
+        )
+
+
+def test_the_previous_release_s_heartbeat_still_renews(settings):
+    # Given a node, and its heartbeat as a node of the previous release sends it (eight
+    # arguments, before revision 0013)
+    me = add_node(settings, "a")
+    with transaction(settings) as connection:
+        answer = connection.execute(
+            text(
+                "SELECT failover_heartbeat(:node, CAST(:incarnation AS uuid), true, "
+                "NULL, NULL, NULL, false, NULL)"
+            ),
+            {"node": me.name, "incarnation": me.incarnation},
+        ).scalar_one()
+    # Then it renews, and says nothing of encryption
+    assert answer["renewed"] is True
+    assert encryption(settings) == (None, None)

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -72,3 +73,46 @@ def watching_lapses(cluster: LocalCluster) -> Iterator[set[str]]:
     finally:
         done.set()
         watcher.join()
+
+
+@dataclass
+class Sample:
+    live: bool
+    joining: bool
+
+
+class RowWatch:
+    """Samples a node's registry row every 50 ms, in a thread: is it live, is it joining."""
+
+    def __init__(self, cluster: LocalCluster, name: str) -> None:
+        self.cluster, self.name = cluster, name
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            rows = self.cluster.query(
+                "SELECT is_active AND stopped_at IS NULL AND last_heartbeat_at + "
+                "lease_timeout_s * interval '1 second' > clock_timestamp() AS live, "
+                "COALESCE(joining_until > clock_timestamp(), false) AS joining "
+                "FROM server_registry WHERE node_name = :name",
+                name=self.name,
+            )
+            if rows:
+                self.samples.append(Sample(bool(rows[0].live), bool(rows[0].joining)))
+
+    def live_samples(self) -> int:
+        return sum(sample.live for sample in self.samples)
+
+    def stop(self) -> list[Sample]:
+        self._stop.set()
+        self._thread.join()
+        return self.samples
+
+
+def never_lapsed_once_live(samples: Sequence[Sample]) -> bool:
+    """Whether a node, once seen live and joined, was live and joined at every sample after."""
+    first = next((i for i, sample in enumerate(samples) if sample.live), None)
+    return first is not None and all(s.live and not s.joining for s in samples[first:])

@@ -109,6 +109,12 @@ function ms(value) {
   return value === null || value === undefined ? "-" : `${Math.round(value)}`;
 }
 
+// A store the node reached, and whether its link is encrypted (TLS) or in the clear.
+function server(address, encrypted) {
+  const link = encrypted === true ? " TLS" : encrypted === false ? " plain" : "";
+  return `${address || "-"}${link}`;
+}
+
 function nodeRow(node) {
   const state = nodeState(node);
   return el("tr", { "data-node": node.name, "data-state": state },
@@ -120,7 +126,9 @@ function nodeRow(node) {
       `${node.last_heartbeat_age_s.toFixed(1)} s`),
     el("td", { class: "num" },
       `${ms(node.db_round_trip_ms)} / ${ms(node.broker_round_trip_ms)} / ${ms(node.heartbeat_cycle_ms)} ms`),
-    el("td", { class: "muted" }, node.database_server || "-", el("br"), node.broker_server || "-"),
+    el("td", { class: "muted" },
+      server(node.database_server, node.database_encrypted), el("br"),
+      server(node.broker_server, node.broker_encrypted)),
     el("td", { class: "muted" }, node.verdict || ""));
 }
 
