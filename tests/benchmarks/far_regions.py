@@ -10,7 +10,13 @@ is collected (tick to renewed lease, as the node measures it); then `c` is SIGKI
 random moment `--trials` times, timed until a near node holds `folder_monitor` at a higher
 epoch. At 250 ms the far region gets the lease the README advises. Uses
 FAILOVER_TEST_DATABASE_URL / FAILOVER_TEST_BROKER_URL when set, else embedded servers.
-Prints a table; asserts nothing.
+
+With `--tls`, two more rows at 150 ms on stores the benchmark starts itself, once plain and
+once behind verified TLS (PostgreSQL `ssl = on`, Redis `tls-port`, client certificates;
+`tests/support/tls.py`): the same join and soak, then each store is restarted and timed
+from the moment it answers again to c's next renewal (TLS adds round trips when a
+connection is made), and whether c still owns its services after each. Prints tables;
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
 from tests.support.cluster import Cluster, wait_until
 from tests.support.delay_proxy import DelayProxy
+from tests.support.postgres_server import postgres_server
 from tests.support.servers import (
+    Servers,
     broker_target,
     broker_url_via,
     clean_broker,
@@ -36,6 +45,7 @@ from tests.support.servers import (
     fresh_database,
     start_servers,
 )
+from tests.support.tls import libpq_tls, make_pki, own_redis, tls_postgres
 
 DEFAULTS = {
     "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
@@ -141,6 +151,21 @@ def one_failover(cluster: Cluster, far_env: dict[str, str]) -> float:
     return elapsed
 
 
+def soak_far_node(
+    cluster: Cluster, far_env: dict[str, str], soak: float
+) -> tuple[Sampler, tuple[float, float, bool]]:
+    """Near nodes a and b, then c joining far away (`join_c`), given both services and
+    sampled for `soak` seconds."""
+    cluster.start_live("a", "near")
+    cluster.start_live("b", "near")
+    joined = join_c(cluster, far_env)
+    give_everything_to_c(cluster)
+    sampler = Sampler(cluster)
+    time.sleep(soak)
+    sampler.stop()
+    return sampler, joined
+
+
 def run_case(tmp: Path, servers, rtt_ms: int, soak: float, trials: int) -> dict[str, object]:
     env = dict(DEFAULTS)
     if rtt_ms in REGION_LEASE:
@@ -159,13 +184,7 @@ def run_case(tmp: Path, servers, rtt_ms: int, soak: float, trials: int) -> dict[
         }
         cluster = Cluster(tmp, database_url, broker_url, **env)
         stack.callback(cluster.close)
-        cluster.start_live("a", "near")
-        cluster.start_live("b", "near")
-        registered, first_renewal, join_lapsed = join_c(cluster, far_env)
-        give_everything_to_c(cluster)
-        sampler = Sampler(cluster)
-        time.sleep(soak)
-        sampler.stop()
+        sampler, (registered, first_renewal, join_lapsed) = soak_far_node(cluster, far_env, soak)
         still_owner = cluster.owned_by("c")
         failovers = [one_failover(cluster, far_env) for _ in range(trials)]
     cycles = list(sampler.cycles.values())
@@ -183,6 +202,88 @@ def run_case(tmp: Path, servers, rtt_ms: int, soak: float, trials: int) -> dict[
         "first_renewal": first_renewal,
         "join_lapsed": join_lapsed,
     }
+
+
+def run_own_stores_case(tmp: Path, rtt_ms: int, soak: float, tls: bool) -> dict[str, object]:
+    """c at `rtt_ms` from stores of the benchmark's own (plain or TLS): its join and a soak
+    as in `run_case`, then each store restarted: seconds from the store answering again to
+    c's next renewal."""
+    with ExitStack() as stack:
+        pki = make_pki(tmp / f"pki-{tls}")
+        postgres = stack.enter_context(tls_postgres(pki) if tls else postgres_server())
+        broker = stack.enter_context(own_redis(pki if tls else None))
+        query = libpq_tls(pki) if tls else ""
+        servers = Servers(postgres.url("postgres", query=query), broker.url(), embedded=False)
+        database_url = stack.enter_context(fresh_database(servers))
+        database = database_url.split("/")[-1].split("?")[0]
+        one_way = rtt_ms / 2000
+        db_proxy = DelayProxy(("127.0.0.1", postgres.port), one_way_delay=one_way)
+        broker_proxy = DelayProxy(("127.0.0.1", broker.port), one_way_delay=one_way)
+        stack.callback(db_proxy.close)
+        stack.callback(broker_proxy.close)
+        far_env = {
+            "FAILOVER_DATABASE_URL": postgres.url(database, query=query).replace(
+                f":{postgres.port}/", f":{db_proxy.port}/"
+            ),
+            "FAILOVER_BROKER_URL": broker.url().replace(
+                f":{broker.port}/", f":{broker_proxy.port}/"
+            ),
+        }
+        cluster = Cluster(tmp, database_url, broker.url(), **DEFAULTS)
+        stack.callback(cluster.close)
+        sampler, (_, first_renewal, join_lapsed) = soak_far_node(cluster, far_env, soak)
+        database_reconnect = renewal_after(cluster, postgres.restart)
+        owner_after_database = cluster.owned_by("c")
+        broker_reconnect = renewal_after(cluster, broker.restart)
+        cluster.beats("a", 5)
+        owner_after_broker = cluster.owned_by("c")
+    return {
+        "tls": tls,
+        "rtt": rtt_ms,
+        "cycles": list(sampler.cycles.values()),
+        "lapses": sampler.lapses,
+        "first_renewal": first_renewal,
+        "join_lapsed": join_lapsed,
+        "database_reconnect": database_reconnect,
+        "broker_reconnect": broker_reconnect,
+        "owner_after_database": owner_after_database,
+        "owner_after_broker": owner_after_broker,
+    }
+
+
+def renewal_after(cluster: Cluster, restart: Callable[[], None]) -> float:
+    """Restart a store; seconds from its answering again to c's next renewal."""
+    restart()
+    answered = time.monotonic()
+    since = wait_until(lambda: cluster.query("SELECT clock_timestamp() AS at")[0].at, 30, "db")
+    wait_until(
+        lambda: cluster.node_row("c").last_heartbeat_at > since,
+        60,
+        "c to renew after the restart",
+        every=0.02,
+    )
+    return time.monotonic() - answered
+
+
+def print_own_stores_table(rows: list[dict[str, object]]) -> None:
+    print()
+    print(
+        "| stores | round trip | heartbeat cycle p50 | p99 | lapses (soak) "
+        "| start to first renewal | lapse after joining "
+        "| database restart to renewal | c still owner | broker restart to renewal "
+        "| c still owner |"
+    )
+    print("| --- " * 11 + "|")
+    for row in rows:
+        cycles: list[float] = row["cycles"]  # type: ignore[assignment]
+        print(
+            f"| {'TLS' if row['tls'] else 'plain'} | {row['rtt']} ms | "
+            f"{percentile(cycles, 0.5):.0f} ms | {percentile(cycles, 0.99):.0f} ms | "
+            f"{row['lapses']} | {row['first_renewal']:.2f} s | "
+            f"{'yes' if row['join_lapsed'] else 'no'} | {row['database_reconnect']:.2f} s | "
+            f"{'yes' if row['owner_after_database'] else 'no'} | "
+            f"{row['broker_reconnect']:.2f} s | {'yes' if row['owner_after_broker'] else 'no'} |"
+        )
 
 
 def print_table(rows: list[dict[str, object]]) -> None:
@@ -214,9 +315,18 @@ def main() -> None:
     parser.add_argument("--soak", type=float, default=120.0, help="seconds per round trip")
     parser.add_argument("--trials", type=int, default=5, help="failovers per round trip")
     parser.add_argument("--rtt", type=int, nargs="*", default=list(ROUND_TRIPS_MS))
+    parser.add_argument(
+        "--tls", action="store_true", help="also 150 ms on own stores, plain and over TLS"
+    )
     args = parser.parse_args()
     rows = []
+    own_rows = []
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        for tls in (False, True) if args.tls else ():
+            folder = Path(tmp) / f"own-{tls}"
+            folder.mkdir()
+            own_rows.append(run_own_stores_case(folder, 150, args.soak, tls))
+            print(f"  150 ms, {'TLS' if tls else 'plain'}: {own_rows[-1]}", flush=True)
         servers = start_servers(stack)
         for rtt_ms in args.rtt:
             row = run_case(Path(tmp), servers, rtt_ms, args.soak, args.trials)
@@ -227,6 +337,8 @@ def main() -> None:
             )
             rows.append(row)
     print_table(rows)
+    if own_rows:
+        print_own_stores_table(own_rows)
 
 
 if __name__ == "__main__":

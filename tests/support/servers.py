@@ -57,7 +57,9 @@ HEAD_REVISION = max(
 def fresh_database(servers: Servers, revision: str = "head") -> Iterator[str]:
     """A new database with the schema migrated in; dropped (connections and all) afterwards."""
     name = f"failover_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(servers.admin_database_url, isolation_level="AUTOCOMMIT")
+    admin = create_engine(
+        servers.admin_database_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True
+    )
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(servers.admin_database_url).set(database=name)

@@ -9,6 +9,7 @@ node uses with the standard parameters: libpq's `sslmode=verify-full`, `sslrootc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -124,33 +125,73 @@ def tls_redis_binary() -> Path:
 
 
 @dataclass
-class TlsRedis:
-    """A redis-server with TLS only (no plain port), requiring a client certificate."""
+class OwnRedis:
+    """A redis-server of the test's own: TLS only, requiring a client certificate, when it
+    has a `pki`; plain otherwise. It can be restarted on its port."""
 
     port: int
-    process: subprocess.Popen[bytes]
+    config: Path
     log: Path
-    pki: Pki
+    pki: Pki | None
     misnamed: bool = False
+    process: subprocess.Popen[bytes] | None = None
 
-    def url(self, db: int = 0, scheme: str = "rediss") -> str:
-        """The broker URL a node uses, with kombu's TLS parameters."""
-        return f"{scheme}://127.0.0.1:{self.port}/{db}?{kombu_tls(self.pki)}"
+    def url(self, db: int = 0) -> str:
+        """The broker URL a node uses (with kombu's TLS parameters when it has TLS)."""
+        if self.pki is None:
+            return f"redis://127.0.0.1:{self.port}/{db}"
+        return f"rediss://127.0.0.1:{self.port}/{db}?{kombu_tls(self.pki)}"
 
     def client(self, db: int = 0) -> redis.Redis:
-        """A verified client of this server."""
+        """A (verified) client of this server."""
+        tls: dict[str, object] = {}
+        if self.pki is not None:
+            tls = {
+                "ssl": True,
+                "ssl_ca_certs": str(self.pki.ca),
+                "ssl_certfile": str(self.pki.client_cert),
+                "ssl_keyfile": str(self.pki.client_key),
+                "ssl_check_hostname": not self.misnamed,
+            }
         return redis.Redis(
             host="127.0.0.1",
             port=self.port,
             db=db,
-            ssl=True,
-            ssl_ca_certs=str(self.pki.ca),
-            ssl_certfile=str(self.pki.client_cert),
-            ssl_keyfile=str(self.pki.client_key),
-            ssl_check_hostname=not self.misnamed,
             socket_timeout=2,
             socket_connect_timeout=2,
+            **tls,
         )
+
+    def start(self) -> None:
+        """Start the server and wait until it answers."""
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [str(tls_redis_binary()), str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=self.config.parent,
+                start_new_session=True,
+            )
+        _wait_until(self._pings, START_TIMEOUT, "redis-server to start", self.log)
+
+    def restart(self) -> None:
+        """Kill the server (every connection is cut) and start it again on its port."""
+        _end(self.process)
+        self.start()
+
+    def close(self) -> None:
+        _end(self.process)
+
+    def _pings(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited:\n{_tail(self.log)}")
+        with self.client() as client:
+            return bool(client.ping())
+
+
+TlsRedis = OwnRedis
+"""The name the first TLS tests used."""
 
 
 def tls_redis_config(pki: Pki, port: int, misnamed: bool = False) -> list[str]:
@@ -169,44 +210,26 @@ def tls_redis_config(pki: Pki, port: int, misnamed: bool = False) -> list[str]:
 
 
 @contextmanager
-def tls_redis(pki: Pki, misnamed: bool = False) -> Iterator[TlsRedis]:
-    """A TLS-only Redis on a free port; killed and removed at exit."""
-    folder = Path(tempfile.mkdtemp(prefix="failover-redis-tls-"))
+def own_redis(pki: Pki | None = None, misnamed: bool = False) -> Iterator[OwnRedis]:
+    """A Redis on a free port (TLS only with a `pki`); killed and removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="failover-redis-"))
     port = free_port()
+    listen = [f"port {port}"] if pki is None else tls_redis_config(pki, port, misnamed)
     config = folder / "redis.conf"
-    lines = [
-        "bind 127.0.0.1",
-        "protected-mode no",
-        'save ""',
-        "appendonly no",
-        f"dir {folder}",
-        *tls_redis_config(pki, port, misnamed),
-    ]
-    config.write_text("\n".join(lines) + "\n")
-    log = folder / "redis.log"
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            [str(tls_redis_binary()), str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            cwd=folder,
-            start_new_session=True,
-        )
-    server = TlsRedis(port, process, log, pki, misnamed)
+    lines = ["bind 127.0.0.1", "protected-mode no", 'save ""', "appendonly no", f"dir {folder}"]
+    config.write_text("\n".join([*lines, *listen]) + "\n")
+    server = OwnRedis(port, config, folder / "redis.log", pki, misnamed)
     try:
-        _wait_until(lambda: _pings(server), START_TIMEOUT, "redis-server with TLS to start", log)
+        server.start()
         yield server
     finally:
-        _end(process)
+        server.close()
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _pings(server: TlsRedis) -> bool:
-    if server.process.poll() is not None:
-        raise RuntimeError(f"redis-server exited:\n{_tail(server.log)}")
-    with server.client() as client:
-        return bool(client.ping())
+def tls_redis(pki: Pki, misnamed: bool = False) -> contextlib.AbstractContextManager[OwnRedis]:
+    """A TLS-only Redis requiring the CA's client certificates."""
+    return own_redis(pki, misnamed)
 
 
 @dataclass(frozen=True)
