@@ -18,7 +18,7 @@
 --     -f deploy/postgres/grants.sql
 --
 -- failover_owner owns the database and every object `failover db upgrade` creates; only
--- that command uses it. failover_node is what every node, and the operators' commands
+-- that command and grants.sql use it. failover_node is what every node, and the operators' commands
 -- (status, move, drain, run-script, web, metrics), connect as: it owns nothing, and has
 -- only the rights grants.sql gives it.
 
