@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import requests
@@ -21,10 +21,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def serve(cluster: Cluster, command: list[str], url: str) -> subprocess.Popen[bytes]:
-    """Start `command` with the cluster's settings; return once `url` answers."""
+def serve(
+    cluster: Cluster, command: list[str], url: str, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `command` with the cluster's settings (`env` instead, if given); return once
+    `url` answers."""
     process = subprocess.Popen(
-        command, env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        env=cluster.env if env is None else dict(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
     def answers() -> bool:
@@ -47,16 +53,17 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def flower(cluster: Cluster, *extra: str) -> Iterator[str]:
+def flower(cluster: Cluster, *extra: str, env: Mapping[str, str] | None = None) -> Iterator[str]:
     """`celery -A workers flower` with basic auth (and `extra` options), as an operator runs
-    it; its base URL."""
+    it, with the cluster's settings (`env` instead, if given: another broker user); its base
+    URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = [
         sys.executable, "-m", "celery", "-A", "workers", "flower", f"--port={port}",
         "--address=127.0.0.1", f"--basic-auth={AUTH[0]}:{AUTH[1]}", *extra,
     ]  # fmt: skip
-    process = serve(cluster, command, base + "/healthcheck")
+    process = serve(cluster, command, base + "/healthcheck", env)
     try:
         yield base
     finally:
