@@ -18,6 +18,7 @@ REVOKE ALL ON TABLE
 FROM PUBLIC, failover_node;
 
 REVOKE ALL ON FUNCTION
+    failover_heartbeat(TEXT, UUID, BOOLEAN, REAL, REAL, REAL, BOOLEAN, TEXT, BOOLEAN, BOOLEAN),
     failover_heartbeat(TEXT, UUID, BOOLEAN, REAL, REAL, REAL, BOOLEAN, TEXT),
     failover_heartbeat(TEXT, UUID, BOOLEAN, REAL, REAL, REAL, BOOLEAN),
     failover_fence(TEXT, BIGINT, TEXT, UUID, BOOLEAN, BOOLEAN),
@@ -62,9 +63,11 @@ GRANT SELECT, INSERT, UPDATE ON script_schedule TO failover_node;
 GRANT SELECT, INSERT, DELETE ON node_event TO failover_node;
 GRANT UPDATE (id) ON node_event TO failover_node;
 
--- The functions the nodes call. The trigger functions need no grant: PostgreSQL checks
+-- The functions the nodes call (the heartbeat with ten arguments; with eight, the previous
+-- release's, during a rolling upgrade). The trigger functions need no grant: PostgreSQL checks
 -- EXECUTE on them when a trigger is created, not when it fires.
 GRANT EXECUTE ON FUNCTION
+    failover_heartbeat(TEXT, UUID, BOOLEAN, REAL, REAL, REAL, BOOLEAN, TEXT, BOOLEAN, BOOLEAN),
     failover_heartbeat(TEXT, UUID, BOOLEAN, REAL, REAL, REAL, BOOLEAN, TEXT),
     failover_heartbeat(TEXT, UUID, BOOLEAN, REAL, REAL, REAL, BOOLEAN),
     failover_fence(TEXT, BIGINT, TEXT, UUID, BOOLEAN, BOOLEAN),

@@ -643,7 +643,9 @@ def test_the_nodes_role_cannot_change_the_schema_the_history_or_the_heartbeat(st
     message = refused_with(stores, OWNER, "DELETE FROM ownership_history", errors.RaiseException)
     assert "ownership_history is append-only" in message
     # The heartbeat function cannot be replaced, altered or dropped
-    signature = "failover_heartbeat(TEXT, UUID, BOOLEAN, REAL, REAL, REAL, BOOLEAN, TEXT)"
+    signature = (
+        "failover_heartbeat(TEXT, UUID, BOOLEAN, REAL, REAL, REAL, BOOLEAN, TEXT, BOOLEAN, BOOLEAN)"
+    )
     for statement in (
         f"CREATE OR REPLACE FUNCTION {signature} RETURNS JSON LANGUAGE sql AS $$ SELECT NULL::json $$",
         f"ALTER FUNCTION {signature} RENAME TO failover_heartbeat_gone",
