@@ -58,17 +58,29 @@ def no_worker_left_behind(tls_stores: TlsStores) -> Iterator[None]:
     """The end-to-end rule (no process of a test outlives it), less the module's stores,
     which outlive each test on purpose."""
     yield
-    stores = [tls_stores.redis.process.pid, tls_stores.postgres.primary.process.pid]
-    kept = set(stores)
-    for pid in stores:
-        kept |= {child.pid for child in psutil.Process(pid).children(recursive=True)}
-    children = psutil.Process().children(recursive=True)
+    stores = {tls_stores.redis.process.pid, tls_stores.postgres.primary.process.pid}
     left = [
         child.pid
-        for child in children
-        if child.pid not in kept and child.is_running() and child.status() != "zombie"
+        for child in psutil.Process().children(recursive=True)
+        if still_running(child) and not of_the_stores(child, stores)
     ]
     assert not left, f"processes left running: {left}"
+
+
+def still_running(process: psutil.Process) -> bool:
+    """Whether a process runs (a zombie has ended)."""
+    try:
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def of_the_stores(process: psutil.Process, stores: set[int]) -> bool:
+    """Whether a process is one of the stores' servers or below one (PostgreSQL's backends)."""
+    try:
+        return process.pid in stores or any(parent.pid in stores for parent in process.parents())
+    except psutil.NoSuchProcess:
+        return True
 
 
 @pytest.fixture
@@ -126,7 +138,9 @@ def listed_clients(client: redis.Redis) -> set[int]:
     return {int(entry["addr"].rsplit(":", 1)[1]) for entry in client.client_list()}
 
 
-def redis_lists_every_node(cluster: Cluster, names: list[str], port: int, client: redis.Redis):
+def redis_lists_every_node(
+    cluster: Cluster, names: list[str], port: int, client: redis.Redis
+) -> bool:
     """Whether the Redis server on `port` lists, in CLIENT LIST, a connection of every node."""
     listed = listed_clients(client)
     return all(node_sockets(cluster, name, port) & listed for name in names)
@@ -146,8 +160,9 @@ def refuses_plain_connections(port: int) -> bool:
 
 
 def test_three_nodes_run_every_operation_over_verified_tls_to_both_stores(
-    tmp_path, tls_stores, tls_database
-):
+    tmp_path: Path, tls_stores: TlsStores, tls_database: str
+) -> None:
+    """One cluster through what operators do, every step over TLS to both stores."""
     inbox = tmp_path / "inbox"
     cluster = cluster_on(tmp_path, tls_database, tls_stores.broker_url(0))
     with ExitStack() as stack:
@@ -238,7 +253,8 @@ def test_three_nodes_run_every_operation_over_verified_tls_to_both_stores(
 
 def test_nodes_behind_tls_sentinels_follow_a_promotion_and_nothing_moves(
     tmp_path: Path, tls_stores: TlsStores, tls_database: str
-):
+) -> None:
+    """The plain Sentinel test's failover, with every Redis process speaking only TLS."""
     with ExitStack() as stack:
         # Given a master, a replica and three sentinels that speak only TLS, with the
         # module's CA, and nodes whose broker URL lists the sentinels with TLS parameters
