@@ -27,7 +27,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     lease) and no task events unless `FAILOVER_TASK_EVENTS` asks for them (a publish per
     task state; Flower still sees every worker through its worker heartbeats), and while
     it does not, a remote `enable_events` (Flower sends one every 5 s) is refused
-    (`workers/remote_control.py`).
+    (`workers/remote_control.py`). TLS parameters in a `sentinel://` URL reach the
+    sentinels and the result backend too (`_to_sentinels`).
     """
     broker_options: dict[str, Any] = {
         "socket_timeout": 5.0,
@@ -38,7 +39,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.sentinel_master:
         broker_options["master_name"] = settings.sentinel_master
     result_backend = settings.result_backend or _result_backend(settings.broker_url)
-    backend_tls = sentinel_tls(result_backend)
+    backend_tls = _sentinel_tls(result_backend)
     return {
         "broker_url": settings.broker_url,
         "broker_transport": transport_for(settings.broker_url),
@@ -74,7 +75,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def sentinel_tls(url: str | None) -> dict[str, Any]:
+def _sentinel_tls(url: str | None) -> dict[str, Any]:
     """The TLS parameters (`ssl_cert_reqs`, `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`,
     ...) of a `sentinel://` URL as kombu reads them (from its first entry), or none.
 
@@ -95,7 +96,7 @@ def _to_sentinels(options: dict[str, Any], url: str | None) -> dict[str, Any]:
     sentinels speak only TLS finds no master. The same certificates and bounded waits as the
     master's: an operator writes TLS once, in the broker URL.
     """
-    tls = sentinel_tls(url)
+    tls = _sentinel_tls(url)
     if not tls:
         return options
     to_sentinels = {
