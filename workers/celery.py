@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu.utils.url import parse_url
 
 from workers import joining, remote_control
 from workers.broker import transport_for
@@ -26,7 +27,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     lease) and no task events unless `FAILOVER_TASK_EVENTS` asks for them (a publish per
     task state; Flower still sees every worker through its worker heartbeats), and while
     it does not, a remote `enable_events` (Flower sends one every 5 s) is refused
-    (`workers/remote_control.py`).
+    (`workers/remote_control.py`). TLS parameters in a `sentinel://` URL reach the
+    sentinels and the result backend too (`_to_sentinels`).
     """
     broker_options: dict[str, Any] = {
         "socket_timeout": 5.0,
@@ -36,12 +38,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     if settings.sentinel_master:
         broker_options["master_name"] = settings.sentinel_master
+    result_backend = settings.result_backend or _result_backend(settings.broker_url)
+    backend_tls = _sentinel_tls(result_backend)
     return {
         "broker_url": settings.broker_url,
         "broker_transport": transport_for(settings.broker_url),
-        "result_backend": settings.result_backend or _result_backend(settings.broker_url),
-        "broker_transport_options": broker_options,
-        "result_backend_transport_options": broker_options,
+        "result_backend": result_backend,
+        "broker_transport_options": _to_sentinels(broker_options, settings.broker_url),
+        "result_backend_transport_options": _to_sentinels(broker_options, result_backend),
+        "redis_backend_use_ssl": backend_tls or None,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "broker_connection_timeout": 2.0,
@@ -68,6 +73,39 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_scheduler": "beat_schedule.scheduler:NodeScheduler",
         "worker_consumer": "workers.consumer:NodeConsumer",
     }
+
+
+def _sentinel_tls(url: str | None) -> dict[str, Any]:
+    """The TLS parameters (`ssl_cert_reqs`, `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`,
+    ...) of a `sentinel://` URL as kombu reads them (from its first entry), or none.
+
+    kombu hands them to the connections to the master, and so does Celery's result backend
+    when they are its `redis_backend_use_ssl`; the sentinels themselves are reached with
+    redis-py's `sentinel_kwargs` alone (see `_to_sentinels`).
+    """
+    if not url or not url.startswith("sentinel://"):
+        return {}
+    return dict(parse_url(url.split(";", 1)[0]).get("ssl") or {})
+
+
+def _to_sentinels(options: dict[str, Any], url: str | None) -> dict[str, Any]:
+    """Transport options that also reach the sentinels over TLS when `url` asks for TLS.
+
+    redis-py's `Sentinel` connects to the sentinels with `sentinel_kwargs` only (neither the
+    URL's TLS parameters nor the master's connection options), so without this a node whose
+    sentinels speak only TLS finds no master. The same certificates and bounded waits as the
+    master's: an operator writes TLS once, in the broker URL.
+    """
+    tls = _sentinel_tls(url)
+    if not tls:
+        return options
+    to_sentinels = {
+        "ssl": True,
+        **tls,
+        "socket_timeout": options["socket_timeout"],
+        "socket_connect_timeout": options["socket_connect_timeout"],
+    }
+    return {**options, "sentinel_kwargs": to_sentinels}
 
 
 def _result_backend(broker_url: str) -> str | None:

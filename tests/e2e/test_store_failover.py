@@ -26,7 +26,13 @@ from tests.support.pgbouncer import BINARY as PGBOUNCER
 from tests.support.pgbouncer import running_pgbouncer
 from tests.support.proxy import FaultProxy
 from tests.support.renewals import database_time, first_renewals, watching_lapses
-from tests.support.replicas import PostgresPair, faketime_library, postgres_pair, redis_sentinels
+from tests.support.replicas import (
+    PostgresPair,
+    SentinelGroup,
+    faketime_library,
+    postgres_pair,
+    redis_sentinels,
+)
 from workers.database import upgrade_schema
 from workers.settings import load_settings
 
@@ -337,63 +343,74 @@ def in_processing(inbox: Path) -> int:
     return len(list(processing.iterdir())) if processing.is_dir() else 0
 
 
+def nodes_follow_a_sentinel_failover(
+    stack: ExitStack, tmp_path: Path, database_url: str, sentinels: SentinelGroup
+) -> Cluster:
+    """Three nodes behind `sentinels` (plain or TLS), watched in Flower, through a Sentinel
+    failover: no lease lapses, every node renews through the new master, nothing moves, and
+    Flower, `failover move` and `run-script --wait` work afterwards. The running cluster
+    (closed by `stack`), for the caller's own checks."""
+    cluster = cluster_on(
+        tmp_path,
+        database_url,
+        sentinels.broker_url(0),
+        FAILOVER_SENTINEL_MASTER=sentinels.master_name,
+        FAILOVER_LEASE_TIMEOUT="5.0",
+    )
+    stack.callback(cluster.close)
+    # Given three nodes whose broker is Redis behind three sentinels, watched in Flower
+    start_three(cluster)
+    flower_base = stack.enter_context(flower(cluster))
+    seen = wait_until(
+        lambda: workers_listed(flower_base, set(NAMES)), 60, "Flower to list the workers"
+    )
+    master = address(sentinels.master_address())
+    wait_until(
+        lambda: all(cluster.node_row(n).broker_server == master for n in NAMES),
+        30,
+        "every node to report the master",
+    )
+    # When the master is killed and Sentinel promotes the replica
+    before = database_time(cluster)
+    with watching_lapses(cluster) as lapses:
+        killed = sentinels.kill_master()
+        promoted = sentinels.wait_promoted(60)
+        renewed = renewals(cluster, before, killed)
+    # Then no lease lapsed (the promotion took less than a lease)
+    assert promoted - killed < 5.0
+    assert lapses == set()
+    # And every node renewed through the new master, says so, and nothing moved
+    new_master = address(sentinels.master_address())
+    assert new_master != master
+    wait_until(
+        lambda: all(cluster.node_row(n).broker_server == new_master for n in NAMES),
+        30,
+        "every node to report the new master",
+    )
+    assert all(cluster.node_row(n).broker_changed_at is not None for n in NAMES)
+    assert_nothing_moved(cluster)
+    # And Flower, started before the failover, lists every worker again
+    wait_until(
+        lambda: answered_since(workers_listed(flower_base, set(NAMES)), seen),
+        60,
+        "Flower to hear from every worker again",
+    )
+    # And commands that wait on results work through the new master
+    moved = cluster.cli("move", "folder_monitor", "--to", "b", timeout=90)
+    assert moved.returncode == 0, moved.stderr
+    ran = cluster.cli("run-script", "hello", "--wait", timeout=90)
+    assert ran.returncode == 0, ran.stderr
+    print(
+        f"Sentinel promoted in {promoted - killed:.2f} s; first renewal per node "
+        + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in sorted(renewed.items()))
+    )
+    return cluster
+
+
 def test_sentinel_promotes_the_replica_and_every_node_follows_with_no_lapse(tmp_path, database_url):
     with ExitStack() as stack:
         sentinels = stack.enter_context(redis_sentinels())
-        cluster = cluster_on(
-            tmp_path,
-            database_url,
-            sentinels.broker_url(0),
-            FAILOVER_SENTINEL_MASTER=sentinels.master_name,
-            FAILOVER_LEASE_TIMEOUT="5.0",
-        )
-        stack.callback(cluster.close)
-        # Given three nodes whose broker is Redis behind three sentinels, watched in Flower
-        start_three(cluster)
-        flower_base = stack.enter_context(flower(cluster))
-        seen = wait_until(
-            lambda: workers_listed(flower_base, set(NAMES)), 60, "Flower to list the workers"
-        )
-        master = address(sentinels.master_address())
-        wait_until(
-            lambda: all(cluster.node_row(n).broker_server == master for n in NAMES),
-            30,
-            "every node to report the master",
-        )
-        # When the master is killed and Sentinel promotes the replica
-        before = database_time(cluster)
-        with watching_lapses(cluster) as lapses:
-            killed = sentinels.kill_master()
-            promoted = sentinels.wait_promoted(60)
-            renewed = renewals(cluster, before, killed)
-        # Then no lease lapsed (the promotion took less than a lease)
-        assert promoted - killed < 5.0
-        assert lapses == set()
-        # And every node renewed through the new master, says so, and nothing moved
-        new_master = address(sentinels.master_address())
-        assert new_master != master
-        wait_until(
-            lambda: all(cluster.node_row(n).broker_server == new_master for n in NAMES),
-            30,
-            "every node to report the new master",
-        )
-        assert all(cluster.node_row(n).broker_changed_at is not None for n in NAMES)
-        assert_nothing_moved(cluster)
-        # And Flower, started before the failover, lists every worker again
-        wait_until(
-            lambda: answered_since(workers_listed(flower_base, set(NAMES)), seen),
-            60,
-            "Flower to hear from every worker again",
-        )
-        # And commands that wait on results work through the new master
-        moved = cluster.cli("move", "folder_monitor", "--to", "b", timeout=90)
-        assert moved.returncode == 0, moved.stderr
-        ran = cluster.cli("run-script", "hello", "--wait", timeout=90)
-        assert ran.returncode == 0, ran.stderr
-        print(
-            f"Sentinel promoted in {promoted - killed:.2f} s; first renewal per node "
-            + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in sorted(renewed.items()))
-        )
+        nodes_follow_a_sentinel_failover(stack, tmp_path, database_url, sentinels)
 
 
 @pytest.mark.skipif(faketime_library() is None, reason="libfaketime is not installed")

