@@ -38,7 +38,7 @@ def file_problems(url: str, parameters: tuple[str, ...]) -> list[str]:
                 problem = _unreadable(value)
                 if problem:
                     problems.append(f"{key} {value}: {problem}")
-    return problems
+    return list(dict.fromkeys(problems))
 
 
 def _unreadable(path: str) -> str | None:

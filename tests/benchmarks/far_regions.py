@@ -34,7 +34,9 @@ from pathlib import Path
 
 from tests.support.cluster import Cluster, wait_until
 from tests.support.delay_proxy import DelayProxy
+from tests.support.pki import libpq_tls, make_pki
 from tests.support.postgres_server import postgres_server
+from tests.support.redis_server import redis_server
 from tests.support.servers import (
     Servers,
     broker_target,
@@ -45,7 +47,7 @@ from tests.support.servers import (
     fresh_database,
     start_servers,
 )
-from tests.support.tls import libpq_tls, make_pki, own_redis, tls_postgres
+from tests.support.tls import tls_postgres
 
 DEFAULTS = {
     "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
@@ -211,7 +213,7 @@ def run_own_stores_case(tmp: Path, rtt_ms: int, soak: float, tls: bool) -> dict[
     with ExitStack() as stack:
         pki = make_pki(tmp / f"pki-{tls}")
         postgres = stack.enter_context(tls_postgres(pki) if tls else postgres_server())
-        broker = stack.enter_context(own_redis(pki if tls else None))
+        broker = stack.enter_context(redis_server(tls=pki if tls else None))
         query = libpq_tls(pki) if tls else ""
         servers = Servers(postgres.url("postgres", query=query), broker.url(), embedded=False)
         database_url = stack.enter_context(fresh_database(servers))

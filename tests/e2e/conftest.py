@@ -13,17 +13,33 @@ from tests.support.servers import broker_target, database_target
 
 @pytest.fixture(autouse=True)
 def no_worker_left_behind() -> Iterator[None]:
-    """A test ends every process it started (a module's shared servers and nodes, started
-    before it, are its fixture's to end)."""
+    """A test ends every process it started. Those running before it (a module's shared
+    servers and nodes) are their fixture's to end, and so is anything below them, such as a
+    PostgreSQL backend for a connection the test made."""
     before = {child.pid for child in psutil.Process().children(recursive=True)}
     yield
-    children = psutil.Process().children(recursive=True)
-    workers = [
+    left = [
         child.pid
-        for child in children
-        if child.pid not in before and child.is_running() and child.status() != "zombie"
+        for child in psutil.Process().children(recursive=True)
+        if child.pid not in before and _running(child) and not _below(child, before)
     ]
-    assert not workers, f"processes left running: {workers}"
+    assert not left, f"processes left running: {left}"
+
+
+def _running(process: psutil.Process) -> bool:
+    """Whether a process runs (a zombie has ended)."""
+    try:
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _below(process: psutil.Process, pids: set[int]) -> bool:
+    """Whether one of the process's ancestors is among `pids`."""
+    try:
+        return any(parent.pid in pids for parent in process.parents())
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.fixture

@@ -20,9 +20,10 @@ import requests
 from tests.support.cluster import Cluster, wait_until
 from tests.support.delay_proxy import DelayProxy
 from tests.support.flower import free_port, serve, stop
+from tests.support.pki import libpq_tls
 from tests.support.renewals import RowWatch, never_lapsed_once_live
 from tests.support.servers import Servers, fresh_database
-from tests.support.tls import libpq_tls, tls_stores
+from tests.support.tls import tls_stores
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 DEFAULTS = {

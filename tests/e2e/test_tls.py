@@ -53,36 +53,6 @@ def tls_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStores]:
         yield stores
 
 
-@pytest.fixture(autouse=True)
-def no_worker_left_behind(tls_stores: TlsStores) -> Iterator[None]:
-    """The end-to-end rule (no process of a test outlives it), less the module's stores,
-    which outlive each test on purpose."""
-    yield
-    stores = {tls_stores.redis.process.pid, tls_stores.postgres.primary.process.pid}
-    left = [
-        child.pid
-        for child in psutil.Process().children(recursive=True)
-        if still_running(child) and not of_the_stores(child, stores)
-    ]
-    assert not left, f"processes left running: {left}"
-
-
-def still_running(process: psutil.Process) -> bool:
-    """Whether a process runs (a zombie has ended)."""
-    try:
-        return bool(process.status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
-def of_the_stores(process: psutil.Process, stores: set[int]) -> bool:
-    """Whether a process is one of the stores' servers or below one (PostgreSQL's backends)."""
-    try:
-        return process.pid in stores or any(parent.pid in stores for parent in process.parents())
-    except psutil.NoSuchProcess:
-        return True
-
-
 @pytest.fixture
 def tls_database(tls_stores: TlsStores) -> Iterator[str]:
     """A migrated database of the test's own, reached over verified TLS: its node URL."""

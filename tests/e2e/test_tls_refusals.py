@@ -16,15 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import Cluster
+from tests.support.pki import kombu_tls, libpq_tls
+from tests.support.redis_server import redis_server
 from tests.support.servers import Servers, fresh_database
-from tests.support.tls import (
-    TlsStores,
-    kombu_tls,
-    libpq_tls,
-    tls_postgres,
-    tls_redis,
-    tls_stores,
-)
+from tests.support.tls import TlsStores, tls_postgres, tls_stores
 
 PASSWORD = "s3cret-pw"
 """A password in every URL tried (trust authentication ignores it): no output may show it."""
@@ -54,7 +49,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         with (
             fresh_database(servers) as database_url,
             tls_postgres(pki, misnamed=True) as misnamed_pg,
-            tls_redis(pki, misnamed=True) as misnamed_redis,
+            redis_server(tls=pki, misnamed=True) as misnamed_redis,
         ):
             cluster = Cluster(folder, database_url, stores.broker_url())
             try:

