@@ -91,7 +91,6 @@ class ClusterCollector(Collector):
             ),
             *_latency_families(rows),
             *_server_families(rows),
-            *_encryption_families(rows),
             *_section_families(sections),
         ]
 
@@ -138,9 +137,20 @@ def _latency_families(rows: Sequence[Any]) -> list[Metric]:
 
 def _server_families(rows: Sequence[Any]) -> list[Metric]:
     """Which database server and broker each node last reached (an info-style gauge of 1),
-    and when that last changed (a Unix time): a store's own failover, as each node saw it."""
+    when that last changed (a Unix time: a store's own failover, as each node saw it), and
+    whether the node's link to it is encrypted (1 for TLS, 0 in the clear)."""
     families: list[Metric] = []
     for store_name in ("database", "broker"):
+        encrypted = GaugeMetricFamily(
+            f"failover_node_{store_name}_encrypted",
+            f"1 if the node's connections to the {store_name} are encrypted (TLS), else 0",
+            labels=["node", "region"],
+        )
+        for row in rows:
+            if getattr(row, f"{store_name}_encrypted") is not None:
+                value = float(getattr(row, f"{store_name}_encrypted"))
+                encrypted.add_metric([row.node_name, row.region], value)
+        families.append(encrypted)
         server = GaugeMetricFamily(
             f"failover_node_{store_name}_server",
             f"1 for the {store_name} server the node last reached",
@@ -158,23 +168,6 @@ def _server_families(rows: Sequence[Any]) -> list[Metric]:
                 moment = getattr(row, f"{store_name}_changed_at")
                 changed.add_metric([row.node_name], moment.timestamp())
         families += [server, changed]
-    return families
-
-
-def _encryption_families(rows: Sequence[Any]) -> list[Metric]:
-    """1 where a node's connections to a store are encrypted (TLS), 0 where they are not."""
-    families: list[Metric] = []
-    for store_name in ("database", "broker"):
-        family = GaugeMetricFamily(
-            f"failover_node_{store_name}_encrypted",
-            f"1 if the node's connections to the {store_name} are encrypted (TLS), else 0",
-            labels=["node", "region"],
-        )
-        for row in rows:
-            value = getattr(row, f"{store_name}_encrypted")
-            if value is not None:
-                family.add_metric([row.node_name, row.region], float(value))
-        families.append(family)
     return families
 
 

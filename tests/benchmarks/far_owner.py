@@ -21,8 +21,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from tests.benchmarks.far_regions import DEFAULTS, Sampler, give_everything_to_c, percentile
-from tests.support.cluster import Cluster
+from tests.benchmarks.far_regions import Sampler, give_everything_to_c, percentile
+from tests.support.cluster import DEFAULT_TIMING, Cluster
 from tests.support.delay_proxy import DelayProxy
 from tests.support.servers import (
     broker_target,
@@ -67,7 +67,7 @@ def run_case(tmp: Path, servers: object, rtt_ms: int, seconds: float) -> dict[st
         stack.callback(db_proxy.close)
         stack.callback(broker_proxy.close)
         env = {
-            **DEFAULTS,
+            **DEFAULT_TIMING,
             "FAILOVER_CONFIG": str(config(tmp)),
             "TEST_HANDLER_LOG": str(tmp / "handled.log"),
         }

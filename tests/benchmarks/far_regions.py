@@ -32,7 +32,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from tests.support.cluster import Cluster, wait_until
+from tests.support.cluster import DEFAULT_TIMING, Cluster, wait_until
 from tests.support.delay_proxy import DelayProxy
 from tests.support.pki import libpq_tls, make_pki
 from tests.support.postgres_server import postgres_server
@@ -49,12 +49,6 @@ from tests.support.servers import (
 )
 from tests.support.tls import tls_postgres
 
-DEFAULTS = {
-    "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
-    "FAILOVER_LEASE_TIMEOUT": "3.0",
-    "FAILOVER_DATABASE_TIMEOUT": "0.5",
-    "FAILOVER_CROSS_REGION_DELAY": "1.0",
-}
 ROUND_TRIPS_MS = (0, 50, 100, 150, 250)
 REGION_LEASE = {250: 4.0}
 SERVICES = ("folder_monitor", "app_script")
@@ -169,7 +163,7 @@ def soak_far_node(
 
 
 def run_case(tmp: Path, servers, rtt_ms: int, soak: float, trials: int) -> dict[str, object]:
-    env = dict(DEFAULTS)
+    env = dict(DEFAULT_TIMING)
     if rtt_ms in REGION_LEASE:
         env["FAILOVER_REGION_LEASE_TIMEOUT"] = json.dumps({"far": REGION_LEASE[rtt_ms]})
     with ExitStack() as stack:
@@ -231,13 +225,13 @@ def run_own_stores_case(tmp: Path, rtt_ms: int, soak: float, tls: bool) -> dict[
                 f":{broker.port}/", f":{broker_proxy.port}/"
             ),
         }
-        cluster = Cluster(tmp, database_url, broker.url(), **DEFAULTS)
+        cluster = Cluster(tmp, database_url, broker.url(), **DEFAULT_TIMING)
         stack.callback(cluster.close)
         sampler, (_, first_renewal, join_lapsed) = soak_far_node(cluster, far_env, soak)
         database_reconnect = renewal_after(cluster, postgres.restart)
         owner_after_database = cluster.owned_by("c")
         broker_reconnect = renewal_after(cluster, broker.restart)
-        time.sleep(2 * float(DEFAULTS["FAILOVER_LEASE_TIMEOUT"]))
+        time.sleep(2 * float(DEFAULT_TIMING["FAILOVER_LEASE_TIMEOUT"]))
         owner_after_broker = cluster.owned_by("c")
     return {
         "tls": tls,

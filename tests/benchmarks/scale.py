@@ -32,19 +32,13 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from beat_schedule.stagger import stagger_phase
-from tests.support.cluster import Cluster, wait_until
+from tests.support.cluster import DEFAULT_TIMING, Cluster, wait_until
 from tests.support.pgbouncer import pgbouncer
 from tests.support.servers import clean_broker, fresh_database, start_servers
 from workers.database import bounded
 from workers.settings import load_settings
 from workers.store import ASYNC_COMMIT, HEARTBEAT_SQL
 
-DEFAULTS = {
-    "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
-    "FAILOVER_LEASE_TIMEOUT": "3.0",
-    "FAILOVER_DATABASE_TIMEOUT": "0.5",
-    "FAILOVER_CROSS_REGION_DELAY": "1.0",
-}
 CONNECTIONS = 20
 
 
@@ -191,7 +185,7 @@ def run_case(tmp: Path, servers, count: int, seconds: float, client: str) -> dic
     with ExitStack() as stack:
         url = stack.enter_context(fresh_database(servers))
         broker = stack.enter_context(clean_broker(servers.broker_url))
-        cluster = Cluster(tmp, url, broker, **DEFAULTS)
+        cluster = Cluster(tmp, url, broker, **DEFAULT_TIMING)
         stack.callback(cluster.close)
         cluster.start_live("a", "r1")
         wait_until(lambda: cluster.owned_by("a"), 30, "a to own")
@@ -241,7 +235,7 @@ def real_nodes(tmp: Path, servers, count: int, seconds: float) -> dict[str, obje
         url = stack.enter_context(fresh_database(servers))
         broker = stack.enter_context(clean_broker(servers.broker_url))
         bounced = stack.enter_context(pgbouncer(url))
-        cluster = Cluster(tmp, url, broker, FAILOVER_DATABASE_URL=bounced, **DEFAULTS)
+        cluster = Cluster(tmp, url, broker, FAILOVER_DATABASE_URL=bounced, **DEFAULT_TIMING)
         stack.callback(cluster.close)
         names = [f"w{i:02d}" for i in range(count)]
         for name in names:

@@ -27,19 +27,13 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from tests.support.cluster import Cluster, wait_until
+from tests.support.cluster import DEFAULT_TIMING, Cluster, wait_until
 from tests.support.renewals import first_renewals, last_renewals
 from tests.support.replicas import SentinelGroup, postgres_pair, redis_sentinels
 from tests.support.servers import Servers, clean_broker, fresh_database, start_servers
 from workers.database import upgrade_schema
 from workers.settings import load_settings
 
-DEFAULTS = {
-    "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
-    "FAILOVER_LEASE_TIMEOUT": "3.0",
-    "FAILOVER_DATABASE_TIMEOUT": "0.5",
-    "FAILOVER_CROSS_REGION_DELAY": "1.0",
-}
 NAMES = ("a", "b", "c")
 
 
@@ -76,7 +70,7 @@ def database_trials(tmp: Path, servers: Servers, trials: int) -> list[dict[str, 
         url = pair.url("failover")
         upgrade_schema(load_settings(database_url=url))
         broker = stack.enter_context(clean_broker(servers.broker_url))
-        cluster = Cluster(tmp, url, broker, **DEFAULTS)
+        cluster = Cluster(tmp, url, broker, **DEFAULT_TIMING)
         stack.callback(cluster.close)
         start_three(cluster)
         for number in range(trials):
@@ -85,7 +79,7 @@ def database_trials(tmp: Path, servers: Servers, trials: int) -> list[dict[str, 
                 pair.kill_primary()
                 return pair.promote_standby()
 
-            row = trial(cluster, fail, float(DEFAULTS["FAILOVER_LEASE_TIMEOUT"]))
+            row = trial(cluster, fail, float(DEFAULT_TIMING["FAILOVER_LEASE_TIMEOUT"]))
             row["changes"] = len(cluster.history()) - 2
             print(f"  database trial {number + 1}: {row}", flush=True)
             results.append(row)
@@ -105,7 +99,7 @@ def sentinel_trials(
                 tmp / f"sentinel-{lease:g}-{number}",
                 url,
                 sentinels.broker_url(0),
-                **{**DEFAULTS, "FAILOVER_LEASE_TIMEOUT": str(lease)},
+                **{**DEFAULT_TIMING, "FAILOVER_LEASE_TIMEOUT": str(lease)},
                 FAILOVER_SENTINEL_MASTER=sentinels.master_name,
             )
             cluster.folder.mkdir()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.cluster import Cluster, wait_until
+from tests.support.cluster import DEFAULT_TIMING, Cluster, wait_until
 from tests.support.delay_proxy import DelayProxy
 from tests.support.servers import (
     broker_target,
@@ -28,12 +28,6 @@ from tests.support.servers import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
-DEFAULTS = {
-    "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
-    "FAILOVER_LEASE_TIMEOUT": "3.0",
-    "FAILOVER_DATABASE_TIMEOUT": "0.5",
-    "FAILOVER_CROSS_REGION_DELAY": "1.0",
-}
 SERVICES = ("app_script", "folder_monitor")
 
 
@@ -82,7 +76,7 @@ def test_a_node_150_ms_away_keeps_its_lease_owns_and_works_at_default_settings(
     ran = tmp_path / "ran.log"
     script = {"argv": [sys.executable, "-c", f"open({str(ran)!r}, 'a').write('x')"]}
     env = {
-        **DEFAULTS,
+        **DEFAULT_TIMING,
         "FAILOVER_HOT_FOLDER": str(inbox),
         "FAILOVER_SCRIPTS": json.dumps({"stamp": {**script, "interval": 4}}),
     }
@@ -155,7 +149,7 @@ def test_a_node_150_ms_away_keeps_its_lease_owns_and_works_at_default_settings(
 def test_a_gracefully_stopped_owner_hands_its_services_to_its_own_region(
     tmp_path, database_url, broker_url
 ):
-    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULTS)
+    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULT_TIMING)
     try:
         cluster.start_live("x", "other")
         cluster.start_live("y", "other")
@@ -189,7 +183,7 @@ def test_a_node_slower_than_its_beat_never_has_a_backlog(tmp_path, database_url,
     # Given the only node, owner of both services, then 0.7 s round trip from its broker: it
     # takes one message off its queue per round trip, fewer than its beat and work would send
     proxy = DelayProxy(broker_target(broker_url))
-    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULTS)
+    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULT_TIMING)
     try:
         slow = {"FAILOVER_BROKER_URL": broker_url_via(broker_url, proxy.port)}
         cluster.start_live("c", "far", **slow)
@@ -216,7 +210,7 @@ def test_a_heartbeat_costs_a_small_fixed_number_of_broker_round_trips(
 ):
     # Given an owner a and a standby b, each reaching Redis through its own counting proxy
     proxies = {name: DelayProxy(broker_target(broker_url)) for name in ("a", "b")}
-    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULTS)
+    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULT_TIMING)
     try:
         for name, proxy in proxies.items():
             cluster.start_live(

@@ -17,7 +17,7 @@ from contextlib import closing
 import pytest
 import requests
 
-from tests.support.cluster import Cluster, wait_until
+from tests.support.cluster import DEFAULT_TIMING, Cluster, wait_until
 from tests.support.delay_proxy import DelayProxy
 from tests.support.flower import free_port, serve, stop
 from tests.support.pki import libpq_tls
@@ -26,12 +26,6 @@ from tests.support.servers import Servers, fresh_database
 from tests.support.tls import tls_stores
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-DEFAULTS = {
-    "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
-    "FAILOVER_LEASE_TIMEOUT": "3.0",
-    "FAILOVER_DATABASE_TIMEOUT": "0.5",
-    "FAILOVER_CROSS_REGION_DELAY": "1.0",
-}
 BEATS = 10
 DATABASE_ROUND_TRIPS_PER_BEAT = 1.0
 """A standby's beat is one statement (`tests/integration/test_round_trips.py`)."""
@@ -54,7 +48,7 @@ def test_a_far_node_over_tls_keeps_its_lease_and_pays_no_round_trip_more_per_bea
                     f":{stores.redis.port}/", f":{broker_proxy.port}/"
                 ),
             }
-            cluster = Cluster(tmp_path, database_url, stores.broker_url(), **DEFAULTS)
+            cluster = Cluster(tmp_path, database_url, stores.broker_url(), **DEFAULT_TIMING)
             try:
                 # Given a near owner a, and c starting 150 ms away, both over TLS
                 cluster.start_live("a", "near")

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from tests.e2e.test_far_regions import LapseWatch
-from tests.support.cluster import Cluster, wait_until
+from tests.support.cluster import DEFAULT_TIMING, Cluster, wait_until
 from tests.support.flower import flower, tasks_shown, workers_shown
 from tests.support.servers import (
     broker_url_via,
@@ -26,12 +26,6 @@ from workers.remote_control import REFUSAL
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 NODES = {"a": "eu-west", "b": "eu-west", "c": "us-east"}
 REFUSED = "refused a remote enable_events"
-DEFAULTS = {
-    "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
-    "FAILOVER_LEASE_TIMEOUT": "3.0",
-    "FAILOVER_DATABASE_TIMEOUT": "0.5",
-    "FAILOVER_CROSS_REGION_DELAY": "1.0",
-}
 
 
 def start_nodes(cluster: Cluster, **env: str) -> None:
@@ -121,7 +115,7 @@ def test_a_node_150_ms_away_keeps_its_round_trip_budget_while_flower_runs(
         "FAILOVER_DATABASE_URL": database_url_via(database_url, db_proxy.port),
         "FAILOVER_BROKER_URL": broker_url_via(broker_url, broker_proxy.port),
     }
-    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULTS)
+    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULT_TIMING)
     try:
         # Given a near owner a and a standby c 150 ms from both stores, at default timings
         cluster.start_live("a", "near")

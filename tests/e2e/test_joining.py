@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.cluster import Cluster, wait_until
+from tests.support.cluster import DEFAULT_TIMING, Cluster, wait_until
 from tests.support.renewals import RowWatch, never_lapsed_once_live
 from tests.support.servers import (
     broker_url_via,
@@ -21,12 +21,6 @@ from tests.support.servers import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-DEFAULTS = {
-    "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
-    "FAILOVER_LEASE_TIMEOUT": "3.0",
-    "FAILOVER_DATABASE_TIMEOUT": "0.5",
-    "FAILOVER_CROSS_REGION_DELAY": "1.0",
-}
 BROKER_ROUND_TRIPS_TO_JOIN = 30
 """Broker round trips from the broker's return to c's first renewal, at most (25 measured):
 the consumer's start (about eight connections: `SELECT` and kombu's `PING` each, queue and
@@ -47,7 +41,7 @@ def test_a_far_node_is_live_only_from_its_first_renewal_and_never_lapses_after(
         "FAILOVER_DATABASE_URL": database_url_via(database_url, db_proxy.port),
         "FAILOVER_BROKER_URL": broker_url_via(broker_url, broker_proxy.port),
     }
-    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULTS)
+    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULT_TIMING)
     try:
         # Given a near node a, and c starting 150 ms away while its broker cannot be reached
         cluster.start_live("a", "near")

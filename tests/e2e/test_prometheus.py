@@ -23,17 +23,11 @@ import sys
 
 import pytest
 
-from tests.support.cluster import Cluster, wait_until
+from tests.support.cluster import DEFAULT_TIMING, Cluster, wait_until
 from tests.support.flower import free_port, serve, stop
 from tests.support.prometheus import fires, firing, prometheus, query
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
-DEFAULTS = {
-    "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
-    "FAILOVER_LEASE_TIMEOUT": "3.0",
-    "FAILOVER_DATABASE_TIMEOUT": "0.5",
-    "FAILOVER_CROSS_REGION_DELAY": "1.0",
-}
 REGIONS = {"a": "eu-west", "b": "eu-west", "c": "us-east"}
 
 
@@ -54,7 +48,7 @@ def live_seen(base: str) -> set[str]:
 def test_prometheus_sees_the_owner_and_fires_the_lease_alert_when_the_owner_is_killed(
     tmp_path, database_url, broker_url
 ):
-    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULTS)
+    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULT_TIMING)
     port = free_port()
     exporter = serve(
         cluster,

@@ -110,13 +110,17 @@ def test_a_heartbeat_records_the_database_server_and_broker_and_when_each_change
 
 
 def node_servers(settings: Settings) -> tuple:
+    return registry_of_a(
+        settings, "database_server", "database_changed_at", "broker_server", "broker_changed_at"
+    )
+
+
+def registry_of_a(settings: Settings, *columns: str) -> tuple:
+    """Node a's registry row, these columns."""
     with transaction(settings) as connection:
         return tuple(
             connection.execute(
-                text(
-                    "SELECT database_server, database_changed_at, broker_server, "
-                    "broker_changed_at FROM server_registry WHERE node_name = 'a'"
-                )
+                text(f"SELECT {', '.join(columns)} FROM server_registry WHERE node_name = 'a'")
             ).one()
         )
 
@@ -190,15 +194,7 @@ def test_a_heartbeat_says_whether_the_node_s_links_are_encrypted(settings):
 
 
 def encryption(settings: Settings) -> tuple:
-    with transaction(settings) as connection:
-        return tuple(
-            connection.execute(
-                text(
-                    "SELECT database_encrypted, broker_encrypted FROM server_registry "
-                    "WHERE node_name = 'a'"
-                )
-            ).one()
-        )
+    return registry_of_a(settings, "database_encrypted", "broker_encrypted")
 
 
 def test_the_previous_release_s_heartbeat_still_renews(settings):

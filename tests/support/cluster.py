@@ -19,6 +19,14 @@ from workers.local_cluster import wait_until as wait_or_timeout
 
 T = TypeVar("T")
 
+DEFAULT_TIMING = {
+    "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
+    "FAILOVER_LEASE_TIMEOUT": "3.0",
+    "FAILOVER_DATABASE_TIMEOUT": "0.5",
+    "FAILOVER_CROSS_REGION_DELAY": "1.0",
+}
+"""The product's default timings, written out: tests of what a far node keeps at defaults."""
+
 FAST_TIMING = {
     "FAILOVER_HEARTBEAT_INTERVAL": "0.3",
     "FAILOVER_LEASE_TIMEOUT": "1.5",

@@ -14,9 +14,6 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import psycopg
 
 from tests.support.replicas import (
     PgMember,
@@ -57,21 +54,9 @@ class PostgresServer(PostgresPair):
         for TCP say: the harness's way in)."""
         return f"postgresql+psycopg://postgres@/{database}?host={self.folder}&port={self.port}"
 
-    def query(
-        self,
-        member: PgMember,
-        sql: str,
-        params: tuple[Any, ...] | None = None,
-        database: str = "postgres",
-    ) -> list[tuple[Any, ...]]:
-        """Run one statement as `postgres` over the Unix socket; its rows, if any."""
-        conninfo = f"host={self.folder} port={member.port} user=postgres dbname={database}"
-        with (
-            psycopg.connect(conninfo, autocommit=True, connect_timeout=2) as connection,
-            connection.cursor() as cursor,
-        ):
-            cursor.execute(sql.encode(), params)
-            return cursor.fetchall() if cursor.description else []
+    def conninfo(self, member: PgMember, database: str = "postgres") -> str:
+        """As `postgres` over the Unix socket, whatever the rules for TCP say."""
+        return f"host={self.folder} port={member.port} user=postgres dbname={database}"
 
     def start(self) -> None:
         """initdb, write the files and rules, start; wait until it answers."""

@@ -202,13 +202,17 @@ class PostgresPair:
         database: str = "postgres",
     ) -> list[tuple[Any, ...]]:
         """Run one statement on `member` in autocommit; its rows, if it returns any."""
-        conninfo = member.conninfo(database)
+        conninfo = self.conninfo(member, database)
         with (
             psycopg.connect(conninfo, autocommit=True, connect_timeout=2) as connection,
             connection.cursor() as cursor,
         ):
             cursor.execute(sql.encode(), params)
             return cursor.fetchall() if cursor.description else []
+
+    def conninfo(self, member: PgMember, database: str = "postgres") -> str:
+        """How the harness reaches `member` (as `postgres`, over TCP)."""
+        return member.conninfo(database)
 
     def is_in_recovery(self, member: PgMember) -> bool:
         """Whether `member` runs as a standby (read-only, replaying WAL)."""
