@@ -9,8 +9,6 @@ without its standby, so it runs as `postgres` when the tests run as root, like t
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,9 +16,8 @@ from pathlib import Path
 from tests.support.replicas import (
     PgMember,
     PostgresPair,
-    _postgres_account,
     _write_owned,
-    postgres_bindir,
+    running,
 )
 
 
@@ -34,7 +31,7 @@ class PostgresServer(PostgresPair):
         hba: Sequence[str],
         files: Mapping[str, bytes],
     ) -> None:
-        super().__init__(folder, postgres_bindir(), synchronous=False)
+        super().__init__(folder, synchronous=False)
         self.members = self.members[:1]
         self.extra_settings = dict(settings)
         self.hba = list(hba)
@@ -93,15 +90,5 @@ def postgres_server(
     queries use the Unix socket), and `files` are
     written into the data folder, readable only by the server (key files must be).
     """
-    folder = Path(tempfile.mkdtemp(prefix="failover-pg-"))
-    account = _postgres_account()
-    if account is not None:
-        os.chown(folder, account.pw_uid, account.pw_gid)
-    os.chmod(folder, 0o700)
-    server = PostgresServer(folder, settings or {}, hba, files or {})
-    try:
-        server.start()
+    with running(PostgresServer, "failover-pg-", settings or {}, hba, files or {}) as server:
         yield server
-    finally:
-        server.close()
-        shutil.rmtree(folder, ignore_errors=True)

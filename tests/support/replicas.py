@@ -23,7 +23,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import psycopg
@@ -168,9 +168,9 @@ class PgMember:
 class PostgresPair:
     """A primary and a streaming standby whose roles follow promotions; see `postgres_pair`."""
 
-    def __init__(self, folder: Path, bindir: Path, synchronous: bool, strict: bool = False) -> None:
+    def __init__(self, folder: Path, synchronous: bool, strict: bool = False) -> None:
         self.folder = folder
-        self.bindir = bindir
+        self.bindir = postgres_bindir()
         self.synchronous = synchronous
         self.strict = strict
         self.account = _postgres_account()
@@ -513,17 +513,28 @@ def postgres_pair(synchronous: bool, *, strict: bool = False) -> Iterator[Postgr
     a promoted primary demanding a synchronous standby, so it commits nothing until the old
     primary rejoins; otherwise it commits alone meanwhile.
     """
-    folder = Path(tempfile.mkdtemp(prefix="failover-replicas-pg-"))
+    with running(PostgresPair, "failover-replicas-pg-", synchronous, strict=strict) as pair:
+        yield pair
+
+
+P = TypeVar("P", bound="PostgresPair")
+
+
+@contextmanager
+def running(kind: Callable[..., P], prefix: str, *args: Any, **kwargs: Any) -> Iterator[P]:
+    """`kind(folder, ...)` started in a new folder the server's user owns; stopped and the
+    folder removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
     account = _postgres_account()
     if account is not None:
         os.chown(folder, account.pw_uid, account.pw_gid)
     os.chmod(folder, 0o700)
-    pair = PostgresPair(folder, postgres_bindir(), synchronous, strict)
+    servers = kind(folder, *args, **kwargs)
     try:
-        pair.start()
-        yield pair
+        servers.start()
+        yield servers
     finally:
-        pair.close()
+        servers.close()
         shutil.rmtree(folder, ignore_errors=True)
 
 
