@@ -13,7 +13,7 @@ These connections speak RESP2, as redis-py did before version 8 and as kombu exp
 what is left is `SELECT` and kombu's own `PING` of each new channel. The health checks of
 connections in use (kombu's `health_check_interval`) are kept.
 
-`celery_config` selects this transport for `redis://` and `rediss://` brokers; Sentinel and
+`install` makes it the transport of `redis://` and `rediss://` brokers; Sentinel and
 Unix-socket brokers keep kombu's own.
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 from kombu.exceptions import OperationalError
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from redis.maint_notifications import MaintNotificationsConfig
 
@@ -74,9 +75,16 @@ class Transport(kombu_redis.Transport):
 TRANSPORT = f"{__name__}:Transport"
 
 
-def transport_for(broker_url: str) -> str | None:
-    """The transport to use for a broker URL: this one for plain and TLS Redis, else kombu's."""
-    return TRANSPORT if broker_url.startswith(("redis://", "rediss://")) else None
+def install() -> None:
+    """Make kombu's `redis` and `rediss` schemes name this transport, in this process.
+
+    Every connection a node, a command or Flower opens to a `redis://` or `rediss://` broker
+    is then lean, and a URL keeps its scheme: `Connection.as_uri()`, from which Flower picks
+    its broker client for its broker page and queue lengths, says `redis://` and not this
+    module's path (Flower answered 404 to those pages). Sentinel and Unix-socket brokers
+    keep kombu's own transports.
+    """
+    TRANSPORT_ALIASES.update(redis=TRANSPORT, rediss=TRANSPORT)
 
 
 @contextlib.contextmanager

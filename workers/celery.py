@@ -11,8 +11,7 @@ from typing import Any
 from celery import Celery
 from kombu.utils.url import parse_url
 
-from workers import joining, remote_control
-from workers.broker import transport_for
+from workers import broker, joining, remote_control
 from workers.node import current_settings, install
 from workers.settings import Settings
 
@@ -42,7 +41,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     backend_tls = _sentinel_tls(result_backend)
     return {
         "broker_url": settings.broker_url,
-        "broker_transport": transport_for(settings.broker_url),
+        "broker_use_ssl": url_tls(settings.broker_url) or None,
         "result_backend": result_backend,
         "broker_transport_options": _to_sentinels(broker_options, settings.broker_url),
         "result_backend_transport_options": _to_sentinels(broker_options, result_backend),
@@ -75,6 +74,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def url_tls(url: str) -> dict[str, Any]:
+    """The TLS parameters of a broker URL (its first entry), as kombu reads them, or none.
+
+    kombu already uses them for its own connections; as `broker_use_ssl` they also reach
+    what reads Celery's configuration instead of the URL: Flower's broker client.
+    """
+    return dict(parse_url(url.split(";", 1)[0]).get("ssl") or {})
+
+
 def _sentinel_tls(url: str | None) -> dict[str, Any]:
     """The TLS parameters (`ssl_cert_reqs`, `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`,
     ...) of a `sentinel://` URL as kombu reads them (from its first entry), or none.
@@ -85,7 +93,7 @@ def _sentinel_tls(url: str | None) -> dict[str, Any]:
     """
     if not url or not url.startswith("sentinel://"):
         return {}
-    return dict(parse_url(url.split(";", 1)[0]).get("ssl") or {})
+    return url_tls(url)
 
 
 def _to_sentinels(options: dict[str, Any], url: str | None) -> dict[str, Any]:
@@ -114,6 +122,7 @@ def _result_backend(broker_url: str) -> str | None:
     return broker_url if broker_url.startswith(schemes) else None
 
 
+broker.install()
 app = Celery("workers", include=["workers.tasks"])
 app.add_defaults(lambda: celery_config(current_settings()))
 install(app)

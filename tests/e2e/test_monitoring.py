@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from tests.support.cluster import wait_until
-from tests.support.flower import flower, free_port, serve, stop, workers_listed
+from tests.support.flower import flower, free_port, queue_lengths, serve, stop, workers_listed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -27,6 +27,8 @@ def test_flower_refuses_anonymous_requests_and_lists_every_node(cluster):
             for name, info in listed.items()
         }
         assert "node.a" in queues["a"] and "node.b" in queues["b"]
+        # And its broker page reads the nodes' queues from Redis
+        assert {"node.a", "node.b"} <= set(queue_lengths(base))
 
 
 def test_metrics_show_the_owner_before_and_after_a_takeover(cluster):

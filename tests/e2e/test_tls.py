@@ -35,7 +35,7 @@ from tests.e2e.test_store_failover import (
     wait_processed,
 )
 from tests.support.cluster import Cluster, wait_until
-from tests.support.flower import flower, workers_listed
+from tests.support.flower import flower, queue_lengths, workers_listed
 from tests.support.handlers import handled
 from tests.support.replicas import redis_sentinels
 from tests.support.servers import Servers, fresh_database
@@ -142,6 +142,8 @@ def test_three_nodes_run_every_operation_over_verified_tls_to_both_stores(
         start_three(cluster)
         base = stack.enter_context(flower(cluster))
         wait_until(lambda: workers_listed(base, set(NAMES)), 60, "Flower to list the workers")
+        # And its broker page reaches Redis over TLS too
+        assert {f"node.{name}" for name in NAMES} <= set(queue_lengths(base))
         # Then every session the nodes hold on PostgreSQL is encrypted, with their certificate
         wait_until(
             lambda: every_node_session_is_encrypted(tls_stores, set(NAMES)),

@@ -93,3 +93,11 @@ def tasks_shown(base: str) -> dict[str, dict]:
     answer = requests.get(base + "/api/tasks", auth=AUTH, timeout=5)
     answer.raise_for_status()
     return dict(answer.json())
+
+
+def queue_lengths(base: str) -> dict[str, int]:
+    """Flower's queue lengths (`/api/queues/length`, what its broker page shows), by queue:
+    Flower asks the broker itself, with its own Redis client."""
+    answer = requests.get(base + "/api/queues/length", auth=AUTH, timeout=10)
+    answer.raise_for_status()
+    return {queue["name"]: queue["messages"] for queue in answer.json()["active_queues"]}
