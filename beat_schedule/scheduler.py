@@ -27,19 +27,25 @@ from workers import backlog, joining, local_state
 from workers.routing import HEARTBEAT, WAITING_MAX_AGE
 
 
-def _pool(connection: Any) -> Any:
-    """The redis-py connection pool behind a kombu connection, or None if it has none."""
+def publishing_pool(producer: Any) -> Any:
+    """The redis-py connection pool the producer's channel publishes through, or None.
+
+    The producer's own channel, not its connection's default one: a publish retried after
+    a broker failover goes on a new channel (kombu revives the producer with it), and the
+    default channel's pool may still name the old Sentinel master, or none.
+    """
     try:
-        return connection.default_channel.client.connection_pool
+        channel = producer.channel
+        if not hasattr(channel, "client") and callable(channel):
+            channel = channel()
+        return channel.client.connection_pool
     except Exception:
         return None
 
 
-def broker_server(connection: Any) -> str | None:
-    """The Redis server a kombu connection's publishes reach, as `host:port` (or a socket
-    path); with Sentinel, the master it was last given. Read from the client's connection
-    pool: no round trip. None when the transport does not say."""
-    pool = _pool(connection)
+def broker_server(pool: Any) -> str | None:
+    """The Redis server a connection pool reaches, as `host:port` (or a socket path); with
+    Sentinel, the master it was last given. No round trip. None when the pool does not say."""
     master = getattr(pool, "master_address", None)
     if master:
         return f"{master[0]}:{master[1]}"
@@ -51,10 +57,10 @@ def broker_server(connection: Any) -> str | None:
     return None
 
 
-def broker_encrypted(connection: Any) -> bool | None:
-    """Whether the beat's broker connections use TLS (their class says; no round trip), or
-    None when the transport does not say."""
-    connection_class = getattr(_pool(connection), "connection_class", None)
+def broker_encrypted(pool: Any) -> bool | None:
+    """Whether a connection pool's connections use TLS (their class says; no round trip), or
+    None when the pool does not say."""
+    connection_class = getattr(pool, "connection_class", None)
     if not isinstance(connection_class, type):
         return None
     return issubclass(connection_class, redis.SSLConnection)
@@ -152,8 +158,9 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
             raise
         self.publish_failed = False
         self.broker_round_trip_ms = (time.perf_counter() - started) * 1000
-        self.broker_server = broker_server(self.connection)
-        self.broker_encrypted = broker_encrypted(self.connection)
+        pool = publishing_pool(producer or self.producer)
+        self.broker_server = broker_server(pool)
+        self.broker_encrypted = broker_encrypted(pool)
         return result
 
     def sync(self) -> None:

@@ -382,11 +382,15 @@ def nodes_follow_a_sentinel_failover(
     # And every node renewed through the new master, says so, and nothing moved
     new_master = address(sentinels.master_address())
     assert new_master != master
-    wait_until(
-        lambda: all(cluster.node_row(n).broker_server == new_master for n in NAMES),
-        30,
-        "every node to report the new master",
-    )
+    try:
+        wait_until(
+            lambda: {broker_server(cluster, n) for n in NAMES} == {new_master},
+            30,
+            f"every node to report the new master {new_master}",
+        )
+    except AssertionError as error:
+        reported = {n: broker_server(cluster, n) for n in NAMES}
+        raise AssertionError(f"{error}; they report {reported}") from None
     assert all(cluster.node_row(n).broker_changed_at is not None for n in NAMES)
     assert_nothing_moved(cluster)
     # And Flower, started before the failover, lists every worker again
@@ -471,3 +475,8 @@ def test_a_promotion_reaches_nodes_through_a_pgbouncer_repointed_at_the_new_prim
         for name in NAMES:
             assert cluster.node_row(name).database_server == f"127.0.0.1:{pair.primary.port}"
         print("first renewal per node through a repointed PgBouncer: " + str(renewed))
+
+
+def broker_server(cluster: Cluster, name: str) -> str | None:
+    """The broker server a node last reported."""
+    return cluster.node_row(name).broker_server  # type: ignore[no-any-return]
