@@ -1,4 +1,4 @@
-"""The `failover` command: the operator's interface to the cluster (see DESIGN.md).
+"""The `failover` command: the operator's interface to the cluster (see docs/design.md).
 
 Every error is one line on stderr: exit 1 when the cluster refused or failed, exit 2 for
 usage and configuration errors and an unreachable database.
