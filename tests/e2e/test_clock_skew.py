@@ -95,11 +95,13 @@ def test_a_request_that_timed_out_never_runs_on_a_node_an_hour_behind(
             behind.resume()
         assert refused.returncode == 1, refused.stderr
         assert "did not take folder_monitor within 2 s" in refused.stderr
-        # Then b, whose clock says the request is an hour from due, drops it when it wakes
+        # Then b, whose clock says the request is an hour from due, drops it when it wakes:
+        # the move never happens (a takeover, if a loaded machine lapsed a's short lease, is
+        # not the request and is not what this test is about)
         cluster.beats("b", 3)
-        assert cluster.owned_by("a")
-        assert "took folder_monitor" not in behind.log()
         assert "dropped failover.manual_failover" in behind.log()
+        assert not [row for row in cluster.history() if row.reason == "manual"]
+        assert "reason manual" not in behind.log()
     finally:
         cluster.close()
 
