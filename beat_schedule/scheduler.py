@@ -23,8 +23,9 @@ from celery.beat import ScheduleEntry, Scheduler
 
 from beat_schedule.clock import wall_time
 from beat_schedule.stagger import SlotTimer, Staggered, build_schedule
-from workers import backlog, joining, local_state
-from workers.routing import HEARTBEAT, WAITING_MAX_AGE
+from workers.fence import local_state
+from workers.queues import backlog, joining
+from workers.queues.routing import HEARTBEAT, WAITING_MAX_AGE
 
 
 def publishing_pool(producer: Any) -> Any:
@@ -82,7 +83,7 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
     held_for_consumer = False
 
     def setup_schedule(self) -> None:
-        from workers.node import current_identity, current_settings
+        from workers.runtime.node import current_identity, current_settings
 
         me = current_identity()
         interval = current_settings().heartbeat_interval

@@ -20,8 +20,8 @@ from typing import Any
 
 from celery.schedules import BaseSchedule, schedstate
 
-from workers.routing import HEARTBEAT as HEARTBEAT_TASK
-from workers.routing import node_queue
+from workers.queues.routing import HEARTBEAT as HEARTBEAT_TASK
+from workers.queues.routing import node_queue
 
 
 def stagger_phase(node: str, interval: float) -> float:

@@ -1,5 +1,5 @@
 """`python -m workers` is the `failover` command."""
 
-from workers.cli import main
+from workers.operations.cli import main
 
 main()

@@ -27,13 +27,13 @@ from typing import Any
 from croniter import croniter
 from sqlalchemy import Connection, text
 
-from workers import local_fence, local_state
-from workers.children import child_environment
-from workers.database import Statement, one_round_trip
-from workers.fencing import Fence, fenced_round_trip, persistently, reject
+from workers.fence import local_fence, local_state
+from workers.fence.children import child_environment
+from workers.fence.fencing import Fence, fenced_round_trip, persistently, reject
+from workers.fence.supervision import Watch, die_with_parent, end_subtree, guarded, supervise
 from workers.settings import ScriptSettings, Settings
-from workers.store import Identity, gone_incarnation, own_work_lost
-from workers.supervision import Watch, die_with_parent, end_subtree, guarded, supervise
+from workers.stores.database import Statement, one_round_trip
+from workers.stores.store import Identity, gone_incarnation, own_work_lost
 
 log = logging.getLogger(__name__)
 SERVICE = "app_script"
@@ -190,7 +190,7 @@ def execute(
     script: ScriptSettings, lines: int, fence: Fence | None = None, passthrough: Sequence[str] = ()
 ) -> RunResult:
     """Run the script's argv (no shell) below a guard (`supervision.guarded`), with only the
-    environment a child gets (`workers.children`): it and all it started are killed at the
+    environment a child gets (`workers.fence.children`): it and all it started are killed at the
     timeout, as soon as the node may no longer act for the service (`fence`), when the
     node's worker dies, and when the script ends."""
     what = f"script {' '.join(script.argv)[:80]}"

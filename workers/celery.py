@@ -11,9 +11,11 @@ from typing import Any
 from celery import Celery
 from kombu.utils.url import parse_url
 
-from workers import broker, joining, remote_control
-from workers.node import current_settings, install
+from workers.queues import joining
+from workers.runtime import remote_control
+from workers.runtime.node import current_settings, install
 from workers.settings import Settings
+from workers.stores import broker
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -26,7 +28,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     lease) and no task events unless `FAILOVER_TASK_EVENTS` asks for them (a publish per
     task state; Flower still sees every worker through its worker heartbeats), and while
     it does not, a remote `enable_events` (Flower sends one every 5 s) is refused
-    (`workers/remote_control.py`). TLS parameters in a `sentinel://` URL reach the
+    (`workers/runtime/remote_control.py`). TLS parameters in a `sentinel://` URL reach the
     sentinels and the result backend too (`_to_sentinels`).
     """
     broker_options: dict[str, Any] = {
@@ -70,7 +72,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         "beat_scheduler": "beat_schedule.scheduler:NodeScheduler",
-        "worker_consumer": "workers.consumer:NodeConsumer",
+        "worker_consumer": "workers.queues.consumer:NodeConsumer",
     }
 
 
@@ -123,7 +125,7 @@ def _result_backend(broker_url: str) -> str | None:
 
 
 broker.install()
-app = Celery("workers", include=["workers.tasks"])
+app = Celery("workers", include=["workers.runtime.tasks"])
 app.add_defaults(lambda: celery_config(current_settings()))
 install(app)
 joining.install(app)

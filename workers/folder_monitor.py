@@ -10,7 +10,7 @@ symlink followed) that it is still the very file that was claimed.
 Handlers run in batches (`handle_files`): one fenced transaction marks a batch's files as
 handled by this incarnation, a child process of their own runs the handler on each (its
 process group is killed at the handler's timeout, or as soon as the node may no longer act
-for the service: `workers.supervision`), each handled file is renamed into `.handled/`
+for the service: `workers.fence.supervision`), each handled file is renamed into `.handled/`
 at once (on disk, so a crash never re-runs it), and one transaction records the batch's
 outcomes and clears the marks: the done marker. A new owner leaves marked files alone until
 their handler is done with them or its lease has run out, so two runs never overlap.
@@ -42,13 +42,21 @@ from typing import Any, NamedTuple
 import psycopg
 from sqlalchemy import Connection, text
 
-from workers import local_fence, local_state, store
-from workers.children import child_environment
-from workers.database import Statement, transaction
 from workers.errors import ConfigError, DatabaseUnavailable, StaleEpoch
-from workers.fencing import Fence, fenced, fenced_round_trip, persistently, reject
+from workers.fence import local_fence, local_state
+from workers.fence.children import child_environment
+from workers.fence.fencing import Fence, fenced, fenced_round_trip, persistently, reject
+from workers.fence.supervision import (
+    Forked,
+    Watch,
+    die_with_parent,
+    guarded,
+    run_command,
+    supervise,
+)
 from workers.settings import HotFolderSettings, Settings
-from workers.supervision import Forked, Watch, die_with_parent, guarded, run_command, supervise
+from workers.stores import store
+from workers.stores.database import Statement, transaction
 
 log = logging.getLogger(__name__)
 SERVICE = "folder_monitor"

@@ -17,10 +17,10 @@ import time
 
 from sqlalchemy import Connection, text
 
-from workers import local_state
-from workers.database import transaction
-from workers.fencing import Fence
+from workers.fence import local_state
+from workers.fence.fencing import Fence
 from workers.settings import Settings
+from workers.stores.database import transaction
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from workers import tls
-from workers.decide import Policy
+from workers.decision.decide import Policy
+from workers.decision.placement import Placement
 from workers.errors import ConfigError
-from workers.placement import Placement
+from workers.stores import tls
 
 ENV_PREFIX = "FAILOVER_"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")

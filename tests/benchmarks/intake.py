@@ -22,7 +22,7 @@ from pathlib import Path
 from tests.support.registry import add_node, give
 from tests.support.servers import fresh_database, start_servers
 from workers import folder_monitor
-from workers.fencing import Fence
+from workers.fence.fencing import Fence
 from workers.settings import HotFolderSettings, Settings, load_settings
 
 

@@ -24,9 +24,9 @@ from sqlalchemy import Connection, create_engine, text
 
 from tests.support.servers import fresh_database, start_servers
 from workers import app_script, folder_monitor, retention
-from workers.fencing import Fence
+from workers.fence.fencing import Fence
 from workers.settings import HotFolderSettings, Settings, load_settings
-from workers.store import Identity
+from workers.stores.store import Identity
 
 FOLDER = "bench"
 SCRIPTS = 10

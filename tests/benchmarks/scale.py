@@ -35,9 +35,9 @@ from beat_schedule.stagger import stagger_phase
 from tests.support.cluster import DEFAULT_TIMING, Cluster, wait_until
 from tests.support.pgbouncer import pgbouncer
 from tests.support.servers import clean_broker, fresh_database, start_servers
-from workers.database import bounded
 from workers.settings import load_settings
-from workers.store import ASYNC_COMMIT, HEARTBEAT_SQL
+from workers.stores.database import bounded
+from workers.stores.store import ASYNC_COMMIT, HEARTBEAT_SQL
 
 CONNECTIONS = 20
 

@@ -31,8 +31,8 @@ from tests.support.cluster import DEFAULT_TIMING, Cluster, wait_until
 from tests.support.renewals import first_renewals, last_renewals
 from tests.support.replicas import SentinelGroup, postgres_pair, redis_sentinels
 from tests.support.servers import Servers, clean_broker, fresh_database, start_servers
-from workers.database import upgrade_schema
 from workers.settings import load_settings
+from workers.stores.database import upgrade_schema
 
 NAMES = ("a", "b", "c")
 

@@ -14,10 +14,10 @@ from celery import Celery
 
 from tests.support.cluster import Cluster, wait_until
 from workers.errors import StaleEpoch
-from workers.fencing import Fence
+from workers.fence.fencing import Fence
 from workers.services import ServiceFence
 from workers.settings import load_settings
-from workers.store import Identity
+from workers.stores.store import Identity
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 README = (Path(__file__).parents[2] / "README.md").read_text()

@@ -3,7 +3,7 @@
 Flower, by default, broadcasts `enable_events` to every worker every 5 s, and Celery's
 workers obey it, which would make every node send a task event per task state (a publish
 each, paid in full by a far node). The nodes refuse it while `FAILOVER_TASK_EVENTS` is
-off (`workers/remote_control.py`), so these tests run Flower with its defaults, as an
+off (`workers/runtime/remote_control.py`), so these tests run Flower with its defaults, as an
 operator who leaves out `--enable_events=False` would: the worst case.
 """
 
@@ -21,7 +21,7 @@ from tests.support.servers import (
     broker_url_via,
     database_url_via,
 )
-from workers.remote_control import REFUSAL
+from workers.runtime.remote_control import REFUSAL
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 NODES = {"a": "eu-west", "b": "eu-west", "c": "us-east"}

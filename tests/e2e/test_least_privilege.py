@@ -52,10 +52,10 @@ from tests.support.redis_server import RedisServer, redis_binary_at_least, redis
 from tests.support.replicas import postgres_bindir
 from tests.support.servers import HEAD_REVISION
 from workers.errors import StaleEpoch
-from workers.fencing import Fence
+from workers.fence.fencing import Fence
 from workers.services import ServiceFence
 from workers.settings import load_settings
-from workers.store import Identity
+from workers.stores.store import Identity
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

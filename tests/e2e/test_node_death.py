@@ -20,7 +20,7 @@ import pytest
 from tests.e2e.test_handover import SCRIPT_SPAN, config, owner
 from tests.support.cluster import Cluster, wait_until
 from tests.support.handlers import spans
-from workers.local_cluster import LocalNode
+from workers.testing.local_cluster import LocalNode
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]

@@ -33,8 +33,8 @@ from tests.support.replicas import (
     postgres_pair,
     redis_sentinels,
 )
-from workers.database import upgrade_schema
 from workers.settings import load_settings
+from workers.stores.database import upgrade_schema
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

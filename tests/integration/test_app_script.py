@@ -11,10 +11,10 @@ from sqlalchemy import text
 
 from tests.support.registry import add_node, give
 from workers import app_script
-from workers.database import transaction
 from workers.errors import ConfigError, StaleEpoch
-from workers.fencing import Fence
+from workers.fence.fencing import Fence
 from workers.settings import ScriptSettings, Settings
+from workers.stores.database import transaction
 
 SERVICE = "app_script"
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from tests.support.registry import add_node, give, owner_and_epoch
-from workers import local_state, node
+from workers.fence import local_state
+from workers.runtime import node
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def node_b(settings, monkeypatch):
 
 
 def test_a_node_whose_beat_stopped_refuses_a_move(settings, node_b):
-    from workers.tasks import manual_failover
+    from workers.runtime.tasks import manual_failover
 
     # Given b's beat died (the mark it leaves for every process of the node)
     local_state.remember(node_b.incarnation, node.BEAT_STOPPED, 1.0)

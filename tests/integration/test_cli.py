@@ -12,8 +12,8 @@ import pytest
 
 from tests.support.registry import add_node, give
 from tests.support.servers import HEAD_REVISION
-from workers import store
-from workers.database import transaction
+from workers.stores import store
+from workers.stores.database import transaction
 
 CHECKOUT = Path(__file__).parents[2]
 
@@ -85,8 +85,8 @@ def test_database_without_schema_says_to_upgrade(servers):
 
 def test_an_old_schema_says_to_upgrade(servers):
     from tests.support.servers import fresh_database
-    from workers.database import upgrade_schema
     from workers.settings import load_settings
+    from workers.stores.database import upgrade_schema
 
     with fresh_database(servers, revision="0001") as url:
         result = failover("status", FAILOVER_DATABASE_URL=url)
@@ -192,7 +192,7 @@ def test_db_upgrade_works_from_a_wheel_installed_outside_the_checkout(tmp_path, 
     where = failover("--help", cwd=tmp_path, **env)
     assert where.returncode == 0
     located = subprocess.run(
-        [sys.executable, "-c", "import workers.database as d; print(d.migrations_dir())"],
+        [sys.executable, "-c", "import workers.stores.database as d; print(d.migrations_dir())"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-from workers import db_clock, local_state, store
-from workers.database import transaction
+from workers.fence import db_clock, local_state
+from workers.stores import store
+from workers.stores.database import transaction
 
 
 def test_the_estimate_follows_the_database_clock_not_the_host_clock(settings):

@@ -22,11 +22,12 @@ from tests.support.handlers import handled
 from tests.support.proxy import FaultProxy
 from tests.support.registry import add_node, age_node, give
 from tests.support.servers import database_target, database_url_via
-from workers import app_script, folder_monitor, local_fence, local_state, supervision
-from workers.database import transaction
-from workers.fencing import Fence
+from workers import app_script, folder_monitor
+from workers.fence import local_fence, local_state, supervision
+from workers.fence.fencing import Fence
 from workers.settings import Settings
-from workers.store import Identity
+from workers.stores.database import transaction
+from workers.stores.store import Identity
 
 FOLDER = "folder_monitor"
 

@@ -8,11 +8,11 @@ import pytest
 from sqlalchemy import text
 
 from tests.support.registry import add_node, give
-from workers import store
-from workers.database import transaction
-from workers.decide import Acquire, Policy
+from workers.decision.decide import Acquire, Policy
 from workers.errors import StaleEpoch
-from workers.fencing import Fence, fenced, record_ticks, run_fenced
+from workers.fence.fencing import Fence, fenced, record_ticks, run_fenced
+from workers.stores import store
+from workers.stores.database import transaction
 
 SERVICE = "app_script"
 

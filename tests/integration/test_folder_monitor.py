@@ -14,10 +14,10 @@ from tests.support.folders import ledger, owner, run_until_idle, with_folder
 from tests.support.handlers import handled
 from tests.support.registry import add_node, give
 from workers import folder_monitor
-from workers.database import transaction
 from workers.errors import ConfigError, StaleEpoch
-from workers.fencing import Fence
+from workers.fence.fencing import Fence
 from workers.settings import HotFolderSettings, Settings
+from workers.stores.database import transaction
 
 SERVICE = "folder_monitor"
 

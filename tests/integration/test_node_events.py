@@ -7,9 +7,10 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from tests.support.registry import add_node
-from workers import retention, store
-from workers.database import transaction
-from workers.timeline import WINDOWS, read_timeline
+from workers import retention
+from workers.operations.timeline import WINDOWS, read_timeline
+from workers.stores import store
+from workers.stores.database import transaction
 
 
 def events(settings) -> list[tuple[str, str]]:

@@ -18,11 +18,11 @@ from tests.support.folders import with_folder
 from tests.support.handlers import handled
 from tests.support.registry import add_node, give
 from workers import app_script, folder_monitor
-from workers.database import transaction
 from workers.errors import HandingOver, StaleEpoch
-from workers.fencing import Fence, fenced_round_trip, record_ticks_with
+from workers.fence.fencing import Fence, fenced_round_trip, record_ticks_with
 from workers.services.builtin import AppScriptService
 from workers.settings import ScriptSettings, Settings
+from workers.stores.database import transaction
 
 T = TypeVar("T")
 

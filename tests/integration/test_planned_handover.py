@@ -8,12 +8,13 @@ from rich.console import Console
 from sqlalchemy import text
 
 from tests.support.registry import add_node, give, owner_and_epoch
-from workers import services, store
-from workers.database import transaction
+from workers import services
 from workers.errors import HandingOver
-from workers.fencing import Fence, fenced
-from workers.metrics import ClusterCollector
-from workers.status import cluster_status, render
+from workers.fence.fencing import Fence, fenced
+from workers.operations.metrics import ClusterCollector
+from workers.operations.status import cluster_status, render
+from workers.stores import store
+from workers.stores.database import transaction
 
 
 def start_run(settings, me, epoch: int) -> int:

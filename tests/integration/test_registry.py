@@ -7,10 +7,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tests.support.registry import add_node, give, history, owner_and_epoch
-from workers import store
-from workers.database import transaction
 from workers.errors import Refused
-from workers.store import Registration
+from workers.stores import store
+from workers.stores.database import transaction
+from workers.stores.store import Registration
 
 
 def node_row(settings, name):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from workers import local_state, retention, store
-from workers.database import transaction
+from workers import retention
+from workers.fence import local_state
+from workers.stores import store
+from workers.stores.database import transaction
 
 OLD = "clock_timestamp() - interval '31 days'"
 RECENT = "clock_timestamp() - interval '29 days'"
@@ -114,7 +116,7 @@ class Collected:
 def test_the_owners_service_work_prunes_its_own_ledger(settings):
     from tests.support.registry import add_node, give
     from workers import services
-    from workers.fencing import Fence
+    from workers.fence.fencing import Fence
 
     fill(settings)
     me = add_node(settings, "a", lease=30)

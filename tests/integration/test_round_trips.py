@@ -17,11 +17,11 @@ from tests.support.delay_proxy import DelayProxy
 from tests.support.proxy import FaultProxy
 from tests.support.registry import add_node, give
 from tests.support.servers import database_target, database_url_via
-from workers.database import transaction
-from workers.decide import Acquire, Dispatch, Handover
+from workers.decision.decide import Acquire, Dispatch, Handover
 from workers.errors import DatabaseUnavailable
-from workers.heartbeat import Beat, run_cycle
+from workers.runtime.heartbeat import Beat, run_cycle
 from workers.settings import Settings
+from workers.stores.database import transaction
 
 SERVICES = ("folder_monitor", "app_script")
 
@@ -146,7 +146,7 @@ def test_a_database_behind_what_the_node_saw_is_said_once(settings, caplog):
             text("UPDATE service_status SET epoch = 5 WHERE service_type = 'folder_monitor'")
         )
         connection.execute(text("ALTER TABLE service_status ENABLE TRIGGER USER"))
-    with caplog.at_level(logging.WARNING, logger="workers.heartbeat"):
+    with caplog.at_level(logging.WARNING, logger="workers.runtime.heartbeat"):
         for _ in range(3):
             run_cycle(settings, me, transport, Beat())
     # Then the node said so once, naming the service and both epochs

@@ -15,9 +15,9 @@ from sqlalchemy import text
 
 from tests.support.pgbouncer import BINARY, pgbouncer
 from tests.support.registry import add_node, give
-from workers import store
-from workers.database import transaction
 from workers.errors import DatabaseUnavailable
+from workers.stores import store
+from workers.stores.database import transaction
 
 SERVICES = ("folder_monitor", "app_script")
 

@@ -10,9 +10,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from tests.support.servers import HEAD_REVISION
-from workers.database import migrations_dir, upgrade_schema
 from workers.settings import load_settings
-from workers.tables import metadata
+from workers.stores.database import migrations_dir, upgrade_schema
+from workers.stores.tables import metadata
 
 SCHEMA_SQL = Path(__file__).parents[2] / "schema" / "schema.sql"
 

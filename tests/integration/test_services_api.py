@@ -9,11 +9,12 @@ import pytest
 from sqlalchemy import text
 
 from tests.support.registry import add_node, give, owner_and_epoch
-from workers import local_state, services
-from workers.database import transaction
-from workers.fencing import Fence
-from workers.routing import CUSTOM_RUN
+from workers import services
+from workers.fence import local_state
+from workers.fence.fencing import Fence
+from workers.queues.routing import CUSTOM_RUN
 from workers.settings import ServiceSettings
+from workers.stores.database import transaction
 
 SERVICE = "ledger_rollup"
 HANDLER = """
@@ -131,8 +132,8 @@ def test_a_stale_owners_write_is_refused_counted_once_and_not_applied(custom):
 
 
 def test_status_shows_the_custom_service_with_its_ticks(custom):
-    from workers.fencing import record_ticks
-    from workers.status import cluster_status, render
+    from workers.fence.fencing import record_ticks
+    from workers.operations.status import cluster_status, render
 
     me = add_node(custom, "a")
     epoch = give(custom, SERVICE, "a")
@@ -156,8 +157,8 @@ def test_status_shows_the_custom_service_with_its_ticks(custom):
 
 
 def test_metrics_export_the_custom_service_with_the_built_ins(custom):
-    from workers.fencing import record_ticks
-    from workers.metrics import ClusterCollector
+    from workers.fence.fencing import record_ticks
+    from workers.operations.metrics import ClusterCollector
 
     me = add_node(custom, "a")
     epoch = give(custom, SERVICE, "a")

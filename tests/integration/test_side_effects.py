@@ -20,12 +20,13 @@ from tests.support import folders
 from tests.support.folders import ledger, run_until_idle, scan, with_folder
 from tests.support.handlers import handled
 from tests.support.registry import add_node, give
-from workers import app_script, folder_monitor, local_fence, local_state
-from workers.database import transaction
+from workers import app_script, folder_monitor
 from workers.errors import ConfigError
-from workers.fencing import Fence, fenced
+from workers.fence import local_fence, local_state
+from workers.fence.fencing import Fence, fenced
 from workers.folder_monitor import Outcome
 from workers.settings import HotFolderSettings, ScriptSettings, Settings
+from workers.stores.database import transaction
 
 FOLDER = "folder_monitor"
 BATCH = "00000000-0000-0000-0000-0000000ba7c1"

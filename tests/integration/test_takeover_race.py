@@ -6,10 +6,10 @@ import multiprocessing
 import threading
 
 from tests.support.registry import add_node, give, history, owner_and_epoch
-from workers import store
-from workers.database import transaction
-from workers.decide import Acquire, Policy
+from workers.decision.decide import Acquire, Policy
 from workers.settings import Settings, load_settings
+from workers.stores import store
+from workers.stores.database import transaction
 
 SERVICE = "folder_monitor"
 CONTENDERS = 8

@@ -18,10 +18,10 @@ from sqlalchemy import text
 from tests.integration.test_cli import assert_one_line_error, failover
 from tests.support.flower import free_port
 from tests.support.registry import add_node, give
-from workers import web
-from workers.database import transaction
-from workers.metrics import ClusterCollector
+from workers.operations import web
+from workers.operations.metrics import ClusterCollector
 from workers.settings import load_settings
+from workers.stores.database import transaction
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 EVIL = '<img src=x onerror="window.pwned=1">'

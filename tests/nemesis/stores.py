@@ -22,8 +22,8 @@ import redis
 
 from tests.support.proxy import FaultProxy
 from tests.support.replicas import PostgresPair, free_port, postgres_pair, redis_server_binary
-from workers.database import upgrade_schema
 from workers.settings import load_settings
+from workers.stores.database import upgrade_schema
 
 DATABASE = "nemesis"
 

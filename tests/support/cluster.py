@@ -1,4 +1,4 @@
-"""The test view of a local cluster: `workers.local_cluster` plus fast timings and CLI helpers.
+"""The test view of a local cluster: `workers.testing.local_cluster` plus fast timings and CLI helpers.
 
 Every process is killed when the test ends, pass or fail (the `cluster` fixture and each
 test's `finally` call `close()`).
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tests.support.handlers import PASSTHROUGH
-from workers.local_cluster import LocalCluster, LocalNode
-from workers.local_cluster import wait_until as wait_or_timeout
+from workers.testing.local_cluster import LocalCluster, LocalNode
+from workers.testing.local_cluster import wait_until as wait_or_timeout
 
 T = TypeVar("T")
 

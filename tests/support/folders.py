@@ -8,9 +8,9 @@ from sqlalchemy import text
 
 from tests.support.registry import add_node, give
 from workers import folder_monitor
-from workers.database import transaction
-from workers.fencing import Fence
+from workers.fence.fencing import Fence
 from workers.settings import HotFolderSettings, Settings
+from workers.stores.database import transaction
 
 SERVICE = "folder_monitor"
 

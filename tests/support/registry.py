@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from workers import store
-from workers.database import transaction
 from workers.settings import Settings
-from workers.store import Identity, Registration
+from workers.stores import store
+from workers.stores.database import transaction
+from workers.stores.store import Identity, Registration
 
 
 def add_node(

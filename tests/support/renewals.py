@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from workers.local_cluster import LocalCluster
+from workers.testing.local_cluster import LocalCluster
 
 
 def database_time(cluster: LocalCluster) -> datetime:

@@ -18,9 +18,9 @@ import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from workers.database import upgrade_schema
-from workers.embedded import embedded_servers
 from workers.settings import load_settings
+from workers.stores.database import upgrade_schema
+from workers.testing.embedded import embedded_servers
 
 Target = tuple[str, int] | str
 

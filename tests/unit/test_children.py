@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from workers.children import child_environment
+from workers.fence.children import child_environment
 
 
 @pytest.fixture

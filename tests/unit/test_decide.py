@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from workers.decide import (
+from workers.decision.decide import (
     Acquire,
     Dispatch,
     MarkInactive,
@@ -14,7 +14,7 @@ from workers.decide import (
     expired_for,
     refusal_to_acquire,
 )
-from workers.snapshot import Node, Service, Snapshot
+from workers.decision.snapshot import Node, Service, Snapshot
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LEASE = 3.0

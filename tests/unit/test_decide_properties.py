@@ -14,9 +14,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from workers.decide import Acquire, MarkInactive, Policy, decide, refusal_to_acquire
-from workers.placement import Placement
-from workers.snapshot import Node, Service, Snapshot
+from workers.decision.decide import Acquire, MarkInactive, Policy, decide, refusal_to_acquire
+from workers.decision.placement import Placement
+from workers.decision.snapshot import Node, Service, Snapshot
 
 LEASE = 3.0
 NAMES = ("a", "b", "c", "d")
@@ -50,7 +50,7 @@ class ClusterModel(RuleBasedStateMachine):
         self.pending: list[tuple[str, int, Acquire]] = []
         self.epochs_seen = {name: 0 for name in SERVICES}
 
-    # -- helpers mirroring the SQL of workers/store.py ---------------------------------
+    # -- helpers mirroring the SQL of workers/stores/store.py ---------------------------------
     def at(self, seconds: float) -> datetime:
         return T0 + timedelta(seconds=seconds)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import time
 
-from workers import local_state, store
-from workers.heartbeat import Beat, _measure
+from workers.fence import local_state
+from workers.runtime.heartbeat import Beat, _measure
 from workers.settings import load_settings
+from workers.stores import store
 
 ME = store.Identity("c", store.new_incarnation())
 

@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
-from workers.decide import Acquire, MarkInactive, Policy, decide
-from workers.snapshot import Node, Service, Snapshot
+from workers.decision.decide import Acquire, MarkInactive, Policy, decide
+from workers.decision.snapshot import Node, Service, Snapshot
 
 INTERVAL = 1.0
 LEASE = 2.5

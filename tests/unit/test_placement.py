@@ -5,8 +5,16 @@ from __future__ import annotations
 from datetime import time
 
 from tests.unit.test_decide import at, kinds, node, snapshot
-from workers.decide import Acquire, Dispatch, Handover, Policy, Wait, decide, refusal_to_acquire
-from workers.placement import Placement, best_candidate, failback_refusal, move_refusal
+from workers.decision.decide import (
+    Acquire,
+    Dispatch,
+    Handover,
+    Policy,
+    Wait,
+    decide,
+    refusal_to_acquire,
+)
+from workers.decision.placement import Placement, best_candidate, failback_refusal, move_refusal
 
 PREFER_A = Placement(preferred_nodes=("a",), failback=True, failback_dwell=10.0)
 

@@ -9,8 +9,9 @@ import textwrap
 
 import pytest
 
-from workers import local_state, services
+from workers import services
 from workers.errors import ConfigError
+from workers.fence import local_state
 from workers.services.builtin import AppScriptService, FolderMonitorService
 from workers.services.custom import CustomService
 from workers.settings import load_settings, require_service

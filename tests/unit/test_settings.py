@@ -127,7 +127,7 @@ def test_region_lease_timeouts_obey_the_timing_rule_and_apply_to_their_region():
 def test_since_accepts_durations_and_iso_times():
     from datetime import UTC, datetime
 
-    from workers.status import parse_since
+    from workers.operations.status import parse_since
 
     now = datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
     assert parse_since("90s", now) == datetime(2026, 1, 2, 11, 58, 30, tzinfo=UTC)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 
-from workers.timeline import (
+from workers.operations.timeline import (
     PALETTE,
     Timeline,
     colour_map,

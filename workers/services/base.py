@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import Connection
 
-from workers.fencing import Fence
+from workers.fence.fencing import Fence
 from workers.settings import Settings
 
 Row = dict[str, Any]

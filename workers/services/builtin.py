@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from workers import app_script, folder_monitor
-from workers.fencing import Fence
-from workers.routing import HANDLE_FILES, SHARED_QUEUE, TAKEN_RUN
+from workers.fence.fencing import Fence
+from workers.queues.routing import HANDLE_FILES, SHARED_QUEUE, TAKEN_RUN
 from workers.services.base import Gauge, Row, Section, Sender
 from workers.settings import Settings
 

@@ -30,14 +30,14 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from workers import local_fence, local_state
-from workers.database import forget_inherited_engines
 from workers.errors import ConfigError, StaleEpoch
-from workers.fencing import Fence, fenced, reject
-from workers.routing import CUSTOM_RUN, WAITING_MAX_AGE
+from workers.fence import local_fence, local_state
+from workers.fence.fencing import Fence, fenced, reject
+from workers.fence.supervision import Ending, Forked, Watch, die_with_parent, guarded, supervise
+from workers.queues.routing import CUSTOM_RUN, WAITING_MAX_AGE
 from workers.services.base import Gauge, Row, RunningWork, Section, Sender, SingletonService
 from workers.settings import DEFAULT_SERVICE_TIMEOUT, Settings
-from workers.supervision import Ending, Forked, Watch, die_with_parent, guarded, supervise
+from workers.stores.database import forget_inherited_engines
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,10 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects.postgresql import insert
 
-from workers import local_state, retention
+from workers import retention
 from workers.errors import ConfigError
-from workers.fencing import Fence
+from workers.fence import local_state
+from workers.fence.fencing import Fence
 from workers.services.base import Row, RunningWork, Section, Sender, SingletonService
 from workers.services.builtin import FOLDERS, SCRIPTS, AppScriptService, FolderMonitorService
 from workers.services.custom import CUSTOM, CustomService, load_spec
@@ -28,7 +29,7 @@ from workers.settings import (
     ENTRY_POINT_GROUP,
     Settings,
 )
-from workers.tables import service_status as services_t
+from workers.stores.tables import service_status as services_t
 
 log = logging.getLogger(__name__)
 SECTIONS: tuple[Section, ...] = (FOLDERS, SCRIPTS, CUSTOM)

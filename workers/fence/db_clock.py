@@ -4,7 +4,7 @@ Each heartbeat reads the database time; the node keeps, in its incarnation's loc
 the offset between that time and this host's monotonic clock at the middle of the round
 trip. Its estimate of the database time is then `monotonic() + offset`: off by at most half
 a round trip, whatever this host's wall clock says. A message sent to another node carries
-a deadline on the database clock (`workers.routing`), which the receiver judges with its own
+a deadline on the database clock (`workers.queues.routing`), which the receiver judges with its own
 estimate.
 """
 
@@ -13,9 +13,10 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from workers import local_state, store
-from workers.database import transaction
+from workers.fence import local_state
 from workers.settings import Settings
+from workers.stores import store
+from workers.stores.database import transaction
 
 OFFSET = "db_clock_offset"
 

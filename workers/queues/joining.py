@@ -28,11 +28,11 @@ from typing import Any
 
 from celery import bootsteps
 
-from workers import store
-from workers.database import close_idle_connections
 from workers.errors import FailoverError
 from workers.settings import Settings
-from workers.store import Identity
+from workers.stores import store
+from workers.stores.database import close_idle_connections
+from workers.stores.store import Identity
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from workers import services, store
-from workers.database import transaction
+from workers import services
 from workers.errors import FailoverError
 from workers.settings import Settings
-from workers.tables import ownership_history as history_t
-from workers.tables import server_registry as nodes_t
-from workers.tables import service_status as services_t
+from workers.stores import store
+from workers.stores.database import transaction
+from workers.stores.tables import ownership_history as history_t
+from workers.stores.tables import server_registry as nodes_t
+from workers.stores.tables import service_status as services_t
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from celery import current_task
 
-from workers import db_clock
+from workers.fence import db_clock
 from workers.settings import Settings
-from workers.store import Identity
+from workers.stores.store import Identity
 
 log = logging.getLogger(__name__)
 

@@ -17,15 +17,15 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, func, literal_column, select, update
 
-from workers.database import HEARTBEAT as HEARTBEAT_ENGINE
-from workers.database import encrypted, one_round_trip, transaction
-from workers.decide import Acquire, MarkInactive, Policy, grace_ended, refusal_to_acquire
+from workers.decision.decide import Acquire, MarkInactive, Policy, grace_ended, refusal_to_acquire
+from workers.decision.placement import move_refusal
+from workers.decision.snapshot import Node, Service, Snapshot
 from workers.errors import Refused
-from workers.placement import move_refusal
 from workers.settings import Settings
-from workers.snapshot import Node, Service, Snapshot
-from workers.tables import server_registry as nodes_t
-from workers.tables import service_status as services_t
+from workers.stores.database import HEARTBEAT as HEARTBEAT_ENGINE
+from workers.stores.database import encrypted, one_round_trip, transaction
+from workers.stores.tables import server_registry as nodes_t
+from workers.stores.tables import service_status as services_t
 
 NOW = func.clock_timestamp()
 

@@ -34,10 +34,10 @@ from psycopg.errors import UndefinedColumn, UndefinedFunction, UndefinedTable
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from workers import tls
 from workers.errors import DatabaseUnavailable, first_line
 from workers.settings import Settings, mask_url
-from workers.watchdog import answer_deadline, answered_within, watch_statements
+from workers.stores import tls
+from workers.stores.watchdog import answer_deadline, answered_within, watch_statements
 
 HEARTBEAT = "heartbeat"
 WORK = "work"
@@ -115,7 +115,7 @@ TCP_LIMITS = {
     "tcp_user_timeout": 10_000,
 }
 """A server that vanished (no RST: powered off, partitioned) is found by TCP within about
-10 s even while nothing is sent; the watchdog (`workers.watchdog`) bounds each answer."""
+10 s even while nothing is sent; the watchdog (`workers.stores.watchdog`) bounds each answer."""
 
 
 def begin_bounded(settings: Settings) -> str:
@@ -344,8 +344,8 @@ def _first_line(error: DBAPIError) -> str:
 
 def migrations_dir() -> Path:
     """The Alembic folder: `workers/_migrations` in a wheel, `schema/` in a checkout."""
-    packaged = Path(__file__).parent / "_migrations"
-    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "schema"
+    packaged = Path(__file__).parents[1] / "_migrations"
+    return packaged if packaged.is_dir() else Path(__file__).parents[2] / "schema"
 
 
 def upgrade_schema(settings: Settings, revision: str = "head") -> str:

@@ -46,7 +46,7 @@ def db() -> None:
 @click.pass_context
 def db_upgrade(ctx: click.Context) -> None:
     """Create or migrate the schema (idempotent; uses FAILOVER_ADMIN_DATABASE_URL if set)."""
-    from workers.database import upgrade_schema
+    from workers.stores.database import upgrade_schema
 
     settings = _settings(ctx)
     revision = upgrade_schema(settings)
@@ -67,10 +67,11 @@ def db_upgrade(ctx: click.Context) -> None:
 @click.pass_context
 def worker(ctx: click.Context, /, **flags: Any) -> None:
     """Run a node: its Celery worker on node.NAME and its own staggered heartbeat."""
-    from workers import services, store
-    from workers.broker import check_broker
+    from workers import services
     from workers.celery import app
-    from workers.database import transaction
+    from workers.stores import store
+    from workers.stores.broker import check_broker
+    from workers.stores.database import transaction
 
     settings = _settings(ctx, **flags)
     _export(ctx, flags)
@@ -95,8 +96,8 @@ def _export(ctx: click.Context, flags: dict[str, Any]) -> None:
 
 def _run_worker(settings: Settings, name: str) -> int:
     from workers.celery import app
-    from workers.node import adopt_node
-    from workers.routing import SHARED_QUEUE, node_queue
+    from workers.queues.routing import SHARED_QUEUE, node_queue
+    from workers.runtime.node import adopt_node
 
     adopt_node(name)
     queues = [node_queue(name)] + ([SHARED_QUEUE] if settings.folder_dispatch == "shared" else [])
@@ -120,8 +121,8 @@ def _run_worker(settings: Settings, name: str) -> int:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, events: int) -> None:
     """Nodes, services and recent ownership events, from the database."""
-    from workers.database import transaction
-    from workers.status import cluster_status, render
+    from workers.operations.status import cluster_status, render
+    from workers.stores.database import transaction
 
     settings = _settings(ctx)
     with transaction(settings) as connection:
@@ -172,8 +173,8 @@ def move(
     """Manual failover: move SERVICE to a live node and print the new owner and epoch.
 
     Work the owner is running finishes first (a planned handover), then the service moves."""
-    from workers import maintenance
     from workers.celery import app
+    from workers.operations import maintenance
 
     settings = _settings(ctx)
     why = reason or "manual move"
@@ -203,7 +204,7 @@ def drain(
     """Move every service off NODE and keep it out of takeovers until `undrain`.
 
     Work NODE is running finishes first (a planned handover), then each service moves."""
-    from workers import maintenance
+    from workers.operations import maintenance
 
     settings = _settings(ctx)
     given = _grace(grace, now)
@@ -225,7 +226,7 @@ def drain(
 @click.pass_context
 def undrain(ctx: click.Context, node: str) -> None:
     """Return NODE to normal: it may take services again."""
-    from workers import maintenance
+    from workers.operations import maintenance
 
     maintenance.undrain(_settings(ctx), node)
     click.echo(f"{node} is back in service")
@@ -251,12 +252,12 @@ def history(
     """Every change of owner, newest first; or, with --svg, the ownership timeline."""
     from rich.console import Console as RichConsole
 
-    from workers.database import transaction
-    from workers.status import event_table
-    from workers.status import history as read_history
+    from workers.operations.status import event_table
+    from workers.operations.status import history as read_history
+    from workers.stores.database import transaction
 
     if svg is not None:
-        from workers.timeline import write_svg
+        from workers.operations.timeline import write_svg
 
         write_svg(_settings(ctx), svg, window)
         click.echo(f"wrote the ownership timeline of the last {window} to {svg}")
@@ -277,7 +278,7 @@ def metrics(ctx: click.Context, address: str, port: int) -> None:
     """Serve the cluster's metrics for Prometheus at http://ADDRESS:PORT/metrics."""
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from workers.metrics import ClusterCollector
+    from workers.operations.metrics import ClusterCollector
 
     settings = _settings(ctx)
     registry = CollectorRegistry()
@@ -293,7 +294,7 @@ def metrics(ctx: click.Context, address: str, port: int) -> None:
 @click.pass_context
 def web(ctx: click.Context, address: str, port: int) -> None:
     """Serve the status page, its JSON, the timeline and /metrics at http://ADDRESS:PORT/."""
-    from workers import web as site
+    from workers.operations import web as site
 
     server = site.serve(_settings(ctx), address, port)
     click.echo(f"serving the status page on http://{address}:{port}/")
@@ -322,7 +323,7 @@ def _serve_until_stopped(server: Any) -> None:
 def run_script(ctx: click.Context, name: str, wait: bool, timeout: float) -> None:
     """Run the allow-listed script NAME now, on the owner of app_script."""
     from workers.celery import app
-    from workers.maintenance import run_script_now
+    from workers.operations.maintenance import run_script_now
 
     settings = _settings(ctx)
     outcome = run_script_now(settings, app, name, wait, timeout)
@@ -344,7 +345,7 @@ def demo(headless: bool, duration: float) -> None:
     """A local three-node cluster and a failover to watch; leaves nothing running."""
     import signal
 
-    from workers.demo import Demo, summary
+    from workers.testing.demo import Demo, summary
 
     def interrupt(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt

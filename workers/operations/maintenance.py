@@ -17,15 +17,16 @@ from typing import Any
 
 from sqlalchemy import select
 
-from workers import services, store
-from workers.broker import check_broker
-from workers.database import transaction
+from workers import services
+from workers.decision.placement import best_candidate, move_refusal
+from workers.decision.snapshot import Snapshot
 from workers.errors import ConfigError, Refused
-from workers.placement import best_candidate, move_refusal
-from workers.routing import MANUAL_FAILOVER, RUN_SCRIPT, send_to_node
+from workers.queues.routing import MANUAL_FAILOVER, RUN_SCRIPT, send_to_node
 from workers.settings import Settings, require_service
-from workers.snapshot import Snapshot
-from workers.tables import ownership_history as history_t
+from workers.stores import store
+from workers.stores.broker import check_broker
+from workers.stores.database import transaction
+from workers.stores.tables import ownership_history as history_t
 
 
 @dataclass(frozen=True)

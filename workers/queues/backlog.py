@@ -17,7 +17,7 @@ from typing import Any
 
 from kombu.exceptions import ChannelError, OperationalError
 
-from workers import local_state
+from workers.fence import local_state
 
 
 def queue_length(app: Any, queue: str) -> int:

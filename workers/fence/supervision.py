@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
-from workers import local_fence
-from workers.fencing import Fence
+from workers.fence import local_fence
+from workers.fence.fencing import Fence
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.05

@@ -18,11 +18,20 @@ from typing import Protocol
 
 import requests
 
-from workers import db_clock, local_fence, local_state, store
-from workers.decide import Acquire, Decision, Dispatch, Handover, MarkInactive, Wait, decide
+from workers.decision.decide import (
+    Acquire,
+    Decision,
+    Dispatch,
+    Handover,
+    MarkInactive,
+    Wait,
+    decide,
+)
+from workers.decision.snapshot import Snapshot
+from workers.fence import db_clock, local_fence, local_state
 from workers.settings import Settings
-from workers.snapshot import Snapshot
-from workers.store import Identity
+from workers.stores import store
+from workers.stores.store import Identity
 
 log = logging.getLogger(__name__)
 _http = requests.Session()

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from workers.placement import Placement, best_candidate, candidates, failback_refusal, rank
-from workers.snapshot import Node, Service, Snapshot
+from workers.decision.placement import Placement, best_candidate, candidates, failback_refusal, rank
+from workers.decision.snapshot import Node, Service, Snapshot
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from rich.panel import Panel
 from rich.prompt import Prompt
 from rich.text import Text
 
-from workers.local_cluster import LocalCluster
 from workers.settings import load_settings
+from workers.testing.local_cluster import LocalCluster
 
 NODES = (("a", "eu-west"), ("b", "eu-west"), ("c", "us-east"))
 SERVICE = "folder_monitor"
@@ -60,7 +60,7 @@ def servers(folder: Path) -> Iterator[tuple[str, str, str]]:
     if database_url and broker_url:
         yield database_url, broker_url, "the servers in FAILOVER_DATABASE_URL / FAILOVER_BROKER_URL"
         return
-    from workers.embedded import embedded_servers
+    from workers.testing.embedded import embedded_servers
 
     with embedded_servers(folder / "servers") as embedded:
         yield embedded.database_url, embedded.broker_url, "embedded PostgreSQL and Redis"
@@ -106,8 +106,8 @@ class Demo:
         return self.story
 
     def _prepare(self, folder: Path, database_url: str, broker_url: str) -> None:
-        from workers.database import upgrade_schema
-        from workers.node import current_settings
+        from workers.runtime.node import current_settings
+        from workers.stores.database import upgrade_schema
 
         config = write_demo_config(folder)
         self.inbox = folder / "inbox"
@@ -194,8 +194,8 @@ class Demo:
 
     def _move_back(self, target: str) -> None:
         from workers.celery import app
-        from workers.maintenance import move
-        from workers.node import current_settings
+        from workers.operations.maintenance import move
+        from workers.runtime.node import current_settings
 
         self._step(f"moving {SERVICE} back to {target} by hand (failover move)")
         settings = current_settings()
@@ -256,8 +256,8 @@ class Demo:
             self.live.start()
 
     def _view(self) -> Group:
-        from workers.database import transaction
-        from workers.status import cluster_status, render
+        from workers.operations.status import cluster_status, render
+        from workers.stores.database import transaction
 
         if self.cluster is None:
             return Group(Panel("starting the servers..."))

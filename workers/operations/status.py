@@ -11,13 +11,14 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Connection, select
 
-from workers import services, store
+from workers import services
+from workers.decision.snapshot import Node, Snapshot
 from workers.errors import ConfigError
 from workers.settings import Settings, require_service
-from workers.snapshot import Node, Snapshot
-from workers.tables import ownership_history as history_t
-from workers.tables import server_registry as nodes_t
-from workers.tables import service_status as services_t
+from workers.stores import store
+from workers.stores.tables import ownership_history as history_t
+from workers.stores.tables import server_registry as nodes_t
+from workers.stores.tables import service_status as services_t
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -28,9 +28,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from workers import database, local_state
-from workers.fencing import Fence
+from workers.fence import local_state
+from workers.fence.fencing import Fence
 from workers.settings import Settings
+from workers.stores import database
 
 DEADLINE = "lease_deadline"
 LAST_SENT = "last_renewal_sent"

@@ -29,9 +29,9 @@ from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from redis.maint_notifications import MaintNotificationsConfig
 
-from workers import tls
 from workers.errors import BrokerUnavailable, ConfigError, first_line
 from workers.settings import Settings, mask_url
+from workers.stores import tls
 
 PROTOCOL = 2
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, time
 
-from workers.snapshot import Node, Snapshot
+from workers.decision.snapshot import Node, Snapshot
 
 NO_PLACEMENT_NAME = "no placement: first come, first served"
 

@@ -41,17 +41,14 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from workers import joining, local_fence, local_state, services, store, supervision
-from workers.database import (
-    close_idle_connections,
-    connect_ahead,
-    forget_inherited_engines,
-    transaction,
-)
-from workers.decide import FIRST_CANDIDATES
+from workers import services
+from workers.decision.decide import FIRST_CANDIDATES
+from workers.decision.placement import Placement, candidates
+from workers.decision.snapshot import Node, Snapshot
 from workers.errors import ConfigError, FailoverError
-from workers.placement import Placement, candidates
-from workers.routing import (
+from workers.fence import local_fence, local_state, supervision
+from workers.queues import joining
+from workers.queues.routing import (
     HEARTBEAT,
     SERVICE_WORK,
     SHARED_QUEUE,
@@ -60,8 +57,14 @@ from workers.routing import (
     send_to_node,
 )
 from workers.settings import ENV_PREFIX, Settings, load_settings
-from workers.snapshot import Node, Snapshot
-from workers.store import Identity, Registration
+from workers.stores import store
+from workers.stores.database import (
+    close_idle_connections,
+    connect_ahead,
+    forget_inherited_engines,
+    transaction,
+)
+from workers.stores.store import Identity, Registration
 
 log = logging.getLogger(__name__)
 INCARNATION_VAR = f"{ENV_PREFIX}INCARNATION"
@@ -110,7 +113,7 @@ def registration(settings: Settings) -> Registration:
 def register_birth(settings: Settings, me: Identity) -> None:
     """Register this incarnation as joining and give each declared service its row, in one
     round trip; keep its name held while its consumer starts (it is live only from its
-    first heartbeat through that consumer: `workers.joining`); then hold connections only
+    first heartbeat through that consumer: `workers.queues.joining`); then hold connections only
     where heartbeats will run."""
     names = list(services.services_for(settings))
     store.register(settings, registration(settings), me.incarnation, names)

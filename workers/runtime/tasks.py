@@ -21,25 +21,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from workers import (
-    app_script,
-    backlog,
-    database,
-    db_clock,
-    folder_monitor,
-    local_fence,
-    local_state,
-    services,
-    store,
-)
+from workers import app_script, folder_monitor, services
 from workers.celery import app
-from workers.database import transaction
-from workers.decide import Acquire, Dispatch, Handover
+from workers.decision.decide import Acquire, Dispatch, Handover
 from workers.errors import HandingOver, StaleEpoch
-from workers.fencing import Fence, record_ticks_with, reject
-from workers.heartbeat import Beat, run_cycle
-from workers.node import beat_stopped, current_identity, current_settings, stopping
-from workers.routing import (
+from workers.fence import db_clock, local_fence, local_state
+from workers.fence.fencing import Fence, record_ticks_with, reject
+from workers.queues import backlog
+from workers.queues.routing import (
     CUSTOM_RUN,
     HANDLE_FILES,
     HEARTBEAT,
@@ -55,10 +44,14 @@ from workers.routing import (
     send_to_node,
     send_to_queue,
 )
+from workers.runtime.heartbeat import Beat, run_cycle
+from workers.runtime.node import beat_stopped, current_identity, current_settings, stopping
 from workers.services.builtin import batch_sender
 from workers.services.custom import CustomService
 from workers.settings import HotFolderSettings, Settings
-from workers.store import Identity
+from workers.stores import database, store
+from workers.stores.database import transaction
+from workers.stores.store import Identity
 
 log = logging.getLogger(__name__)
 

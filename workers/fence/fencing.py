@@ -24,10 +24,10 @@ import psycopg
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
-from workers.database import Statement, round_trip, transaction
 from workers.errors import DatabaseUnavailable, HandingOver, StaleEpoch
 from workers.settings import Settings
-from workers.store import Identity, record_rejection
+from workers.stores.database import Statement, round_trip, transaction
+from workers.stores.store import Identity, record_rejection
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -35,12 +35,12 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import Connection, text
 
-from workers.database import transaction
 from workers.errors import ConfigError, FailoverError
-from workers.metrics import ClusterCollector
+from workers.operations.metrics import ClusterCollector
+from workers.operations.status import cluster_status, history
+from workers.operations.timeline import WINDOWS, colour_map, owner_colour, read_timeline, render_svg
 from workers.settings import Settings
-from workers.status import cluster_status, history
-from workers.timeline import WINDOWS, colour_map, owner_colour, read_timeline, render_svg
+from workers.stores.database import transaction
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from workers.database import transaction
 from workers.errors import ConfigError
 from workers.settings import Settings
+from workers.stores.database import transaction
 
 WINDOWS = {
     "15m": timedelta(minutes=15),

@@ -4,7 +4,7 @@ The worker's main process (where the beat runs) and its pool children (where the
 run) share nothing but the host, so they share a small folder per incarnation:
 
 - one mark per kind of message (the heartbeat, the service work) while a message of that
-  kind waits in the node's queue (`workers.backlog` says how it is used);
+  kind waits in the node's queue (`workers.queues.backlog` says how it is used);
 - a lock per kind of work that must not run twice at once on a node (the service work: a
   slow one is not joined by the next, which would take the pool's last free slots);
 - the heartbeat's last measured cycle, so the next one can store it and warn once.
