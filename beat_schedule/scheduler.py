@@ -83,7 +83,7 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
     held_for_consumer = False
 
     def setup_schedule(self) -> None:
-        from workers.runtime.node import current_identity, current_settings
+        from workers.settings.process import current_identity, current_settings
 
         me = current_identity()
         interval = current_settings().heartbeat_interval

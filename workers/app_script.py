@@ -32,8 +32,9 @@ from workers.fence.children import child_environment
 from workers.fence.fencing import Fence, fenced_round_trip, persistently, reject
 from workers.fence.supervision import Watch, die_with_parent, end_subtree, guarded, supervise
 from workers.settings import ScriptSettings, Settings
+from workers.settings.process import Identity
 from workers.stores.database import Statement, one_round_trip
-from workers.stores.store import Identity, gone_incarnation, own_work_lost
+from workers.stores.store import gone_incarnation, own_work_lost
 
 log = logging.getLogger(__name__)
 SERVICE = "app_script"

@@ -26,7 +26,7 @@ from tests.support.servers import fresh_database, start_servers
 from workers import app_script, folder_monitor, retention
 from workers.fence.fencing import Fence
 from workers.settings import HotFolderSettings, Settings, load_settings
-from workers.stores.store import Identity
+from workers.settings.process import Identity
 
 FOLDER = "bench"
 SCRIPTS = 10

@@ -55,7 +55,7 @@ from workers.errors import StaleEpoch
 from workers.fence.fencing import Fence
 from workers.services import ServiceFence
 from workers.settings import load_settings
-from workers.stores.store import Identity
+from workers.settings.process import Identity
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

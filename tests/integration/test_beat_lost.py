@@ -8,6 +8,7 @@ import pytest
 from tests.support.registry import add_node, give, owner_and_epoch
 from workers.fence import local_state
 from workers.runtime import node
+from workers.settings.process import adopt_node, current_settings
 
 
 @pytest.fixture
@@ -19,10 +20,10 @@ def node_b(settings, monkeypatch):
     monkeypatch.setenv("FAILOVER_DATABASE_URL", str(settings.database_url))
     monkeypatch.setenv("FAILOVER_BROKER_URL", settings.broker_url)
     monkeypatch.setenv("FAILOVER_REGION", "r1")
-    me = node.adopt_node("b", b.incarnation)
+    me = adopt_node("b", b.incarnation)
     yield me
     local_state.forget(me.incarnation)
-    node.current_settings.cache_clear()
+    current_settings.cache_clear()
 
 
 def test_a_node_whose_beat_stopped_refuses_a_move(settings, node_b):

@@ -6,12 +6,13 @@ import time
 from datetime import timedelta
 
 from workers.fence import db_clock, local_state
+from workers.settings.process import new_incarnation
 from workers.stores import store
 from workers.stores.database import transaction
 
 
 def test_the_estimate_follows_the_database_clock_not_the_host_clock(settings):
-    incarnation = store.new_incarnation()
+    incarnation = new_incarnation()
     try:
         # Without a sample, the database is asked, and its answer kept
         assert db_clock.estimate(incarnation) is None

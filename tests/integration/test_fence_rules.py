@@ -26,8 +26,8 @@ from workers import app_script, folder_monitor
 from workers.fence import local_fence, local_state, supervision
 from workers.fence.fencing import Fence
 from workers.settings import Settings
+from workers.settings.process import Identity
 from workers.stores.database import transaction
-from workers.stores.store import Identity
 
 FOLDER = "folder_monitor"
 

@@ -11,6 +11,7 @@ from tests.support.registry import add_node, give
 from workers.decision.decide import Acquire, Policy
 from workers.errors import StaleEpoch
 from workers.fence.fencing import Fence, fenced, record_ticks, run_fenced
+from workers.settings.process import Identity, new_incarnation
 from workers.stores import store
 from workers.stores.database import transaction
 
@@ -73,7 +74,7 @@ def test_the_owner_with_an_expired_lease_is_rejected(settings):
 def test_a_previous_incarnation_of_the_owner_is_rejected(settings):
     add_node(settings, "a")
     epoch = give(settings, SERVICE, "a")
-    ghost = store.Identity("a", store.new_incarnation())
+    ghost = Identity("a", new_incarnation())
     with pytest.raises(StaleEpoch), fenced(settings, Fence(SERVICE, ghost, epoch)):
         pass
 

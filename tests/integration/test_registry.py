@@ -8,6 +8,7 @@ from sqlalchemy.exc import DBAPIError
 
 from tests.support.registry import add_node, give, history, owner_and_epoch
 from workers.errors import Refused
+from workers.settings.process import new_incarnation
 from workers.stores import store
 from workers.stores.database import transaction
 from workers.stores.store import Registration
@@ -23,7 +24,7 @@ def node_row(settings, name):
 def test_a_live_name_cannot_be_registered_twice(settings):
     add_node(settings, "a")
     with pytest.raises(Refused, match="node a is already running"), transaction(settings) as c:
-        store.register_node(c, Registration("a", "r1", 1.5, 0.3), store.new_incarnation())
+        store.register_node(c, Registration("a", "r1", 1.5, 0.3), new_incarnation())
 
 
 def test_a_dead_name_is_registered_again_with_a_new_incarnation_and_keeps_draining(settings):

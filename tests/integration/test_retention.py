@@ -7,7 +7,7 @@ from sqlalchemy import text
 
 from workers import retention
 from workers.fence import local_state
-from workers.stores import store
+from workers.settings.process import new_incarnation
 from workers.stores.database import transaction
 
 OLD = "clock_timestamp() - interval '31 days'"
@@ -85,7 +85,7 @@ def test_retention_deletes_only_old_finished_rows_a_bounded_batch_at_a_time(sett
 
 
 def test_each_owner_prunes_at_most_once_per_period():
-    incarnation = store.new_incarnation()
+    incarnation = new_incarnation()
     try:
         assert retention.prune_due(incarnation, "folder_monitor")
         assert not retention.prune_due(incarnation, "folder_monitor")

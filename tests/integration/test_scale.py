@@ -16,6 +16,7 @@ from sqlalchemy import text
 from tests.support.pgbouncer import BINARY, pgbouncer
 from tests.support.registry import add_node, give
 from workers.errors import DatabaseUnavailable
+from workers.settings.process import Identity
 from workers.stores import store
 from workers.stores.database import transaction
 
@@ -72,7 +73,7 @@ def beat_as(settings, name: str):
         incarnation = connection.execute(
             text("SELECT incarnation FROM server_registry WHERE node_name = :n"), {"n": name}
         ).scalar_one()
-    return store.heartbeat(settings, store.Identity(name, str(incarnation)), True, store.Latency())
+    return store.heartbeat(settings, Identity(name, str(incarnation)), True, store.Latency())
 
 
 def frozen_transaction_ends_at_the_lease(settings) -> None:

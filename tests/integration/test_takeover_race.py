@@ -8,6 +8,7 @@ import threading
 from tests.support.registry import add_node, give, history, owner_and_epoch
 from workers.decision.decide import Acquire, Policy
 from workers.settings import Settings, load_settings
+from workers.settings.process import Identity, new_incarnation
 from workers.stores import store
 from workers.stores.database import transaction
 
@@ -15,7 +16,7 @@ SERVICE = "folder_monitor"
 CONTENDERS = 8
 
 
-def _attempt(settings: Settings, me: store.Identity, epoch: int) -> str | None:
+def _attempt(settings: Settings, me: Identity, epoch: int) -> str | None:
     action = Acquire(SERVICE, "dead", epoch, "takeover", "lease expired")
     with transaction(settings) as connection:
         return store.acquire(connection, me, action, f"node {me.name}", Policy())
@@ -23,7 +24,7 @@ def _attempt(settings: Settings, me: store.Identity, epoch: int) -> str | None:
 
 def _dead_owner_and_contenders(
     settings: Settings, lease: float = 1.5
-) -> tuple[list[store.Identity], int]:
+) -> tuple[list[Identity], int]:
     add_node(settings, "dead", beat_age=600)
     epoch = give(settings, SERVICE, "dead")
     contenders = [add_node(settings, f"n{i}", lease=lease) for i in range(CONTENDERS)]
@@ -36,7 +37,7 @@ def test_concurrent_takeovers_in_threads_have_exactly_one_winner(settings):
     barrier = threading.Barrier(CONTENDERS)
     results: dict[str, str | None] = {}
 
-    def contend(me: store.Identity) -> None:
+    def contend(me: Identity) -> None:
         barrier.wait()
         results[me.name] = _attempt(settings, me, epoch)
 
@@ -61,7 +62,7 @@ def test_concurrent_takeovers_in_threads_have_exactly_one_winner(settings):
 def _contend_in_process(database_url: str, name: str, incarnation: str, epoch: int, start, out):
     settings = load_settings(database_url=database_url, database_timeout=2.0, lease_timeout=10.0)
     start.wait()
-    out.put((name, _attempt(settings, store.Identity(name, incarnation), epoch)))
+    out.put((name, _attempt(settings, Identity(name, incarnation), epoch)))
 
 
 def test_concurrent_takeovers_in_processes_have_exactly_one_winner(settings, database_url):
@@ -119,7 +120,7 @@ def test_a_replaced_incarnation_cannot_take_over(settings):
     add_node(settings, "a", beat_age=60)
     epoch = give(settings, SERVICE, "a")
     add_node(settings, "b")
-    ghost = store.Identity("b", store.new_incarnation())
+    ghost = Identity("b", new_incarnation())
     action = Acquire(SERVICE, "a", epoch, "takeover", "lease expired")
     with transaction(settings) as connection:
         refusal = store.acquire(connection, ghost, action, "node b", Policy())

@@ -5,9 +5,10 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from workers.settings import Settings
+from workers.settings.process import Identity, new_incarnation
 from workers.stores import store
 from workers.stores.database import transaction
-from workers.stores.store import Identity, Registration
+from workers.stores.store import Registration
 
 
 def add_node(
@@ -22,7 +23,7 @@ def add_node(
     """Register `name`, then age its last heartbeat by `beat_age` s and its lease by `lease_age` s.
 
     `joined`: as after its first heartbeat through its consumer (live); else still joining."""
-    me = Identity(name, store.new_incarnation())
+    me = Identity(name, new_incarnation())
     with transaction(settings) as connection:
         store.register_node(connection, Registration(name, region, lease, 0.3), me.incarnation)
     if joined:

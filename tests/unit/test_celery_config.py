@@ -18,7 +18,7 @@ from celery import Celery
 from redis.connection import SSLConnection
 from redis.sentinel import SentinelManagedConnection
 
-from workers.celery import celery_config
+from workers.runtime.app import celery_config
 from workers.settings import load_settings
 
 FOLDER = Path(tempfile.gettempdir()) / "failover-celery-config" / "tls dir"

@@ -8,9 +8,9 @@ import time
 from workers.fence import local_state
 from workers.runtime.heartbeat import Beat, _measure
 from workers.settings import load_settings
-from workers.stores import store
+from workers.settings.process import Identity, new_incarnation
 
-ME = store.Identity("c", store.new_incarnation())
+ME = Identity("c", new_incarnation())
 
 
 def test_the_cycle_is_kept_and_a_long_one_is_warned_about_once(caplog):

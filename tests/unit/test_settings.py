@@ -141,7 +141,7 @@ def test_a_sentinel_broker_needs_its_master_name():
     url = "sentinel://:pw@s1:26379;sentinel://:pw@s2:26379"
     with pytest.raises(ConfigError, match="FAILOVER_SENTINEL_MASTER"):
         load_settings(broker_url=url)
-    from workers.celery import celery_config
+    from workers.runtime.app import celery_config
 
     config = celery_config(load_settings(broker_url=url, sentinel_master="mymaster"))
     assert config["broker_transport_options"]["master_name"] == "mymaster"

@@ -25,9 +25,10 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
 from workers.errors import DatabaseUnavailable, HandingOver, StaleEpoch
-from workers.settings import Settings
+from workers.settings import Settings, timing
+from workers.settings.process import Identity
 from workers.stores.database import Statement, round_trip, transaction
-from workers.stores.store import Identity, record_rejection
+from workers.stores.store import record_rejection
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,7 +108,7 @@ def retrying(settings: Settings, me: Identity, effect: Callable[[Connection], T]
         with transaction(settings) as connection:
             return effect(connection)
 
-    return _again_while_unavailable(settings, me, attempt, outage_patience(settings))
+    return _again_while_unavailable(settings, me, attempt, timing.outage_patience(settings))
 
 
 def _again_while_unavailable(
@@ -150,7 +151,7 @@ def fenced_round_trip(
         except psycopg.Error as error:
             raise _refusal(error) from None
 
-    patience = outage_patience(settings) if patient else 0.0
+    patience = timing.outage_patience(settings) if patient else 0.0
     return _again_while_unavailable(settings, fence.me, attempt, patience)
 
 
@@ -161,7 +162,7 @@ def persistently(
     database is unavailable for up to `outage_patience` (writes fenced by their own rows,
     such as a batch's outcomes). Returns each statement's rows."""
     return _again_while_unavailable(
-        settings, me, lambda: round_trip(settings, statements), outage_patience(settings)
+        settings, me, lambda: round_trip(settings, statements), timing.outage_patience(settings)
     )
 
 
@@ -184,12 +185,6 @@ def _refusal(error: psycopg.Error) -> Exception:
     if error.sqlstate == STALE:
         return StaleEpoch(message)
     return error
-
-
-def outage_patience(settings: Settings) -> float:
-    """How long a fenced outcome waits for the database: longer than a managed failover
-    (Patroni's default loop is 10 s) and than a few leases."""
-    return max(30.0, 3 * settings.node_lease_timeout())
 
 
 def reject(settings: Settings, fence: Fence, refusal: StaleEpoch | str) -> None:

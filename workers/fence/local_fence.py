@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from workers.fence import local_state
 from workers.fence.fencing import Fence
-from workers.settings import Settings
+from workers.settings import Settings, timing
 from workers.stores import database
 
 DEADLINE = "lease_deadline"
@@ -151,5 +151,5 @@ def holding_off(settings: Settings) -> float | None:
     broke = database.broken_at(settings.require_database_url())
     if broke is None:
         return None
-    left = broke + settings.longest_lease() + settings.heartbeat_interval - time.monotonic()
+    left = broke + timing.surely_gone_after(settings) - time.monotonic()
     return left if left > 0 else None

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sys
+from importlib.metadata import entry_points
 from typing import Any
 
 import click
@@ -18,6 +19,8 @@ from rich.console import Console
 
 from workers.errors import FailoverError, Refused
 from workers.settings import ENV_PREFIX, Settings, load_settings
+
+COMMAND_GROUP = "celery_failover.commands"
 
 
 def _settings(ctx: click.Context, **flags: Any) -> Settings:
@@ -68,7 +71,7 @@ def db_upgrade(ctx: click.Context) -> None:
 def worker(ctx: click.Context, /, **flags: Any) -> None:
     """Run a node: its Celery worker on node.NAME and its own staggered heartbeat."""
     from workers import services
-    from workers.celery import app
+    from workers.runtime.app import app
     from workers.stores import store
     from workers.stores.broker import check_broker
     from workers.stores.database import transaction
@@ -95,9 +98,9 @@ def _export(ctx: click.Context, flags: dict[str, Any]) -> None:
 
 
 def _run_worker(settings: Settings, name: str) -> int:
-    from workers.celery import app
     from workers.queues.routing import SHARED_QUEUE, node_queue
-    from workers.runtime.node import adopt_node
+    from workers.runtime.app import app
+    from workers.settings.process import adopt_node
 
     adopt_node(name)
     queues = [node_queue(name)] + ([SHARED_QUEUE] if settings.folder_dispatch == "shared" else [])
@@ -173,8 +176,8 @@ def move(
     """Manual failover: move SERVICE to a live node and print the new owner and epoch.
 
     Work the owner is running finishes first (a planned handover), then the service moves."""
-    from workers.celery import app
     from workers.operations import maintenance
+    from workers.runtime.app import app
 
     settings = _settings(ctx)
     why = reason or "manual move"
@@ -322,8 +325,8 @@ def _serve_until_stopped(server: Any) -> None:
 @click.pass_context
 def run_script(ctx: click.Context, name: str, wait: bool, timeout: float) -> None:
     """Run the allow-listed script NAME now, on the owner of app_script."""
-    from workers.celery import app
     from workers.operations.maintenance import run_script_now
+    from workers.runtime.app import app
 
     settings = _settings(ctx)
     outcome = run_script_now(settings, app, name, wait, timeout)
@@ -338,33 +341,17 @@ def run_script(ctx: click.Context, name: str, wait: bool, timeout: float) -> Non
         sys.exit(1)
 
 
-@cli.command()
-@click.option("--headless", is_flag=True, help="No live view: run the script, print a summary.")
-@click.option("--duration", default=0.0, show_default=True, help="Keep watching this long (s).")
-def demo(headless: bool, duration: float) -> None:
-    """A local three-node cluster and a failover to watch; leaves nothing running."""
-    import signal
-
-    from workers.testing.demo import Demo, summary
-
-    def interrupt(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    for closing in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(closing, interrupt)
-    console = Console()
-    try:
-        story = Demo(console, headless, duration).run()
-    except KeyboardInterrupt:
-        console.print("demo stopped: every process it started is gone")
-        sys.exit(130)
-    except TimeoutError as error:
-        raise Refused(str(error)) from None
-    click.echo(summary(story))
+def _installed_commands() -> None:
+    """Add the commands installed packages declare in `celery_failover.commands` (as Flask's
+    CLI does): `failover demo` comes so from `workers.testing`, which sits above this module."""
+    for entry in entry_points(group=COMMAND_GROUP):
+        if entry.name not in cli.commands:
+            cli.add_command(entry.load(), entry.name)
 
 
 def main() -> None:
     """Entry point: run the CLI, turning every expected error into one line and an exit code."""
+    _installed_commands()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as done:

@@ -30,9 +30,9 @@ from celery import bootsteps
 
 from workers.errors import FailoverError
 from workers.settings import Settings
+from workers.settings.process import Identity
 from workers.stores import store
 from workers.stores.database import close_idle_connections
-from workers.stores.store import Identity
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from celery import current_task
 
 from workers.fence import db_clock
 from workers.settings import Settings
-from workers.stores.store import Identity
+from workers.settings.process import Identity
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from workers.decision.decide import (
 )
 from workers.decision.snapshot import Snapshot
 from workers.fence import db_clock, local_fence, local_state
-from workers.settings import Settings
+from workers.settings import Settings, timing
+from workers.settings.process import Identity
 from workers.stores import store
-from workers.stores.store import Identity
 
 log = logging.getLogger(__name__)
 _http = requests.Session()
@@ -79,9 +79,6 @@ class Beat:
     broker_round_trip_ms: float | None = None
     broker_server: str | None = None
     broker_encrypted: bool | None = None
-
-
-CYCLE_WARN_FRACTION = 1 / 3
 
 
 def run_cycle(settings: Settings, me: Identity, transport: Transport, beat: Beat) -> Decision:
@@ -160,7 +157,7 @@ def _measure(settings: Settings, me: Identity, db_ms: float, beat: Beat) -> None
     cycle_ms = max(0.0, (time.time() - beat.tick) * 1000)
     previous = local_state.recall(me.incarnation, "heartbeat_cycle_ms") or 0.0
     local_state.remember(me.incarnation, "heartbeat_cycle_ms", cycle_ms)
-    limit_ms = settings.node_lease_timeout() * CYCLE_WARN_FRACTION * 1000
+    limit_ms = timing.slow_cycle_ms(settings)
     if cycle_ms > limit_ms >= previous:
         log.warning(
             "node %s: heartbeat cycle %.0f ms (database round trip %.0f ms) is over a third "

@@ -28,7 +28,7 @@ import signal
 import socket
 import threading
 import time
-from functools import cache, partial
+from functools import partial
 from typing import Any
 
 from celery import bootsteps, platforms
@@ -45,7 +45,7 @@ from workers import services
 from workers.decision.decide import FIRST_CANDIDATES
 from workers.decision.placement import Placement, candidates
 from workers.decision.snapshot import Node, Snapshot
-from workers.errors import ConfigError, FailoverError
+from workers.errors import FailoverError
 from workers.fence import local_fence, local_state, supervision
 from workers.queues import joining
 from workers.queues.routing import (
@@ -56,7 +56,15 @@ from workers.queues.routing import (
     node_queue,
     send_to_node,
 )
-from workers.settings import ENV_PREFIX, Settings, load_settings
+from workers.settings import Settings
+from workers.settings.process import (
+    INCARNATION_VAR,
+    NODE_VAR,
+    Identity,
+    adopt_node,
+    current_identity,
+    current_settings,
+)
 from workers.stores import store
 from workers.stores.database import (
     close_idle_connections,
@@ -64,34 +72,9 @@ from workers.stores.database import (
     forget_inherited_engines,
     transaction,
 )
-from workers.stores.store import Identity, Registration
+from workers.stores.store import Registration
 
 log = logging.getLogger(__name__)
-INCARNATION_VAR = f"{ENV_PREFIX}INCARNATION"
-NODE_VAR = f"{ENV_PREFIX}NODE_NAME"
-
-
-@cache
-def current_settings() -> Settings:
-    """This process's settings (environment and `FAILOVER_CONFIG`), loaded once."""
-    return load_settings()
-
-
-def current_identity() -> Identity:
-    """The node this process serves and the incarnation of its worker."""
-    name, _region = current_settings().require_node()
-    incarnation = os.environ.get(INCARNATION_VAR)
-    if not incarnation:
-        raise ConfigError(f"{INCARNATION_VAR} is not set: this process was not started as a node")
-    return Identity(name, incarnation)
-
-
-def adopt_node(name: str, incarnation: str | None = None) -> Identity:
-    """Make this process (and the pool children it will fork) serve node `name`."""
-    os.environ[NODE_VAR] = name
-    os.environ[INCARNATION_VAR] = incarnation or store.new_incarnation()
-    current_settings.cache_clear()
-    return current_identity()
 
 
 def registration(settings: Settings) -> Registration:

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 from workers import app_script, folder_monitor, services
-from workers.celery import app
 from workers.decision.decide import Acquire, Dispatch, Handover
 from workers.errors import HandingOver, StaleEpoch
 from workers.fence import db_clock, local_fence, local_state
@@ -44,14 +43,15 @@ from workers.queues.routing import (
     send_to_node,
     send_to_queue,
 )
+from workers.runtime.app import app
 from workers.runtime.heartbeat import Beat, run_cycle
-from workers.runtime.node import beat_stopped, current_identity, current_settings, stopping
+from workers.runtime.node import beat_stopped, stopping
 from workers.services.builtin import batch_sender
 from workers.services.custom import CustomService
 from workers.settings import HotFolderSettings, Settings
+from workers.settings.process import Identity, current_identity, current_settings
 from workers.stores import database, store
 from workers.stores.database import transaction
-from workers.stores.store import Identity
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,7 @@ from kombu.transport import redis as kombu_redis
 from redis.maint_notifications import MaintNotificationsConfig
 
 from workers.errors import BrokerUnavailable, ConfigError, first_line
-from workers.settings import Settings, mask_url
-from workers.stores import tls
+from workers.settings import Settings, mask_url, tls
 
 PROTOCOL = 2
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import re
 import threading
@@ -35,9 +34,9 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from workers.errors import DatabaseUnavailable, first_line
-from workers.settings import Settings, mask_url
-from workers.stores import tls
-from workers.stores.watchdog import answer_deadline, answered_within, watch_statements
+from workers.settings import Settings, mask_url, tls
+from workers.settings.timing import answer_deadline, connect_timeout
+from workers.stores.watchdog import answered_within, watch_statements
 
 HEARTBEAT = "heartbeat"
 WORK = "work"
@@ -95,7 +94,7 @@ def _create_engine(settings: Settings, url: str, purpose: str) -> Engine:
         pool_timeout=max(1.0, settings.lease_timeout) if purpose == HEARTBEAT else 30.0,
         pool_recycle=-1 if purpose == HEARTBEAT else 300,
         connect_args={
-            "connect_timeout": max(2, math.ceil(settings.database_timeout * 2)),
+            "connect_timeout": connect_timeout(settings),
             "application_name": f"failover:{settings.node_name or 'cli'}:{os.getpid()}:{purpose}",
             "prepare_threshold": None,
             **TCP_LIMITS,

@@ -22,6 +22,7 @@ from workers.decision.placement import move_refusal
 from workers.decision.snapshot import Node, Service, Snapshot
 from workers.errors import Refused
 from workers.settings import Settings
+from workers.settings.process import Identity
 from workers.stores.database import HEARTBEAT as HEARTBEAT_ENGINE
 from workers.stores.database import encrypted, one_round_trip, transaction
 from workers.stores.tables import server_registry as nodes_t
@@ -68,14 +69,6 @@ LEASE_EXPIRES = nodes_t.c.last_heartbeat_at + nodes_t.c.lease_timeout_s * litera
 
 
 @dataclass(frozen=True)
-class Identity:
-    """Who is acting: the node's name and the incarnation of the running process."""
-
-    name: str
-    incarnation: str
-
-
-@dataclass(frozen=True)
 class Registration:
     """What a node declares about itself when it starts."""
 
@@ -89,10 +82,6 @@ class Registration:
     hostname: str | None = None
     pid: int | None = None
     retention_days: float = 7.0
-
-
-def new_incarnation() -> str:
-    return str(uuid.uuid4())
 
 
 def database_now(connection: Connection) -> datetime:

@@ -24,14 +24,6 @@ import psycopg
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import ExceptionContext
 
-from workers.settings import Settings
-
-
-def answer_deadline(settings: Settings) -> float:
-    """How long a statement may go unanswered: the server's own bound (the database
-    timeout), plus as much again and a second for the network and a busy client."""
-    return 2 * settings.database_timeout + 1.0
-
 
 class Watchdog:
     """Shuts down the socket `fd` once `seconds` pass, unless `stop` came first.

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
@@ -28,6 +29,7 @@ from rich.panel import Panel
 from rich.prompt import Prompt
 from rich.text import Text
 
+from workers.errors import Refused
 from workers.settings import load_settings
 from workers.testing.local_cluster import LocalCluster
 
@@ -106,7 +108,7 @@ class Demo:
         return self.story
 
     def _prepare(self, folder: Path, database_url: str, broker_url: str) -> None:
-        from workers.runtime.node import current_settings
+        from workers.settings.process import current_settings
         from workers.stores.database import upgrade_schema
 
         config = write_demo_config(folder)
@@ -193,9 +195,9 @@ class Demo:
         return owner, new_epoch, time.monotonic() - started
 
     def _move_back(self, target: str) -> None:
-        from workers.celery import app
         from workers.operations.maintenance import move
-        from workers.runtime.node import current_settings
+        from workers.runtime.app import app
+        from workers.settings.process import current_settings
 
         self._step(f"moving {SERVICE} back to {target} by hand (failover move)")
         settings = current_settings()
@@ -320,3 +322,26 @@ class FileProducer:
 def summary(story: Story) -> str:
     lines = ["demo summary:"] + [f"  {line}" for line in story.lines if not line.startswith("- ")]
     return "\n".join(lines)
+
+
+@click.command("demo")
+@click.option("--headless", is_flag=True, help="No live view: run the script, print a summary.")
+@click.option("--duration", default=0.0, show_default=True, help="Keep watching this long (s).")
+def demo(headless: bool, duration: float) -> None:
+    """A local three-node cluster and a failover to watch; leaves nothing running."""
+    import signal
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for closing in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(closing, interrupt)
+    console = Console()
+    try:
+        story = Demo(console, headless, duration).run()
+    except KeyboardInterrupt:
+        console.print("demo stopped: every process it started is gone")
+        sys.exit(130)
+    except TimeoutError as error:
+        raise Refused(str(error)) from None
+    click.echo(summary(story))

@@ -1,23 +1,20 @@
-"""Every tunable of a node, from flags, `FAILOVER_*` variables and an optional TOML file.
+"""A node's settings: one model, from flags, `FAILOVER_*` variables and an optional TOML file.
 
 Precedence: a flag beats the environment, which beats the file, which beats the default.
-Timing rules are checked when the settings load, so a node never starts with a lease it
-cannot keep (Patroni checks `loop_wait + 2 * retry_timeout <= ttl` the same way).
+Timing rules are checked when the settings load (`timing.check_leases`), so a node never
+starts with a lease it cannot keep (Patroni checks `loop_wait + 2 * retry_timeout <= ttl`
+the same way).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import tomllib
-from collections.abc import Iterable
 from contextvars import ContextVar
-from datetime import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,163 +25,30 @@ from pydantic_settings import (
 from workers.decision.decide import Policy
 from workers.decision.placement import Placement
 from workers.errors import ConfigError
-from workers.stores import tls
-
-ENV_PREFIX = "FAILOVER_"
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-BUILTIN_SERVICES = ("folder_monitor", "app_script")
-SERVICE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-HANDLER_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-ENTRY_POINT_GROUP = "celery_failover.services"
-DEFAULT_SERVICE_TIMEOUT = 60.0
-"""Seconds a custom service's handler may run before it is cut (`[services.<name>] timeout`)."""
-
-WINDOW_PATTERN = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
-MASK = "***"
-SECRET_PARAMETER = re.compile(r"((?:^|[&;])[^=&;#]*password=)[^&;#]*", re.IGNORECASE)
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-TOML_POSITION = re.compile(r"^(?P<reason>.*?)\s*\(at line (?P<line>\d+), column (?P<column>\d+)\)$")
+from workers.settings import timing, tls
+from workers.settings.constants import (
+    BUILTIN_SERVICES,
+    ENV_NAME,
+    ENV_PREFIX,
+    INVALID_NAME,
+    NAME_PATTERN,
+    SERVICE_NAME_PATTERN,
+)
+from workers.settings.describe import (
+    MASK,
+    describe_toml_error,
+    describe_validation_error,
+    mask_url,
+)
+from workers.settings.services import (
+    HotFolderSettings,
+    PlacementSettings,
+    ScriptSettings,
+    ServiceSettings,
+    entry_point_services,
+)
 
 _config_file: ContextVar[Path | None] = ContextVar("failover_config_file", default=None)
-
-
-class PlacementSettings(BaseModel):
-    """A service's placement policy, as written in the `[placement.<service>]` TOML table."""
-
-    model_config = {"extra": "forbid", "frozen": True}
-
-    preferred_nodes: list[str] = []
-    preferred_regions: list[str] = []
-    failback: bool = False
-    failback_dwell: float = Field(default=30.0, ge=0)
-    failback_window: str | None = None
-
-    @field_validator("failback_window")
-    @classmethod
-    def _check_window(cls, value: str | None) -> str | None:
-        if value is not None and not WINDOW_PATTERN.match(value):
-            raise ValueError("must be HH:MM-HH:MM (UTC, database clock), such as 01:00-05:00")
-        return value
-
-    def window(self) -> tuple[time, time] | None:
-        if self.failback_window is None:
-            return None
-        start, end = self.failback_window.split("-")
-        return time.fromisoformat(start), time.fromisoformat(end)
-
-
-class HotFolderSettings(BaseModel):
-    """One hot folder of the folder monitor: `[[hot_folders]]` in the TOML file."""
-
-    model_config = {"extra": "forbid", "frozen": True}
-
-    name: str
-    path: Path
-    patterns: list[str] = ["*"]
-    ignore: list[str] = ["*.tmp", "*.part", ".*"]
-    handler: str | None = None
-    command: list[str] | None = None
-    processed_dir: Path | None = None
-    failed_dir: Path | None = None
-    settle_seconds: float = Field(default=2.0, ge=0)
-    max_attempts: int = Field(default=3, ge=1)
-    retry_backoff: float = Field(default=1.0, ge=0)
-    handler_timeout: float = Field(default=300.0, gt=0)
-
-    @field_validator("name")
-    @classmethod
-    def _check_folder_name(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value):
-            raise ValueError(
-                f"{value!r} is not a valid name (lowercase letters, digits, '_', '.', '-')"
-            )
-        return value
-
-    @field_validator("handler")
-    @classmethod
-    def _check_handler(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", value):
-            raise ValueError("must be package.module:function")
-        return value
-
-    @model_validator(mode="after")
-    def _one_handler(self) -> HotFolderSettings:
-        if (self.handler is None) == (self.command is None):
-            raise ValueError(f"hot folder {self.name}: set exactly one of handler or command")
-        if self.command is not None and not self.command:
-            raise ValueError(f"hot folder {self.name}: command must name a program")
-        return self
-
-    @property
-    def processed(self) -> Path:
-        return self.processed_dir or self.path / "processed"
-
-    @property
-    def failed(self) -> Path:
-        return self.failed_dir or self.path / "failed"
-
-    @property
-    def processing(self) -> Path:
-        return self.path / ".processing"
-
-
-class ScriptSettings(BaseModel):
-    """One allow-listed application script: `[scripts.<name>]` in the TOML file."""
-
-    model_config = {"extra": "forbid", "frozen": True}
-
-    argv: list[str]
-    cwd: Path | None = None
-    env: dict[str, str] = {}
-    timeout: float = Field(default=300.0, gt=0)
-    interval: float | None = Field(default=None, gt=0)
-    cron: str | None = None
-
-    @field_validator("argv")
-    @classmethod
-    def _check_argv(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("must name a program")
-        return value
-
-    @field_validator("cron")
-    @classmethod
-    def _check_cron(cls, value: str | None) -> str | None:
-        from croniter import croniter
-
-        if value is not None and not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a valid cron expression")
-        return value
-
-    @model_validator(mode="after")
-    def _one_schedule(self) -> ScriptSettings:
-        if self.interval is not None and self.cron is not None:
-            raise ValueError("set interval or cron, not both")
-        return self
-
-
-class ServiceSettings(BaseModel):
-    """A team's own singleton service: `[services.<name>]` in the TOML file."""
-
-    model_config = {"extra": "forbid", "frozen": True}
-
-    handler: str | None = None
-    interval: float | None = Field(default=None, gt=0)
-    timeout: float = Field(default=DEFAULT_SERVICE_TIMEOUT, gt=0)
-
-    @field_validator("handler")
-    @classmethod
-    def _check_handler(cls, value: str | None) -> str | None:
-        if value is not None and not HANDLER_SPEC.match(value):
-            raise ValueError(f"{value!r} must be package.module:function")
-        return value
-
-
-def entry_point_services() -> dict[str, str]:
-    """The services installed packages declare in `celery_failover.services`: name -> spec."""
-    from importlib.metadata import entry_points
-
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 class Settings(BaseSettings):
@@ -253,9 +117,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_name(cls, value: str | None) -> str | None:
         if value is not None and not NAME_PATTERN.match(value):
-            raise ValueError(
-                f"{value!r} is not a valid name (lowercase letters, digits, '_', '.', '-')"
-            )
+            raise ValueError(INVALID_NAME.format(value))
         return value
 
     @field_validator("database_url", "admin_database_url")
@@ -390,27 +252,16 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_timing(self) -> Settings:
         """Every lease must outlast one late heartbeat plus two slow database round trips."""
-        needed = 1.5 * self.heartbeat_interval + 2 * self.database_timeout
-        leases = {f"{ENV_PREFIX}LEASE_TIMEOUT": self.lease_timeout} | {
-            f"{ENV_PREFIX}REGION_LEASE_TIMEOUT[{region}]": lease
-            for region, lease in self.region_lease_timeout.items()
-        }
-        for name, lease in leases.items():
-            if lease < needed:
-                raise ValueError(
-                    f"{name} ({lease:g} s) must be at least "
-                    f"1.5 x {ENV_PREFIX}HEARTBEAT_INTERVAL ({self.heartbeat_interval:g} s) + "
-                    f"2 x {ENV_PREFIX}DATABASE_TIMEOUT ({self.database_timeout:g} s) = {needed:g} s"
-                )
+        timing.check_leases(self)
         return self
 
     def node_lease_timeout(self) -> float:
         """This node's lease: its region's threshold if one is set (long database round trips)."""
-        return self.region_lease_timeout.get(self.region, self.lease_timeout)
+        return timing.node_lease(self)
 
     def longest_lease(self) -> float:
         """The longest lease any node of the cluster may hold (a far region's, if longer)."""
-        return max([self.lease_timeout, *self.region_lease_timeout.values()])
+        return timing.longest_lease(self)
 
     def policy(self) -> Policy:
         """The pure decision's view of these settings."""
@@ -451,14 +302,6 @@ class Settings(BaseSettings):
         return shown
 
 
-def require_service(service: str, known: Iterable[str] = BUILTIN_SERVICES) -> None:
-    """A usage error unless `service` is one of `known` (the services with a row in the
-    database, which is the truth: a custom service another node declared counts)."""
-    names = sorted(known)
-    if service not in names:
-        raise ConfigError(f"unknown service {service!r}: use one of {', '.join(names)}")
-
-
 def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settings:
     """Load and validate the settings; raise `ConfigError` with one line naming each bad one."""
     path = config_file or os.environ.get(f"{ENV_PREFIX}CONFIG") or None
@@ -481,46 +324,9 @@ def load_settings(config_file: str | Path | None = None, **flags: Any) -> Settin
         _config_file.reset(token)
 
 
-def describe_toml_error(path: str | Path | None, error: tomllib.TOMLDecodeError) -> str:
-    """One line naming the file, line and column of a TOML syntax error, and why."""
-    message = " ".join(str(error).split()) or "invalid TOML"
-    found = TOML_POSITION.match(message)
-    if found is None:
-        return f"configuration error: {path}: {message}"
-    return (
-        f"configuration error: {path} line {found['line']}, column {found['column']}: "
-        f"{found['reason']}"
-    )
-
-
 def _check_tls_files(url: str, parameters: tuple[str, ...]) -> None:
     """Refuse a URL whose TLS files (CA, certificate, key) cannot be read: a connection would
     fail on every try, so the node must not start and wait for it."""
     problems = tls.file_problems(url, parameters)
     if problems:
         raise ValueError("; ".join(problems))
-
-
-def describe_validation_error(error: ValidationError) -> str:
-    """One line: each failing setting named as its environment variable, with the reason."""
-    parts = []
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        name = f"{ENV_PREFIX}{field.upper()}: " if field else ""
-        parts.append(f"{name}{message}")
-    return "configuration error: " + "; ".join(parts)
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password (user info or query) replaced by `***`, safe to print or log."""
-    return ";".join(_mask_one(part) for part in url.split(";"))
-
-
-def _mask_one(url: str) -> str:
-    head, mark, query = url.partition("?")
-    parts = urlsplit(head)
-    if parts.password is not None:
-        masked = f"{parts.username or ''}:{MASK}@{parts.netloc.rsplit('@', 1)[1]}"
-        head = head.replace(parts.netloc, masked, 1)
-    return head + mark + SECRET_PARAMETER.sub(rf"\g<1>{MASK}", query)
