@@ -233,6 +233,37 @@ CREATE TRIGGER ownership_history_append_only
     BEFORE UPDATE OR DELETE ON ownership_history
     FOR EACH ROW EXECUTE FUNCTION ownership_history_append_only();
 
+-- This incarnation's lease holds (at `p_at`, the database's time by default): its row is not
+-- stopped and its last renewal is younger than its lease. The one spelling of the rule: the
+-- heartbeat, the epoch fence, the services' tick, the name's hold and the takeover's judge
+-- all call it.
+CREATE FUNCTION failover_lease_holds(
+    r server_registry,
+    p_at TIMESTAMPTZ DEFAULT clock_timestamp()
+) RETURNS BOOLEAN
+LANGUAGE sql AS $$
+    SELECT r.stopped_at IS NULL
+        AND r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' > p_at
+$$;
+
+-- That incarnation is gone, as the judging incarnation `p_judge` may conclude (the takeover
+-- rule, invariants 3 and 4): the judge's own lease holds, and the other's lease ran out after
+-- the judge's judging window opened (the outage rule: a judge whose own beats stopped gives
+-- everyone a whole lease again). Until then the other's work is still its own, stopped or
+-- not, whatever a promoted standby's clock or a lost renewal says. An incarnation whose row
+-- was replaced (its node started again) is gone.
+CREATE FUNCTION failover_incarnation_gone(p_incarnation UUID, p_judge UUID) RETURNS BOOLEAN
+LANGUAGE sql AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM server_registry AS judge
+        WHERE judge.incarnation = p_judge AND failover_lease_holds(judge)
+          AND NOT EXISTS (
+            SELECT 1 FROM server_registry AS r
+            WHERE r.incarnation = p_incarnation
+              AND greatest(r.last_heartbeat_at, judge.lease_started_at)
+                  + r.lease_timeout_s * interval '1 second' > clock_timestamp()))
+$$;
+
 -- One heartbeat in one statement (one round trip): renew this incarnation's lease (only
 -- while its application is healthy), store its measured latencies, and return what the
 -- node decides on: the database time, the services and the nodes it must judge, as JSON.
@@ -265,7 +296,7 @@ BEGIN
         lease_started_at = CASE
             WHEN p_healthy AND (
                 NOT is_active
-                OR last_heartbeat_at + lease_timeout_s * interval '1 second' < v_now
+                OR NOT failover_lease_holds(server_registry, v_now)
                 OR last_heartbeat_at + 1.5 * heartbeat_interval_s * interval '1 second' < v_now)
             THEN v_now ELSE lease_started_at END,
         last_heartbeat_at = CASE WHEN p_healthy THEN v_now ELSE last_heartbeat_at END,
@@ -302,8 +333,8 @@ BEGIN
                 OR EXISTS (SELECT 1 FROM service_status WHERE service_registry_id IS NULL)
                 OR EXISTS (
                     SELECT 1 FROM server_registry AS o
-                    WHERE o.id = ANY(v_owners) AND (NOT o.is_active OR o.stopped_at IS NOT NULL
-                       OR o.last_heartbeat_at + o.lease_timeout_s * interval '1 second' < v_now)
+                    WHERE o.id = ANY(v_owners)
+                      AND NOT (o.is_active AND failover_lease_holds(o, v_now))
                 ) AS complete,
                 EXISTS (
                     SELECT 1 FROM server_registry AS mine
@@ -335,8 +366,7 @@ BEGIN
                        last_verdict
                 FROM server_registry AS r WHERE NOT everyone.complete AND everyone.owner AND r.is_active
                     AND r.node_name <> p_node AND r.id <> ALL(v_owners)
-                    AND (r.stopped_at IS NOT NULL
-                         OR r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' < v_now)
+                    AND NOT failover_lease_holds(r, v_now)
                 ) AS n),
             'services', (SELECT COALESCE(json_agg(s ORDER BY s.service_type), '[]'::json) FROM (
                 SELECT service_type, service_registry_id, epoch, acquired_at, acquired_reason,
@@ -458,8 +488,7 @@ DECLARE
 BEGIN
     SELECT s.handover_since, s.handover_to INTO v_handover_since, v_handover_to
     FROM service_status AS s JOIN server_registry AS r ON r.id = s.service_registry_id
-    WHERE s.service_type = p_service AND s.epoch = p_epoch AND r.stopped_at IS NULL
-      AND r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' > clock_timestamp()
+    WHERE s.service_type = p_service AND s.epoch = p_epoch AND failover_lease_holds(r)
       AND (NOT p_owner_only OR (r.node_name = p_node AND r.incarnation = p_incarnation))
     FOR SHARE OF s;
     IF NOT FOUND THEN

@@ -23,6 +23,8 @@ REVOKE ALL ON FUNCTION
     failover_heartbeat(TEXT, UUID, BOOLEAN, REAL, REAL, REAL, BOOLEAN),
     failover_fence(TEXT, BIGINT, TEXT, UUID, BOOLEAN, BOOLEAN),
     failover_busy(TEXT),
+    failover_lease_holds(server_registry, TIMESTAMPTZ),
+    failover_incarnation_gone(UUID, UUID),
     service_status_record_change(),
     ownership_history_append_only(),
     server_registry_record_event()
@@ -71,7 +73,9 @@ GRANT EXECUTE ON FUNCTION
     failover_heartbeat(TEXT, UUID, BOOLEAN, REAL, REAL, REAL, BOOLEAN, TEXT),
     failover_heartbeat(TEXT, UUID, BOOLEAN, REAL, REAL, REAL, BOOLEAN),
     failover_fence(TEXT, BIGINT, TEXT, UUID, BOOLEAN, BOOLEAN),
-    failover_busy(TEXT)
+    failover_busy(TEXT),
+    failover_lease_holds(server_registry, TIMESTAMPTZ),
+    failover_incarnation_gone(UUID, UUID)
 TO failover_node;
 
 COMMIT;

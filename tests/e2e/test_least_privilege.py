@@ -85,7 +85,13 @@ TABLE_RIGHTS = {
     CUSTOM: {"INSERT"},
 }
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
-CALLED = {"failover_heartbeat", "failover_fence", "failover_busy"}
+CALLED = {
+    "failover_heartbeat",
+    "failover_fence",
+    "failover_busy",
+    "failover_lease_holds",
+    "failover_incarnation_gone",
+}
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -210,8 +210,7 @@ WITH owned AS (
     JOIN owned AS o ON o.service = s.service_type AND o.epoch = s.epoch
     JOIN server_registry AS r ON r.id = s.service_registry_id
     WHERE r.node_name = :node AND r.incarnation = CAST(:incarnation AS uuid)
-      AND r.stopped_at IS NULL
-      AND r.last_heartbeat_at + r.lease_timeout_s * interval '1 second' > clock_timestamp()
+      AND failover_lease_holds(r)
     ORDER BY s.service_type
     FOR SHARE OF s
 ), ticked AS (

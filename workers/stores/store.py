@@ -31,10 +31,9 @@ from workers.stores.tables import service_status as services_t
 NOW = func.clock_timestamp()
 
 
-LEASE_SQL = "{t}.lease_timeout_s * interval '1 second'"
 JUDGE = (
     "(SELECT lease_started_at FROM server_registry AS judge WHERE judge.incarnation = :me "
-    f"AND judge.last_heartbeat_at + {LEASE_SQL.format(t='judge')} > clock_timestamp())"
+    "AND failover_lease_holds(judge))"
 )
 """SQL: the start of this incarnation's judging window while its own lease holds, else NULL
 (`:me` bound to this incarnation): what a takeover requires of the node that judges."""
@@ -45,11 +44,7 @@ def gone_incarnation(column: str) -> str:
     this incarnation's own lease holds, and the other's lease ran out after this one's
     judging window opened. Until then its work on files and scripts is still its own,
     stopped or not, whatever a promoted standby's clock or a lost renewal says."""
-    return (
-        f"({JUDGE} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM server_registry AS r "
-        f"WHERE r.incarnation = {column} AND greatest(r.last_heartbeat_at, {JUDGE}) + "
-        f"{LEASE_SQL.format(t='r')} > clock_timestamp()))"
-    )
+    return f"failover_incarnation_gone({column}, CAST(:me AS uuid))"
 
 
 def own_work_lost(since: str, seconds: str) -> str:
@@ -248,9 +243,8 @@ def read_snapshot(connection: Connection) -> Snapshot:
 
 
 HOLDS_NAME = (
-    "{t}.stopped_at IS NULL AND (({t}.is_active AND {t}.last_heartbeat_at + "
-    "{t}.lease_timeout_s * interval '1 second' > clock_timestamp()) "
-    "OR COALESCE({t}.joining_until > clock_timestamp(), false))"
+    "({t}.is_active AND failover_lease_holds({t})) "
+    "OR ({t}.stopped_at IS NULL AND COALESCE({t}.joining_until > clock_timestamp(), false))"
 )
 """SQL: the row's process holds the node's name: it is live, or still joining (starting up,
 not yet live) within the hold its starting process keeps pushing forward."""

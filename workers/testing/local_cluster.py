@@ -147,7 +147,7 @@ class LocalCluster:
     def node_row(self, name: str) -> Any:
         rows = self.query(
             "SELECT *, clock_timestamp() AS db_now, "
-            "last_heartbeat_at + lease_timeout_s * interval '1 second' > clock_timestamp() "
+            "failover_lease_holds(server_registry) "
             "AS lease_fresh FROM server_registry WHERE node_name = :name",
             name=name,
         )
