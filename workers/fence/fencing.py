@@ -123,7 +123,7 @@ def _again_while_unavailable(
         except DatabaseUnavailable as error:
             if time.monotonic() + pause > deadline:
                 raise
-            log.info("node %s: %s; trying again in %.1f s", me.name, error, pause)
+            log.info("%s; trying again in %.1f s", error, pause)
             time.sleep(pause)
             pause = min(1.0, pause * 2)
 
@@ -191,13 +191,13 @@ def reject(settings: Settings, fence: Fence, refusal: StaleEpoch | str) -> None:
     """The one path for stale work: log it and count it against this node, once per refusal
     (a refusal re-raised through several layers is still one rejected side effect)."""
     if isinstance(refusal, HandingOver):
-        log.info("node %s: %s", fence.me.name, refusal)
+        log.info("%s", refusal)
         return
     if isinstance(refusal, StaleEpoch):
         if refusal.counted:
             return
         refusal.counted = True
-    log.warning("node %s: rejected stale work on %s: %s", fence.me.name, fence.service, refusal)
+    log.warning("rejected stale work on %s: %s", fence.service, refusal)
     with transaction(settings) as connection:
         record_rejection(connection, fence.me)
 

@@ -256,9 +256,8 @@ def supervise(
         limit = deadline()
         timed_out = limit is not None and time.monotonic() > limit
         if reason or timed_out:
-            who = f"node {fence.me.name}" if fence else "this node"
             why = reason or "its timeout passed"
-            log.warning("%s: killed %s (pid %d): %s", who, what, child.pid, why)
+            log.warning("killed %s (pid %d): %s", what, child.pid, why)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGKILL)
             while child.poll() is None:

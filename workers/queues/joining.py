@@ -100,9 +100,7 @@ class JoinHold(threading.Thread):
                 if not store.hold_while_joining(self.settings, self.me):
                     return
             except FailoverError as error:
-                log.warning(
-                    "node %s: could not hold its name while joining: %s", self.me.name, error
-                )
+                log.warning("could not hold its name while joining: %s", error)
 
     def stop(self) -> None:
         self.stopping.set()

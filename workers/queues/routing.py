@@ -90,9 +90,8 @@ def expired(settings: Settings, me: Identity) -> bool:
     late = db_clock.database_time(settings, me.incarnation) - float(deadline)
     if late <= 0:
         return False
-    log.warning(
-        "node %s: dropped %s: its deadline passed %.1f s ago on the database clock",
-        me.name,
+    log.info(
+        "dropped %s: its deadline passed %.1f s ago on the database clock",
         getattr(current_task, "name", "a task"),
         late,
     )

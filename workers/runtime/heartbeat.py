@@ -111,7 +111,7 @@ def run_cycle(settings: Settings, me: Identity, transport: Transport, beat: Beat
     local_fence.observed(me.incarnation, _epochs(snapshot), _mine(snapshot, me), sent, handing)
     decision = decide(snapshot, me.name, settings.policy())
     if problem:
-        log.warning("node %s: not renewing its lease: %s", me.name, problem)
+        log.warning("not renewing its lease: %s", problem)
         decision = replace(decision, verdict=f"not renewing: {problem}; {decision.verdict}")
     _apply(settings, me, snapshot, decision, transport)
     return decision
@@ -126,10 +126,9 @@ def notice_lost_changes(me: Identity, snapshot: Snapshot) -> None:
         seen = known.epoch if known is not None else None
         if seen is not None and service.epoch < seen:
             log.warning(
-                "node %s: the database is behind what this node saw: %s is at epoch %d, an "
+                "the database is behind what this node saw: %s is at epoch %d, an "
                 "earlier heartbeat read epoch %d; it lost committed changes (a failover to a "
                 "standby that had not received them); going on from what it says now",
-                me.name,
                 service.name,
                 service.epoch,
                 seen,
@@ -160,10 +159,9 @@ def _measure(settings: Settings, me: Identity, db_ms: float, beat: Beat) -> None
     limit_ms = timing.slow_cycle_ms(settings)
     if cycle_ms > limit_ms >= previous:
         log.warning(
-            "node %s: heartbeat cycle %.0f ms (database round trip %.0f ms) is over a third "
+            "heartbeat cycle %.0f ms (database round trip %.0f ms) is over a third "
             "of its %g s lease: raise FAILOVER_REGION_LEASE_TIMEOUT for region %s (see the "
             "README, far regions)",
-            me.name,
             cycle_ms,
             db_ms,
             settings.node_lease_timeout(),
@@ -180,16 +178,16 @@ def _apply(
         marked = set(store.apply_marks_and_verdict(settings, me, marks, decision.verdict))
         for mark in marks:
             if mark.node in marked:
-                log.warning("node %s: %s", me.name, mark.describe())
+                log.warning("%s", mark.describe())
     for action in decision.actions:
         if isinstance(action, Acquire):
-            log.info("node %s: %s", me.name, action.describe())
+            log.info("%s", action.describe())
             transport.enqueue_takeover(action)
         elif isinstance(action, Handover):
-            log.info("node %s: %s", me.name, action.describe())
+            log.info("%s", action.describe())
             transport.request_handover(action)
         elif isinstance(action, Wait):
-            log.info("node %s: %s", me.name, action.describe())
+            log.info("%s", action.describe())
     dispatches = [action for action in decision.actions if isinstance(action, Dispatch)]
     if dispatches:
         transport.dispatch_services(dispatches)

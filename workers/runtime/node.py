@@ -56,6 +56,7 @@ from workers.queues.routing import (
     node_queue,
     send_to_node,
 )
+from workers.runtime import logs
 from workers.settings import Settings
 from workers.settings.process import (
     INCARNATION_VAR,
@@ -106,14 +107,13 @@ def register_birth(settings: Settings, me: Identity) -> None:
         close_idle_connections()
     else:
         connect_ahead(settings)
-    log.warning(
-        "node %s: registered in region %s, incarnation %s; joining: not live until its "
+    log.info(
+        "registered in region %s, incarnation %s; joining: not live until its "
         "first heartbeat through its consumer",
-        me.name,
         settings.region,
         me.incarnation,
     )
-    log.info("node %s: settings %s", me.name, settings.describe())
+    log.info("settings %s", settings.describe())
 
 
 def register_death(app: Any, settings: Settings, me: Identity) -> None:
@@ -126,9 +126,9 @@ def register_death(app: Any, settings: Settings, me: Identity) -> None:
         snapshot = store.read_snapshot(connection)
     local_fence.released(me.incarnation, dict(released))
     for service, epoch in released:
-        log.warning("node %s: released %s at epoch %d: graceful stop", me.name, service, epoch)
+        log.info("released %s at epoch %d: graceful stop", service, epoch)
     if not released:
-        log.warning("node %s: stopped; it owned no service", me.name)
+        log.info("stopped; it owned no service")
         return
     policy = settings.policy()
     nudged = {
@@ -187,7 +187,7 @@ class NodeLifecycle(bootsteps.StartStopStep):  # type: ignore[misc]
         try:
             register_birth(settings, me)
         except FailoverError as error:
-            log.critical("node %s: cannot start: %s", me.name, error)
+            log.critical("cannot start: %s", error)
             raise SystemExit(error.exit_code) from None
         _running.append((worker.app, settings, me))
         self.beat = NodeBeat(worker.app)
@@ -243,9 +243,7 @@ def beat_lost(why: str) -> None:
 
     me = current_identity()
     log.critical(
-        "node %s: its beat stopped (%s): releasing its services and exiting with code %d, "
-        "to be restarted",
-        me.name,
+        "its beat stopped (%s): releasing its services and exiting with code %d, to be restarted",
         why,
         EXIT_BEAT_LOST,
     )
@@ -283,7 +281,7 @@ class GracefulStop:
     def on_signal(self, signum: int, frame: Any = None) -> None:
         name = signal.Signals(signum).name
         if self.thread is not None:
-            log.warning("node %s: %s again: cutting what still runs", self.me.name, name)
+            log.warning("%s again: cutting what still runs", name)
             self.celery_handlers[name](signum, frame)
             return
         self.thread = threading.Thread(
@@ -296,7 +294,7 @@ class GracefulStop:
         try:
             self._let_work_finish(name)
         except FailoverError as error:
-            log.error("node %s: stopping without waiting: %s", self.me.name, error)
+            log.error("stopping without waiting: %s", error)
         finally:
             self.celery_handlers[name](signum, None)
 
@@ -310,10 +308,8 @@ class GracefulStop:
             )
         if not found:
             return
-        log.warning(
-            "node %s: %s: stopping once its running work ended (%s; at most %g s; a second "
-            "%s cuts it)",
-            me.name,
+        log.info(
+            "%s: stopping once its running work ended (%s; at most %g s; a second %s cuts it)",
             name,
             _describe_running(found),
             grace,
@@ -323,12 +319,11 @@ class GracefulStop:
         while time.monotonic() < deadline:
             left = self._still_running(list(found))
             if not left:
-                log.warning("node %s: its running work ended: releasing its services", me.name)
+                log.info("its running work ended: releasing its services")
                 return
             time.sleep(STOP_POLL)
         log.warning(
-            "node %s: the %g s grace ended with %s still running: cutting it",
-            me.name,
+            "the %g s grace ended with %s still running: cutting it",
             grace,
             _describe_running(self._still_running(list(found))),
         )
@@ -370,7 +365,7 @@ def _release_on_shutdown(**_: Any) -> None:
         try:
             register_death(app, settings, me)
         except FailoverError as error:
-            log.error("node %s: could not release its services: %s", me.name, error)
+            log.error("could not release its services: %s", error)
 
 
 def _forget_local_state(**_: Any) -> None:
@@ -401,17 +396,6 @@ def _fresh_engines_in_child(**_: Any) -> None:
         connect_ahead(current_settings())
 
 
-ROUTINE_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "celery.beat")
-
-
-def _quiet_routine_logs(loglevel: int | str | None = None, **_: Any) -> None:
-    """Above DEBUG, a node logs its decisions, not every heartbeat received and succeeded."""
-    level = logging.getLevelName(loglevel) if isinstance(loglevel, str) else loglevel
-    if isinstance(level, int) and level > logging.DEBUG:
-        for name in ROUTINE_LOGGERS:
-            logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def install(app: Any) -> None:
     """Add the node's bootstep to a Celery app's worker."""
     app.steps["worker"].add(NodeLifecycle)
@@ -420,4 +404,5 @@ def install(app: Any) -> None:
     worker_process_init.connect(_fresh_engines_in_child, weak=False)
     task_received.connect(_received, weak=False)
     task_revoked.connect(_dropped, weak=False)
-    after_setup_logger.connect(_quiet_routine_logs, weak=False)
+    after_setup_logger.connect(logs.quiet_routine_logs, weak=False)
+    logs.name_the_node()

@@ -15,7 +15,6 @@ workers from) is Celery's own.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any
 
@@ -38,8 +37,7 @@ def enable_events(state: Any) -> dict[str, Any]:
         return dict(_celery_enable_events(state))
     if not _said.is_set():
         _said.set()
-        name = os.environ.get("FAILOVER_NODE_NAME") or state.hostname
-        log.warning("node %s: refused a remote enable_events: %s", name, REFUSAL)
+        log.info("refused a remote enable_events: %s", REFUSAL)
     return dict(control.nok(REFUSAL))
 
 

@@ -100,7 +100,7 @@ def heartbeat(
     settings = current_settings()
     me = current_identity()
     if (node, incarnation) != (me.name, me.incarnation):
-        log.info("node %s: dropped a heartbeat meant for %s/%s", me.name, node, incarnation)
+        log.info("dropped a heartbeat meant for %s/%s", node, incarnation)
         return "dropped"
     if expired(settings, me):
         return "expired"
@@ -109,7 +109,7 @@ def heartbeat(
     transport = CeleryTransport(me.name, settings.heartbeat_interval)
     beat = Beat(tick, broker_round_trip_ms, broker_server, broker_encrypted)
     decision = run_cycle(settings, me, transport, beat)
-    log.debug("node %s: %s", me.name, decision.verdict)
+    log.debug("%s", decision.verdict)
     return decision.verdict
 
 
@@ -119,7 +119,7 @@ def takeover(service: str, from_node: str | None, epoch: int, reason: str, why: 
     settings = current_settings()
     me = current_identity()
     if beat_stopped(me.incarnation):
-        log.warning("node %s: did not take %s: its beat stopped", me.name, service)
+        log.info("did not take %s: its beat stopped", service)
         return "refused: its beat stopped"
     action = Acquire(service, from_node, epoch, reason, why)
     grace = store.Grace(settings.handover_grace, services.running_work(settings, service))
@@ -128,7 +128,7 @@ def takeover(service: str, from_node: str | None, epoch: int, reason: str, why: 
             connection, me, action, f"node {me.name}", settings.policy(), grace
         )
     if refusal or handing is None:
-        log.info("node %s: did not take %s: %s", me.name, service, refusal)
+        log.info("did not take %s: %s", service, refusal)
         return f"refused: {refusal}"
     if not handing.moved:
         _log_handing(me, service, from_node, handing)
@@ -136,8 +136,7 @@ def takeover(service: str, from_node: str | None, epoch: int, reason: str, why: 
     local_fence.acquired(me.incarnation, service, epoch + 1)
     source = f"from {from_node}" if from_node else "unowned"
     log.warning(
-        "node %s: took %s (%s) at epoch %d, reason %s: %s",
-        me.name,
+        "took %s (%s) at epoch %d, reason %s: %s",
         service,
         source,
         epoch + 1,
@@ -160,18 +159,14 @@ def manual_failover(
     answer: dict[str, Any] = {"service": service, "node": me.name, "epoch": None}
     refusal = _unfit_to_take(settings, me)
     if refusal:
-        log.warning(
-            "node %s: refused to take %s (asked by %s): %s", me.name, service, actor, refusal
-        )
+        log.info("refused to take %s (asked by %s): %s", service, actor, refusal)
         return {**answer, "refusal": refusal, "moved": False}
     planned = store.Grace(grace, services.running_work(settings, service), settings.handover_grace)
     with transaction(settings) as connection:
         refusal, handing = store.move_here(connection, me, service, actor, why, planned)
     answer |= {"epoch": handing.epoch, "refusal": refusal, "moved": handing.moved}
     if refusal:
-        log.warning(
-            "node %s: refused to take %s (asked by %s): %s", me.name, service, actor, refusal
-        )
+        log.info("refused to take %s (asked by %s): %s", service, actor, refusal)
     elif not handing.moved:
         _log_handing(me, service, None, handing)
         answer |= {
@@ -180,9 +175,8 @@ def manual_failover(
         }
     else:
         local_fence.acquired(me.incarnation, service, handing.epoch)
-        log.warning(
-            "node %s: took %s at epoch %d, reason manual, by %s: %s",
-            me.name,
+        log.info(
+            "took %s at epoch %d, reason manual, by %s: %s",
             service,
             handing.epoch,
             actor,
@@ -206,9 +200,8 @@ def _log_handing(me: Identity, service: str, owner: str | None, handing: store.H
     """Say that a service hands over to this node once its owner's running work ended."""
     running = ", ".join(handing.running[:5]) or "its running work"
     more = f" and {len(handing.running) - 5} more" if len(handing.running) > 5 else ""
-    log.warning(
-        "node %s: %s hands over to it from %s once %s%s ended (grace until %s)",
-        me.name,
+    log.info(
+        "%s hands over to it from %s once %s%s ended (grace until %s)",
         service,
         owner or "its owner",
         running,
@@ -228,17 +221,15 @@ def hand_over_when_idle(settings: Settings, fence: Fence) -> str:
         return "handing over: its running work goes on"
     if finished.cancelled:
         log.warning(
-            "node %s: gave up handing %s over: %s; it carries on as its owner",
-            me.name,
+            "gave up handing %s over: %s; it carries on as its owner",
             fence.service,
             finished.cancelled,
         )
         return f"handover cancelled: {finished.cancelled}"
     local_fence.released(me.incarnation, {fence.service: finished.epoch})
     to = finished.to
-    log.warning(
-        "node %s: handed %s over to %s at epoch %d: its running work had ended",
-        me.name,
+    log.info(
+        "handed %s over to %s at epoch %d: its running work had ended",
         fence.service,
         to.name if to else "nobody",
         finished.epoch,
@@ -264,7 +255,7 @@ def service_work(owned: list[tuple[str, int]]) -> dict[str, Any]:
     wait = settings.heartbeat_interval / 2
     with local_state.alone(me.incarnation, SERVICE_WORK, wait) as alone:
         if not alone:
-            log.debug("node %s: service work skipped: the previous one still runs", me.name)
+            log.debug("service work skipped: the previous one still runs")
             return {}
         return _service_work(settings, me, [(service, int(epoch)) for service, epoch in owned])
 
@@ -308,10 +299,9 @@ def _report_hold(settings: Settings, me: Identity, left: float) -> None:
     if _reported_hold[0] != broke:
         _reported_hold[0] = broke
         log.warning(
-            "node %s: its database connection broke: no new service work for %.1f s (a "
+            "its database connection broke: no new service work for %.1f s (a "
             "promoted standby may have lost the last writes; other nodes' guards need a "
             "heartbeat to see what it says now)",
-            me.name,
             left,
         )
 
