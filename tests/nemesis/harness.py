@@ -30,7 +30,8 @@ from tests.support.servers import (
     database_target,
     database_url_via,
 )
-from workers.testing.local_cluster import LocalNode, wait_until
+from workers.testing.local_cluster import LocalNode
+from workers.testing.waiting import wait_until
 
 WITNESS = Path(__file__).with_name("witness.py")
 LEASE = float(FAST_TIMING["FAILOVER_LEASE_TIMEOUT"])

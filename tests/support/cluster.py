@@ -9,15 +9,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tests.support.handlers import PASSTHROUGH
 from workers.testing.local_cluster import LocalCluster, LocalNode
-from workers.testing.local_cluster import wait_until as wait_or_timeout
-
-T = TypeVar("T")
+from workers.testing.waiting import wait_until
 
 DEFAULT_TIMING = {
     "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
@@ -35,14 +33,6 @@ FAST_TIMING = {
     "FAILOVER_LOG_LEVEL": "INFO",
     "FAILOVER_CHILD_ENV_PASSTHROUGH": json.dumps(PASSTHROUGH),
 }
-
-
-def wait_until(check: Callable[[], T], timeout: float, what: str, every: float = 0.1) -> T:
-    """Poll `check` until it returns something truthy; fail the test naming `what` otherwise."""
-    try:
-        return wait_or_timeout(check, timeout, what, every)
-    except TimeoutError as error:
-        raise AssertionError(str(error)) from None
 
 
 class Cluster(LocalCluster):

@@ -30,6 +30,7 @@ import psycopg
 import redis
 
 from tests.support.pki import Pki, kombu_tls, redis_tls_options, tls_redis_binary, tls_redis_config
+from workers.testing.waiting import wait_until
 
 MASTER_NAME = "mymaster"
 START_TIMEOUT = 60.0
@@ -64,16 +65,10 @@ def _tail(path: Path, lines: int = 20) -> str:
 def _wait_until(
     check: Callable[[], bool], timeout: float, what: str, log: Path | None = None
 ) -> float:
-    """Poll `check` (connection errors count as not yet) until true; return that monotonic time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with suppress(*TRANSIENT):
-            if check():
-                return time.monotonic()
-        if time.monotonic() > deadline:
-            said = f"\n--- last lines of {log}:\n{_tail(log)}" if log else ""
-            raise TimeoutError(f"{what}: not within {timeout:g} s{said}")
-        time.sleep(POLL_INTERVAL)
+    """`wait_until` with connection errors as not yet and the log's tail on failure; when."""
+    explain = (lambda: f"\n--- last lines of {log}:\n{_tail(log)}") if log else None
+    wait_until(check, timeout, what, POLL_INTERVAL, TRANSIENT, explain)
+    return time.monotonic()
 
 
 def _quoted(value: str) -> str:

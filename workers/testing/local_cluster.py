@@ -13,27 +13,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import create_engine, text
 
-T = TypeVar("T")
+from workers.testing.waiting import wait_until
+
 RESET_VARIABLES = ("FAILOVER_NODE_NAME", "FAILOVER_INCARNATION", "FAILOVER_CONFIG")
-
-
-def wait_until(check: Callable[[], T], timeout: float, what: str, every: float = 0.1) -> T:
-    """Poll `check` until it returns something truthy; raise TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
 
 
 class LocalNode:
