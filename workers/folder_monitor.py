@@ -55,7 +55,7 @@ from workers.fence.supervision import (
     supervise,
 )
 from workers.settings import HotFolderSettings, Settings
-from workers.stores import store
+from workers.stores import registration, store
 from workers.stores.database import Statement, transaction
 
 log = logging.getLogger(__name__)
@@ -1168,7 +1168,7 @@ def settle_leftovers(
     restored = restore_unrecorded(fence, folder, quiet)
     if restored:
         with transaction(settings) as connection:
-            store.count_restored(connection, fence.me, restored)
+            registration.count_restored(connection, fence.me, restored)
 
 
 _unclaimed_since: dict[Path, float] = {}

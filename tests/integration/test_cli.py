@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.registry import add_node, give
 from tests.support.servers import HEAD_REVISION
-from workers.stores import store
+from workers.stores import ownership
 from workers.stores.database import transaction
 
 CHECKOUT = Path(__file__).parents[2]
@@ -133,10 +133,12 @@ def test_stored_text_that_looks_like_markup_is_shown_literally(settings, databas
     b = add_node(settings, "b")
     give(settings, "folder_monitor", "a")
     with transaction(settings) as connection:
-        refusal, _epoch = store.move_here(connection, b, "folder_monitor", f"ops{MARKUP}", MARKUP)
+        refusal, _epoch = ownership.move_here(
+            connection, b, "folder_monitor", f"ops{MARKUP}", MARKUP
+        )
     assert refusal is None
     with transaction(settings) as connection:
-        store.release_services(connection, a, why=MARKUP)
+        ownership.release_services(connection, a, why=MARKUP)
     env = {"FAILOVER_DATABASE_URL": database_url, "COLUMNS": "400"}
     # When status and history are shown as tables, Then they succeed and show the text as is
     for command in (["status"], ["history"], ["history", "folder_monitor"]):

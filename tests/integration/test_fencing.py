@@ -12,7 +12,7 @@ from workers.decision.decide import Acquire, Policy
 from workers.errors import StaleEpoch
 from workers.fence.fencing import Fence, fenced, record_ticks, run_fenced
 from workers.settings.process import Identity, new_incarnation
-from workers.stores import store
+from workers.stores import ownership
 from workers.stores.database import transaction
 
 SERVICE = "app_script"
@@ -90,7 +90,7 @@ def test_a_takeover_waits_for_an_open_side_effect_and_then_wins(settings):
     def take_over() -> None:
         action = Acquire(SERVICE, "a", epoch, "takeover", "lease expired")
         with transaction(settings.model_copy(update={"database_timeout": 5.0})) as connection:
-            refusal.append(store.acquire(connection, taker, action, "node b", Policy()))
+            refusal.append(ownership.acquire(connection, taker, action, "node b", Policy()))
         released.set()
 
     with fenced(settings, Fence(SERVICE, owner, epoch)) as connection:

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from tests.support.registry import add_node
 from workers import retention
 from workers.operations.timeline import WINDOWS, read_timeline
-from workers.stores import store
+from workers.stores import ownership, registration, store
 from workers.stores.database import transaction
 
 
@@ -26,14 +26,14 @@ def test_starts_drains_expiries_revivals_and_stops_are_recorded_and_renewals_are
         assert store.heartbeat(settings, a, True, store.Latency(1.0, 1.0, 2.0)) is not None
     assert events(settings) == [("a", "started"), ("b", "started")]
     with transaction(settings) as connection:
-        store.set_draining(connection, "a", True)
-        store.set_draining(connection, "a", False)
+        registration.set_draining(connection, "a", True)
+        registration.set_draining(connection, "a", False)
         connection.execute(
             text("UPDATE server_registry SET is_active = false WHERE node_name = 'b'")
         )
     assert store.heartbeat(settings, b, True, store.Latency()) is not None
     with transaction(settings) as connection:
-        store.release_services(connection, a)
+        ownership.release_services(connection, a)
     # a new incarnation of the stopped a: a start, not a revival
     add_node(settings, "a")
     assert events(settings)[2:] == [

@@ -13,7 +13,7 @@ from workers.errors import HandingOver
 from workers.fence.fencing import Fence, fenced
 from workers.operations.metrics import ClusterCollector
 from workers.operations.status import cluster_status, render
-from workers.stores import store
+from workers.stores import ownership
 from workers.stores.database import transaction
 
 
@@ -47,8 +47,8 @@ def test_a_move_waits_for_the_owner_s_running_script_then_hands_over_cutting_not
     running = services.running_work(settings, "app_script")
     # When b is asked to take it (a move)
     with transaction(settings) as connection:
-        refusal, handing = store.move_here(
-            connection, b, "app_script", "ops", "try b", store.Grace(30.0, running)
+        refusal, handing = ownership.move_here(
+            connection, b, "app_script", "ops", "try b", ownership.Grace(30.0, running)
         )
     # Then the service is marked as handing over, not moved, and says what still runs
     assert refusal is None and not handing.moved
@@ -75,10 +75,10 @@ def test_a_move_waits_for_the_owner_s_running_script_then_hands_over_cutting_not
         pass
     # And a hands it over only once its run ended, at the next epoch, cutting nothing
     with transaction(settings) as connection:
-        assert store.finish_handover(connection, a, "app_script", running) is None
+        assert ownership.finish_handover(connection, a, "app_script", running) is None
     end_run(settings, run)
     with transaction(settings) as connection:
-        finished = store.finish_handover(connection, a, "app_script", running)
+        finished = ownership.finish_handover(connection, a, "app_script", running)
     assert finished is not None and finished.to is not None and finished.to.name == "b"
     assert owner_and_epoch(settings, "app_script") == ("b", epoch + 1)
     with transaction(settings) as connection:
@@ -102,14 +102,14 @@ def test_a_move_with_nothing_running_or_with_no_grace_moves_at_once(settings):
     epoch = give(settings, "app_script", "a")
     running = services.running_work(settings, "app_script")
     with transaction(settings) as connection:
-        _refusal, idle = store.move_here(
-            connection, b, "app_script", "ops", "idle", store.Grace(30.0, running)
+        _refusal, idle = ownership.move_here(
+            connection, b, "app_script", "ops", "idle", ownership.Grace(30.0, running)
         )
     assert idle.moved and owner_and_epoch(settings, "app_script") == ("b", epoch + 1)
     start_run(settings, b, epoch + 1)
     with transaction(settings) as connection:
-        _refusal, now = store.move_here(
-            connection, a, "app_script", "ops", "--now", store.Grace(0.0, running)
+        _refusal, now = ownership.move_here(
+            connection, a, "app_script", "ops", "--now", ownership.Grace(0.0, running)
         )
         cut = connection.execute(
             text("SELECT handover_cut FROM ownership_history ORDER BY id DESC LIMIT 1")

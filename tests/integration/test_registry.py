@@ -9,9 +9,9 @@ from sqlalchemy.exc import DBAPIError
 from tests.support.registry import add_node, give, history, owner_and_epoch
 from workers.errors import Refused
 from workers.settings.process import new_incarnation
-from workers.stores import store
+from workers.stores import ownership, registration, store
 from workers.stores.database import transaction
-from workers.stores.store import Registration
+from workers.stores.registration import Registration
 
 
 def node_row(settings, name):
@@ -24,14 +24,14 @@ def node_row(settings, name):
 def test_a_live_name_cannot_be_registered_twice(settings):
     add_node(settings, "a")
     with pytest.raises(Refused, match="node a is already running"), transaction(settings) as c:
-        store.register_node(c, Registration("a", "r1", 1.5, 0.3), new_incarnation())
+        registration.register_node(c, Registration("a", "r1", 1.5, 0.3), new_incarnation())
 
 
 def test_a_dead_name_is_registered_again_with_a_new_incarnation_and_keeps_draining(settings):
     first = add_node(settings, "a", beat_age=10)
     with transaction(settings) as connection:
         connection.execute(text("UPDATE server_registry SET draining = true"))
-        store.register_node(
+        registration.register_node(
             connection, Registration("a", "r2", 1.5, 0.3), "0" * 8 + "-0000-4000-8000-" + "0" * 12
         )
     row = node_row(settings, "a")
@@ -90,7 +90,7 @@ def test_release_frees_services_at_a_new_epoch_and_stops_renewal(settings):
     me = add_node(settings, "a")
     epoch = give(settings, "folder_monitor", "a")
     with transaction(settings) as connection:
-        assert store.release_services(connection, me) == [("folder_monitor", epoch + 1)]
+        assert ownership.release_services(connection, me) == [("folder_monitor", epoch + 1)]
     assert not renew(settings, me)
     assert owner_and_epoch(settings, "folder_monitor") == (None, epoch + 1)
     assert history(settings, "folder_monitor")[-1] == ("a", None, epoch + 1, "release")

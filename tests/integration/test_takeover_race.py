@@ -9,7 +9,7 @@ from tests.support.registry import add_node, give, history, owner_and_epoch
 from workers.decision.decide import Acquire, Policy
 from workers.settings import Settings, load_settings
 from workers.settings.process import Identity, new_incarnation
-from workers.stores import store
+from workers.stores import ownership, store
 from workers.stores.database import transaction
 
 SERVICE = "folder_monitor"
@@ -19,7 +19,7 @@ CONTENDERS = 8
 def _attempt(settings: Settings, me: Identity, epoch: int) -> str | None:
     action = Acquire(SERVICE, "dead", epoch, "takeover", "lease expired")
     with transaction(settings) as connection:
-        return store.acquire(connection, me, action, f"node {me.name}", Policy())
+        return ownership.acquire(connection, me, action, f"node {me.name}", Policy())
 
 
 def _dead_owner_and_contenders(
@@ -99,7 +99,7 @@ def test_takeover_is_refused_when_the_owner_renewed_after_it_was_planned(setting
     assert store.heartbeat(settings, owner, True, store.Latency()) is not None
     action = Acquire(SERVICE, "a", epoch, "takeover", "lease expired")
     with transaction(settings) as connection:
-        refusal = store.acquire(connection, taker, action, "node b", Policy())
+        refusal = ownership.acquire(connection, taker, action, "node b", Policy())
     # Then the locked re-check refuses, and nothing changed
     assert refusal is not None and "lease is fresh" in refusal
     assert owner_and_epoch(settings, SERVICE) == ("a", epoch)
@@ -111,7 +111,7 @@ def test_takeover_is_refused_to_a_node_whose_own_lease_lapsed(settings):
     stale = add_node(settings, "b", beat_age=5)
     action = Acquire(SERVICE, "a", epoch, "takeover", "lease expired")
     with transaction(settings) as connection:
-        refusal = store.acquire(connection, stale, action, "node b", Policy())
+        refusal = ownership.acquire(connection, stale, action, "node b", Policy())
     assert refusal is not None and "own lease expired" in refusal
     assert owner_and_epoch(settings, SERVICE) == ("a", epoch)
 
@@ -123,5 +123,5 @@ def test_a_replaced_incarnation_cannot_take_over(settings):
     ghost = Identity("b", new_incarnation())
     action = Acquire(SERVICE, "a", epoch, "takeover", "lease expired")
     with transaction(settings) as connection:
-        refusal = store.acquire(connection, ghost, action, "node b", Policy())
+        refusal = ownership.acquire(connection, ghost, action, "node b", Policy())
     assert refusal == "this process is no longer the node's current incarnation"

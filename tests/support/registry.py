@@ -6,9 +6,9 @@ from sqlalchemy import text
 
 from workers.settings import Settings
 from workers.settings.process import Identity, new_incarnation
-from workers.stores import store
+from workers.stores import registration
 from workers.stores.database import transaction
-from workers.stores.store import Registration
+from workers.stores.registration import Registration
 
 
 def add_node(
@@ -25,7 +25,9 @@ def add_node(
     `joined`: as after its first heartbeat through its consumer (live); else still joining."""
     me = Identity(name, new_incarnation())
     with transaction(settings) as connection:
-        store.register_node(connection, Registration(name, region, lease, 0.3), me.incarnation)
+        registration.register_node(
+            connection, Registration(name, region, lease, 0.3), me.incarnation
+        )
     if joined:
         join(settings, name)
     age_node(settings, name, beat_age, lease_age)

@@ -11,9 +11,9 @@ from workers.operations.timeline import (
     colour_map,
     mark_kind,
     node_segments,
-    render_svg,
     service_segments,
 )
+from workers.operations.timeline_svg import render_svg
 
 T0 = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 SVG = "{http://www.w3.org/2000/svg}"

@@ -28,7 +28,7 @@ from workers.errors import DatabaseUnavailable, HandingOver, StaleEpoch
 from workers.settings import Settings, timing
 from workers.settings.process import Identity
 from workers.stores.database import Statement, round_trip, transaction
-from workers.stores.store import record_rejection
+from workers.stores.registration import record_rejection
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

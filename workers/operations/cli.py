@@ -19,6 +19,7 @@ from rich.console import Console
 
 from workers.errors import FailoverError, Refused
 from workers.settings import ENV_PREFIX, Settings, load_settings
+from workers.stores import registration
 
 COMMAND_GROUP = "celery_failover.commands"
 
@@ -72,7 +73,6 @@ def worker(ctx: click.Context, /, **flags: Any) -> None:
     """Run a node: its Celery worker on node.NAME and its own staggered heartbeat."""
     from workers import services
     from workers.runtime.app import app
-    from workers.stores import store
     from workers.stores.broker import check_broker
     from workers.stores.database import transaction
 
@@ -82,7 +82,7 @@ def worker(ctx: click.Context, /, **flags: Any) -> None:
     services.check_all(settings)
     check_broker(app, settings, wait=True)
     with transaction(settings) as connection:
-        holder = store.name_holder(connection, name)
+        holder = registration.name_holder(connection, name)
     if holder:
         raise Refused(holder)
     sys.exit(_run_worker(settings, name))
@@ -260,7 +260,7 @@ def history(
     from workers.stores.database import transaction
 
     if svg is not None:
-        from workers.operations.timeline import write_svg
+        from workers.operations.timeline_svg import write_svg
 
         write_svg(_settings(ctx), svg, window)
         click.echo(f"wrote the ownership timeline of the last {window} to {svg}")

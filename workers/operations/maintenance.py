@@ -23,7 +23,7 @@ from workers.decision.snapshot import Snapshot
 from workers.errors import ConfigError, Refused
 from workers.queues.routing import MANUAL_FAILOVER, RUN_SCRIPT, send_to_node
 from workers.settings import Settings, require_service
-from workers.stores import store
+from workers.stores import registration, store
 from workers.stores.broker import check_broker
 from workers.stores.database import transaction
 from workers.stores.tables import ownership_history as history_t
@@ -191,7 +191,7 @@ def drain(settings: Settings, node: str, force: bool, grace: float | None = None
                 f"{node} is the last live node that can run {', '.join(stuck)}: "
                 "use --force to drain it anyway (it keeps serving until another node can)"
             )
-        store.set_draining(connection, node, True, grace)
+        registration.set_draining(connection, node, True, grace)
     return stuck
 
 
@@ -209,7 +209,7 @@ def _services_without_successor(settings: Settings, snapshot: Snapshot, node: st
 def undrain(settings: Settings, node: str) -> None:
     with transaction(settings) as connection:
         require_node(store.read_snapshot(connection), node)
-        store.set_draining(connection, node, False)
+        registration.set_draining(connection, node, False)
 
 
 def watch_drain(

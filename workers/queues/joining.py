@@ -31,7 +31,7 @@ from celery import bootsteps
 from workers.errors import FailoverError
 from workers.settings import Settings
 from workers.settings.process import Identity
-from workers.stores import store
+from workers.stores import registration
 from workers.stores.database import close_idle_connections
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class JoinHold(threading.Thread):
         pool processes do the work)."""
         while not self.stopping.wait(self.settings.heartbeat_interval):
             try:
-                if not store.hold_while_joining(self.settings, self.me):
+                if not registration.hold_while_joining(self.settings, self.me):
                     return
             except FailoverError as error:
                 log.warning("could not hold its name while joining: %s", error)

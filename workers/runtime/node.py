@@ -66,19 +66,19 @@ from workers.settings.process import (
     current_identity,
     current_settings,
 )
-from workers.stores import store
+from workers.stores import ownership, registration, store
 from workers.stores.database import (
     close_idle_connections,
     connect_ahead,
     forget_inherited_engines,
     transaction,
 )
-from workers.stores.store import Registration
+from workers.stores.registration import Registration
 
 log = logging.getLogger(__name__)
 
 
-def registration(settings: Settings) -> Registration:
+def declared(settings: Settings) -> Registration:
     name, region = settings.require_node()
     return Registration(
         name=name,
@@ -100,7 +100,7 @@ def register_birth(settings: Settings, me: Identity) -> None:
     first heartbeat through that consumer: `workers.queues.joining`); then hold connections only
     where heartbeats will run."""
     names = list(services.services_for(settings))
-    store.register(settings, registration(settings), me.incarnation, names)
+    registration.register(settings, declared(settings), me.incarnation, names)
     joining.begin()
     joining.JoinHold(settings, me).start()
     if settings.pool == "prefork":
@@ -120,7 +120,7 @@ def register_death(app: Any, settings: Settings, me: Identity) -> None:
     """Release this node's services and wake the peers placed first to take them at once
     (the history counts the runs the release cuts)."""
     with transaction(settings) as connection:
-        released = store.release_services(
+        released = ownership.release_services(
             connection, me, running=partial(services.running_work, settings)
         )
         snapshot = store.read_snapshot(connection)
@@ -303,7 +303,7 @@ class GracefulStop:
         settings, me = self.settings, self.me
         grace = settings.handover_grace
         with transaction(settings) as connection:
-            found = store.begin_stop(
+            found = ownership.begin_stop(
                 connection, me, grace, partial(services.running_work, settings)
             )
         if not found:

@@ -50,7 +50,7 @@ from workers.services.builtin import batch_sender
 from workers.services.custom import CustomService
 from workers.settings import HotFolderSettings, Settings
 from workers.settings.process import Identity, current_identity, current_settings
-from workers.stores import database, store
+from workers.stores import database, ownership
 from workers.stores.database import transaction
 
 log = logging.getLogger(__name__)
@@ -122,9 +122,9 @@ def takeover(service: str, from_node: str | None, epoch: int, reason: str, why: 
         log.info("did not take %s: its beat stopped", service)
         return "refused: its beat stopped"
     action = Acquire(service, from_node, epoch, reason, why)
-    grace = store.Grace(settings.handover_grace, services.running_work(settings, service))
+    grace = ownership.Grace(settings.handover_grace, services.running_work(settings, service))
     with transaction(settings) as connection:
-        refusal, handing = store.take(
+        refusal, handing = ownership.take(
             connection, me, action, f"node {me.name}", settings.policy(), grace
         )
     if refusal or handing is None:
@@ -161,9 +161,11 @@ def manual_failover(
     if refusal:
         log.info("refused to take %s (asked by %s): %s", service, actor, refusal)
         return {**answer, "refusal": refusal, "moved": False}
-    planned = store.Grace(grace, services.running_work(settings, service), settings.handover_grace)
+    planned = ownership.Grace(
+        grace, services.running_work(settings, service), settings.handover_grace
+    )
     with transaction(settings) as connection:
-        refusal, handing = store.move_here(connection, me, service, actor, why, planned)
+        refusal, handing = ownership.move_here(connection, me, service, actor, why, planned)
     answer |= {"epoch": handing.epoch, "refusal": refusal, "moved": handing.moved}
     if refusal:
         log.info("refused to take %s (asked by %s): %s", service, actor, refusal)
@@ -196,7 +198,7 @@ def _unfit_to_take(settings: Settings, me: Identity) -> str | None:
     return None
 
 
-def _log_handing(me: Identity, service: str, owner: str | None, handing: store.Handing) -> None:
+def _log_handing(me: Identity, service: str, owner: str | None, handing: ownership.Handing) -> None:
     """Say that a service hands over to this node once its owner's running work ended."""
     running = ", ".join(handing.running[:5]) or "its running work"
     more = f" and {len(handing.running) - 5} more" if len(handing.running) > 5 else ""
@@ -216,7 +218,7 @@ def hand_over_when_idle(settings: Settings, fence: Fence) -> str:
     me = fence.me
     running = services.running_here(settings, me.incarnation, fence.service)
     with transaction(settings) as connection:
-        finished = store.finish_handover(connection, me, fence.service, running)
+        finished = ownership.finish_handover(connection, me, fence.service, running)
     if finished is None:
         return "handing over: its running work goes on"
     if finished.cancelled:

@@ -1,30 +1,27 @@
-"""SQL that reads the cluster snapshot and applies decisions under row locks.
+"""SQL that reads the cluster snapshot: the heartbeat's one statement, and the rules of
+leases (`failover_lease_holds`, `failover_incarnation_gone`) as the nodes' statements use them.
 
 Times are the database's own (`clock_timestamp()`, which, unlike `now()`, moves on after
-a lock wait). Every change of owner goes through `acquire` or `release_services`, which
-lock the `service_status` row; the table's trigger then raises the epoch check and writes
-the history row, so no code path can change an owner silently.
+a lock wait). Changes of owner are in `ownership.py`, a node's own row in `registration.py`.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, literal_column, select, update
+from sqlalchemy import Connection, func, literal_column, select
 
-from workers.decision.decide import Acquire, MarkInactive, Policy, grace_ended, refusal_to_acquire
-from workers.decision.placement import move_refusal
+from workers.decision.decide import MarkInactive
 from workers.decision.snapshot import Node, Service, Snapshot
-from workers.errors import Refused
 from workers.settings import Settings
 from workers.settings.process import Identity
 from workers.stores.database import HEARTBEAT as HEARTBEAT_ENGINE
-from workers.stores.database import encrypted, one_round_trip, transaction
+from workers.stores.database import encrypted, one_round_trip
 from workers.stores.tables import server_registry as nodes_t
 from workers.stores.tables import service_status as services_t
 
@@ -57,33 +54,16 @@ def own_work_lost(since: str, seconds: str) -> str:
     )
 
 
-STALE_INCARNATION = "this process is no longer the node's current incarnation"
 LEASE_EXPIRES = nodes_t.c.last_heartbeat_at + nodes_t.c.lease_timeout_s * literal_column(
     "interval '1 second'"
 )
-
-
-@dataclass(frozen=True)
-class Registration:
-    """What a node declares about itself when it starts."""
-
-    name: str
-    region: str
-    lease_timeout: float
-    heartbeat_interval: float
-    ip_address: str | None = None
-    port_number: str | None = None
-    app_context: str | None = None
-    hostname: str | None = None
-    pid: int | None = None
-    retention_days: float = 7.0
 
 
 def database_now(connection: Connection) -> datetime:
     return connection.execute(select(NOW)).scalar_one()  # type: ignore[no-any-return]
 
 
-def _node(row: Mapping[Any, Any]) -> Node:
+def node_from_row(row: Mapping[Any, Any]) -> Node:
     """A registry row, read by SQLAlchemy or returned as JSON by `failover_heartbeat`."""
     return Node(
         id=row["id"],
@@ -103,7 +83,7 @@ def _node(row: Mapping[Any, Any]) -> Node:
     )
 
 
-def _service(row: Mapping[Any, Any]) -> Service:
+def service_from_row(row: Mapping[Any, Any]) -> Service:
     """A `service_status` row, read by SQLAlchemy or returned as JSON."""
     return Service(
         name=row["service_type"],
@@ -130,7 +110,7 @@ def _maybe_time(value: datetime | str | None) -> datetime | None:
 
 def read_nodes(connection: Connection) -> tuple[Node, ...]:
     rows = connection.execute(select(nodes_t).order_by(nodes_t.c.node_name))
-    return tuple(_node(row._mapping) for row in rows)
+    return tuple(node_from_row(row._mapping) for row in rows)
 
 
 @dataclass(frozen=True)
@@ -191,8 +171,8 @@ def heartbeat(
 
 def snapshot_from_json(answer: dict[str, Any]) -> Snapshot:
     """The snapshot `failover_heartbeat` returns, as the decision code sees it."""
-    nodes = tuple(_node(row) for row in answer["nodes"])
-    services = tuple(_service(row) for row in answer["services"])
+    nodes = tuple(node_from_row(row) for row in answer["nodes"])
+    services = tuple(service_from_row(row) for row in answer["services"])
     return Snapshot(_time(answer["now"]), nodes, services, complete=bool(answer["complete"]))
 
 
@@ -238,488 +218,5 @@ def read_snapshot(connection: Connection) -> Snapshot:
     nodes = read_nodes(connection)
     services = connection.execute(select(services_t).order_by(services_t.c.service_type))
     return Snapshot(
-        database_now(connection), nodes, tuple(_service(row._mapping) for row in services)
+        database_now(connection), nodes, tuple(service_from_row(row._mapping) for row in services)
     )
-
-
-HOLDS_NAME = (
-    "({t}.is_active AND failover_lease_holds({t})) "
-    "OR ({t}.stopped_at IS NULL AND COALESCE({t}.joining_until > clock_timestamp(), false))"
-)
-"""SQL: the row's process holds the node's name: it is live, or still joining (starting up,
-not yet live) within the hold its starting process keeps pushing forward."""
-
-JOINING_VERDICT = "joining: not live until its first heartbeat through its consumer"
-
-
-def name_holder(connection: Connection, name: str, lock: bool = False) -> str | None:
-    """Why the name cannot be registered now (a live or joining process holds it), or None."""
-    query = select(
-        nodes_t,
-        (LEASE_EXPIRES - NOW).label("left"),
-        (nodes_t.c.joining_until - NOW).label("joining_left"),
-    ).where(nodes_t.c.node_name == name)
-    row = connection.execute(query.with_for_update() if lock else query).first()
-    if row is None or not _holds_name(row):
-        return None
-    if _is_joining(row):
-        state = (
-            f"joining: not live yet, holds its name {row.joining_left.total_seconds():.1f} s more"
-        )
-    else:
-        state = f"lease {row.left.total_seconds():.1f} s left"
-    return (
-        f"node {name} is already running (pid {row.pid} on {row.hostname or '?'}, {state}): "
-        "stop it, or wait for its lease to expire if that process is gone"
-    )
-
-
-REGISTER_SQL = f"""
-WITH registered AS (
-    INSERT INTO server_registry AS r (
-        node_name, draining, region, ip_address, port_number, app_context, hostname, pid,
-        is_active, incarnation, started_at, last_heartbeat_at, lease_started_at,
-        lease_timeout_s, heartbeat_interval_s, stopped_at, app_healthy, last_verdict,
-        joining_until)
-    VALUES (
-        %(node)s, false, %(region)s, %(ip_address)s, %(port_number)s, %(app_context)s,
-        %(hostname)s, %(pid)s, false, %(incarnation)s, clock_timestamp(), clock_timestamp(),
-        clock_timestamp(), %(lease)s, %(interval)s, NULL, NULL, %(verdict)s,
-        clock_timestamp() + %(lease)s * interval '1 second')
-    ON CONFLICT (node_name) DO UPDATE SET
-        region = EXCLUDED.region, ip_address = EXCLUDED.ip_address,
-        port_number = EXCLUDED.port_number, app_context = EXCLUDED.app_context,
-        hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, is_active = false,
-        incarnation = EXCLUDED.incarnation, started_at = EXCLUDED.started_at,
-        last_heartbeat_at = EXCLUDED.last_heartbeat_at,
-        lease_started_at = EXCLUDED.lease_started_at,
-        lease_timeout_s = EXCLUDED.lease_timeout_s,
-        heartbeat_interval_s = EXCLUDED.heartbeat_interval_s, stopped_at = NULL,
-        app_healthy = NULL, last_verdict = EXCLUDED.last_verdict,
-        joining_until = EXCLUDED.joining_until
-    WHERE NOT ({HOLDS_NAME.format(t="r")})
-    RETURNING r.id
-), pruned AS (
-    DELETE FROM server_registry AS old
-    WHERE EXISTS (SELECT 1 FROM registered) AND old.node_name <> %(node)s
-      AND COALESCE(old.stopped_at, old.last_heartbeat_at)
-          < clock_timestamp() - %(retention_days)s * interval '1 day'
-      AND NOT EXISTS (SELECT 1 FROM service_status AS s WHERE s.service_registry_id = old.id)
-), declared AS (
-    INSERT INTO service_status (service_type, epoch)
-    SELECT unnest(%(services)s::text[]), 0 WHERE EXISTS (SELECT 1 FROM registered)
-    ON CONFLICT (service_type) DO NOTHING
-)
-SELECT EXISTS (SELECT 1 FROM registered)
-"""
-"""Registration in one statement (one round trip from a far region): take the name unless a
-live or joining process holds it (checked on the conflicting row under its lock, so two
-processes starting at once cannot both take it), forget long-stopped nodes, and give each
-declared service its row. The node starts joining: it holds its name, is not live, and
-owns nothing until its first heartbeat through its consumer makes it live."""
-
-
-def _registration_params(
-    node: Registration, incarnation: str, services: Sequence[str]
-) -> dict[str, Any]:
-    return {
-        "node": node.name,
-        "region": node.region,
-        "ip_address": node.ip_address,
-        "port_number": node.port_number,
-        "app_context": node.app_context,
-        "hostname": node.hostname,
-        "pid": node.pid,
-        "incarnation": uuid.UUID(incarnation),
-        "lease": node.lease_timeout,
-        "interval": node.heartbeat_interval,
-        "verdict": JOINING_VERDICT,
-        "retention_days": node.retention_days,
-        "services": list(services),
-    }
-
-
-def register_node(
-    connection: Connection,
-    node: Registration,
-    incarnation: str,
-    services: Sequence[str] = (),
-) -> None:
-    """Register or re-register a node under a new incarnation, as joining, unless a live or
-    joining process holds the name (`Refused`, saying which).
-
-    The node keeps its `draining` flag across restarts; everything about the process is new.
-    """
-    params = _registration_params(node, incarnation, services)
-    taken = connection.exec_driver_sql(REGISTER_SQL, params).scalar()
-    if not taken:
-        raise Refused(name_holder(connection, node.name) or f"node {node.name} is taken")
-
-
-def register(
-    settings: Settings, node: Registration, incarnation: str, services: Sequence[str] = ()
-) -> None:
-    """`register_node` in one round trip, as its own transaction (a node's start)."""
-    params = _registration_params(node, incarnation, services)
-    if one_round_trip(settings, REGISTER_SQL, params):
-        return
-    with transaction(settings) as connection:
-        holder = name_holder(connection, node.name)
-    raise Refused(holder or f"node {node.name} is taken")
-
-
-def _is_joining(row: Row[Any]) -> bool:
-    return bool(not row.is_active and row.joining_until is not None)
-
-
-def _holds_name(row: Row[Any]) -> bool:
-    if row.stopped_at is not None:
-        return False
-    if _is_joining(row):
-        return bool(row.joining_left.total_seconds() > 0)
-    return bool(row.is_active and row.left.total_seconds() > 0)
-
-
-JOIN_HOLD_SQL = (
-    "UPDATE server_registry SET joining_until = clock_timestamp() "
-    "+ lease_timeout_s * interval '1 second' "
-    "WHERE node_name = %(node)s AND incarnation = %(incarnation)s AND stopped_at IS NULL "
-    "AND joining_until IS NOT NULL RETURNING true"
-)
-
-
-def hold_while_joining(settings: Settings, me: Identity) -> bool:
-    """Push this joining incarnation's hold on its name a lease further, in one round trip.
-
-    Returns False once there is nothing to hold: it joined (its first renewal through its
-    consumer), or it was stopped or replaced. Holding is not renewing: the node stays
-    not live, and owns and judges nothing, until it joins."""
-    params = {"node": me.name, "incarnation": uuid.UUID(me.incarnation)}
-    return bool(one_round_trip(settings, JOIN_HOLD_SQL, params))
-
-
-def _mine(me: Identity) -> Any:
-    return (
-        (nodes_t.c.node_name == me.name)
-        & (nodes_t.c.incarnation == uuid.UUID(me.incarnation))
-        & nodes_t.c.stopped_at.is_(None)
-    )
-
-
-def _lock_service(connection: Connection, service: str) -> tuple[Row[Any], Snapshot]:
-    """Lock the service's row, then read every node: the facts a change of owner re-checks."""
-    locked = connection.execute(
-        select(services_t).where(services_t.c.service_type == service).with_for_update()
-    ).one()
-    snapshot = Snapshot(
-        database_now(connection), read_nodes(connection), (_service(locked._mapping),)
-    )
-    return locked, snapshot
-
-
-def _set_owner(
-    connection: Connection,
-    locked: Row[Any],
-    node_id: int | None,
-    reason: str,
-    actor: str,
-    why: str,
-    cut: int | None = None,
-) -> int:
-    """Give the locked service to `node_id` (None: nobody) at the next epoch; return it. `cut`:
-    how many runs of a handover this change cuts (the trigger writes it and how long the
-    handover waited into the history, and ends the handover)."""
-    connection.execute(
-        update(services_t)
-        .where(services_t.c.id == locked.id)
-        .values(
-            service_registry_id=node_id,
-            epoch=locked.epoch + 1,
-            acquired_at=NOW,
-            acquired_reason=reason,
-            acquired_by=actor,
-            acquired_detail=why,
-            handover_cut=cut,
-        )
-    )
-    return int(locked.epoch) + 1
-
-
-def _current_self(snapshot: Snapshot, me: Identity) -> Node | None:
-    mine = snapshot.node(me.name)
-    return mine if mine is not None and mine.incarnation == me.incarnation else None
-
-
-InFlight = Callable[[Connection], "list[str] | None"]
-"""What of a service still runs, as the database shows it ([]: nothing; None: the database
-cannot tell, only the owner knows)."""
-
-
-@dataclass(frozen=True)
-class Grace:
-    """What a planned change of owner waits for: at most `seconds` (None: the owner's drain
-    grace while it drains, else `default`), for the work `running` finds still running on
-    the owner."""
-
-    seconds: float | None
-    running: InFlight
-    default: float = 0.0
-
-
-NO_GRACE = Grace(0.0, lambda _connection: [])
-
-
-@dataclass(frozen=True)
-class Handing:
-    """A planned change of owner: `moved` at `epoch`, or handing over, with `running` left to
-    finish until `until` (database time)."""
-
-    epoch: int
-    moved: bool
-    running: tuple[str, ...] = ()
-    until: datetime | None = None
-
-
-def _plan(
-    connection: Connection,
-    locked: Row[Any],
-    snapshot: Snapshot,
-    to: Node | None,
-    change: tuple[str, str, str],
-    grace: Grace,
-) -> Handing:
-    """Move the locked service to `to` now when its owner is gone, no grace is given, nothing
-    runs or the grace has ended (cutting what runs); otherwise mark it as handing over, so the
-    owner starts nothing new and hands it over once its running work ended."""
-    reason, actor, why = change
-    service = _service(locked._mapping)
-    owner = snapshot.node_by_id(service.owner_id)
-    live = owner is not None and owner.is_live(snapshot.now)
-    running = grace.running(connection) if live else []
-    ended = to is not None and grace_ended(snapshot, to.name, service) is not None
-    seconds = grace.seconds
-    if seconds is None:
-        seconds = drain_grace(snapshot, service.name, grace.default)
-    if not live or seconds <= 0 or running == [] or ended:
-        cut = None if running is None else len(running)
-        epoch = _set_owner(connection, locked, to.id if to else None, reason, actor, why, cut)
-        return Handing(epoch, moved=True)
-    until = connection.execute(
-        update(services_t)
-        .where(services_t.c.id == locked.id)
-        .values(
-            handover_to=to.name if to else None,
-            handover_since=func.coalesce(services_t.c.handover_since, NOW),
-            handover_until=func.coalesce(
-                services_t.c.handover_until, NOW + timedelta(seconds=seconds)
-            ),
-            handover_reason=reason,
-            handover_actor=actor,
-            handover_detail=why,
-        )
-        .returning(services_t.c.handover_until)
-    ).scalar_one()
-    return Handing(int(locked.epoch), moved=False, running=tuple(running or ()), until=until)
-
-
-def acquire(
-    connection: Connection, me: Identity, action: Acquire, actor: str, policy: Policy
-) -> str | None:
-    """Invariant 2: lock the service row, re-check, then move it to this node at epoch + 1.
-
-    Returns None when the service was taken, or the reason it was not (another node won,
-    the owner came back, this node's own lease lapsed).
-    """
-    return take(connection, me, action, actor, policy, NO_GRACE)[0]
-
-
-def take(
-    connection: Connection, me: Identity, action: Acquire, actor: str, policy: Policy, grace: Grace
-) -> tuple[str | None, Handing | None]:
-    """`acquire`, where a failback from a live owner first gives its running work `grace`
-    (a planned handover). Returns the refusal, or how the service is changing hands."""
-    locked, snapshot = _lock_service(connection, action.service)
-    mine = _current_self(snapshot, me)
-    if mine is None:
-        return STALE_INCARNATION, None
-    refusal = refusal_to_acquire(snapshot, me.name, action, policy)
-    if refusal:
-        return refusal, None
-    planned = action.reason == "failback" or locked.handover_since is not None
-    change = (action.reason, actor, action.why)
-    return None, _plan(connection, locked, snapshot, mine, change, grace if planned else NO_GRACE)
-
-
-def move_here(
-    connection: Connection,
-    me: Identity,
-    service: str,
-    actor: str,
-    why: str,
-    grace: Grace = NO_GRACE,
-) -> tuple[str | None, Handing]:
-    """A manual failover, run by the target: take `service` under the lock if it may move
-    here, at once or (a live owner with work running) after a planned handover.
-
-    Returns (None, how it is changing hands), or (the reason it was refused, current epoch).
-    """
-    locked, snapshot = _lock_service(connection, service)
-    mine = _current_self(snapshot, me)
-    refusal = move_refusal(snapshot, me.name, service) if mine else STALE_INCARNATION
-    if refusal or mine is None:
-        return refusal, Handing(int(locked.epoch), moved=False)
-    return None, _plan(connection, locked, snapshot, mine, ("manual", actor, why), grace)
-
-
-def drain_grace(snapshot: Snapshot, service: str, default: float) -> float:
-    """The grace a move of `service` gives its owner's running work: its owner's drain grace
-    while it drains (set by `failover drain --grace/--now`), else `default`."""
-    current = snapshot.service(service)
-    owner = snapshot.node_by_id(current.owner_id) if current else None
-    if owner is not None and owner.draining and owner.drain_grace is not None:
-        return owner.drain_grace
-    return default
-
-
-@dataclass(frozen=True)
-class Finished:
-    """The end of a handover by its owner: moved to `to` at `epoch` (None: released), or
-    `cancelled` for that reason (the target can no longer take it)."""
-
-    service: str
-    epoch: int
-    to: Node | None
-    cancelled: str | None = None
-
-
-def finish_handover(
-    connection: Connection, me: Identity, service: str, running: InFlight
-) -> Finished | None:
-    """On the owner, once its own work for the service ended: hand the service over now.
-    None while it is not handing over to a node or `running` still finds work (a graceful
-    stop releases its services itself, all at once: `release_services`)."""
-    locked, snapshot = _lock_service(connection, service)
-    mine = _current_self(snapshot, me)
-    current = _service(locked._mapping)
-    if mine is None or current.owner_id != mine.id or current.handover_to is None:
-        return None
-    if running(connection):
-        return None
-    target = snapshot.node(current.handover_to) if current.handover_to else None
-    if current.handover_to is not None:
-        refusal = move_refusal(snapshot, current.handover_to, service)
-        if refusal or target is None:
-            _end_handover(connection, locked)
-            return Finished(service, int(locked.epoch), target, refusal or "gone")
-    reason = current.handover_reason or "manual"
-    actor, why = locked.handover_actor or me.name, locked.handover_detail or reason
-    epoch = _set_owner(connection, locked, target.id if target else None, reason, actor, why, 0)
-    return Finished(service, epoch, target)
-
-
-def _end_handover(connection: Connection, locked: Row[Any]) -> None:
-    """Give up a handover without a change of owner: the owner carries on."""
-    connection.execute(
-        update(services_t)
-        .where(services_t.c.id == locked.id)
-        .values(
-            handover_to=None,
-            handover_since=None,
-            handover_until=None,
-            handover_reason=None,
-            handover_actor=None,
-            handover_detail=None,
-        )
-    )
-
-
-def begin_stop(
-    connection: Connection, me: Identity, grace: float, running: Callable[[str], InFlight]
-) -> dict[str, list[str] | None]:
-    """A graceful stop with work running: mark every service this incarnation owns as handing
-    over (released at the end), so that it starts nothing new. Returns what runs, per service;
-    nothing is marked when nothing runs (the stop then releases at once)."""
-    owned = _owned(connection, me)
-    if not owned or grace <= 0:
-        return {}
-    found = {service: running(service)(connection) for service in owned}
-    if all(left == [] for left in found.values()):
-        return {}
-    for service in owned:
-        locked, snapshot = _lock_service(connection, service)
-        change = ("release", me.name, "graceful stop")
-        _plan(connection, locked, snapshot, None, change, Grace(grace, lambda _c: None))
-    return found
-
-
-def _owned(connection: Connection, me: Identity) -> list[str]:
-    """The services this incarnation owns, by name."""
-    rows = connection.execute(
-        select(services_t.c.service_type)
-        .join(nodes_t, nodes_t.c.id == services_t.c.service_registry_id)
-        .where(_mine(me))
-        .order_by(services_t.c.service_type)
-    ).scalars()
-    return list(rows.all())
-
-
-def release_services(
-    connection: Connection,
-    me: Identity,
-    why: str = "graceful stop",
-    running: Callable[[str], InFlight] | None = None,
-) -> list[tuple[str, int]]:
-    """Invariant 7: stop this incarnation and hand back its services (reason `release`).
-
-    Returns each released service with its new epoch. The node is marked stopped first,
-    so a heartbeat still running in this process can no longer renew or claim anything.
-    With `running`, the history counts, per service, the runs the release cuts.
-    """
-    owned = _owned(connection, me)
-    node_id = connection.execute(
-        update(nodes_t)
-        .where(_mine(me))
-        .values(stopped_at=NOW, is_active=False, last_verdict=f"stopped: {why}")
-        .returning(nodes_t.c.id)
-    ).scalar()
-    if node_id is None:
-        return []
-    released = []
-    for service in owned:
-        locked, _snapshot = _lock_service(connection, service)
-        left = running(service)(connection) if running else None
-        cut = None if left is None else len(left)
-        epoch = _set_owner(connection, locked, None, "release", me.name, why, cut)
-        released.append((service, epoch))
-    return released
-
-
-def count_restored(connection: Connection, me: Identity, count: int) -> None:
-    """Count files this node put back into a hot folder (no claim left for them)."""
-    connection.execute(
-        update(nodes_t)
-        .where(nodes_t.c.node_name == me.name)
-        .values(restored_files=nodes_t.c.restored_files + count)
-    )
-
-
-def record_rejection(connection: Connection, me: Identity) -> None:
-    """Count a fenced (rejected) side effect against this node, for metrics."""
-    connection.execute(
-        update(nodes_t)
-        .where(nodes_t.c.node_name == me.name)
-        .values(rejected_side_effects=nodes_t.c.rejected_side_effects + 1)
-    )
-
-
-def set_draining(
-    connection: Connection, node: str, draining: bool, grace: float | None = None
-) -> bool:
-    """Store the node's maintenance flag and the grace its handovers give running work
-    (None: the setting); False if there is no such node."""
-    result = connection.execute(
-        update(nodes_t)
-        .where(nodes_t.c.node_name == node)
-        .values(draining=draining, drain_grace_s=grace if draining else None)
-    )
-    return result.rowcount == 1

@@ -38,7 +38,8 @@ from sqlalchemy import Connection, text
 from workers.errors import ConfigError, FailoverError
 from workers.operations.metrics import ClusterCollector
 from workers.operations.status import cluster_status, history
-from workers.operations.timeline import WINDOWS, colour_map, owner_colour, read_timeline, render_svg
+from workers.operations.timeline import WINDOWS, colour_map, owner_colour, read_timeline
+from workers.operations.timeline_svg import render_svg
 from workers.settings import Settings
 from workers.stores.database import transaction
 
