@@ -7,9 +7,8 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from tests.support.registry import add_node
-from workers import retention
 from workers.operations.timeline import WINDOWS, read_timeline
-from workers.stores import store
+from workers.stores import retention, store
 from workers.stores.database import transaction
 
 

@@ -12,8 +12,9 @@ import pytest
 from workers import services
 from workers.errors import ConfigError
 from workers.fence import local_state
-from workers.services.builtin import AppScriptService, FolderMonitorService
+from workers.services.app_script import AppScriptService
 from workers.services.custom import CustomService
+from workers.services.folder_monitor import FolderMonitorService
 from workers.settings import load_settings, require_service
 
 

@@ -1,7 +1,17 @@
-"""Singleton services on one boundary: the interface (`SingletonService`), the built-ins'
-adapters, a team's own services, and the registry the node, tasks, status and metrics use."""
+"""Singleton services on one boundary: the interface (`SingletonService`), the two built-in
+services (`folder_monitor/`, `app_script/`, each all its own code behind the interface), a
+team's own services, and the registry the node, tasks, status and metrics use."""
 
-from workers.services.base import Gauge, Row, RunningWork, Section, Sender, SingletonService
+from workers.services.base import (
+    Gauge,
+    HandOver,
+    KeepsLedger,
+    Row,
+    RunningWork,
+    Section,
+    Sender,
+    SingletonService,
+)
 from workers.services.custom import CustomService, ServiceFence
 from workers.services.registry import (
     SECTIONS,
@@ -19,6 +29,8 @@ __all__ = [
     "SECTIONS",
     "CustomService",
     "Gauge",
+    "HandOver",
+    "KeepsLedger",
     "Row",
     "RunningWork",
     "Section",
