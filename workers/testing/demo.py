@@ -280,7 +280,7 @@ def write_demo_config(folder: Path) -> Path:
 [[hot_folders]]
 name = "inbox"
 path = "{inbox}"
-handler = "workers.folder_monitor:accept"
+handler = "workers.services.folder_monitor:accept"
 settle_seconds = 0.2
 
 [scripts.hello]
