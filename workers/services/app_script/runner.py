@@ -123,7 +123,7 @@ def run_recorded(settings: Settings, name: str, fence: Fence, run_id: int) -> Ru
     """Execute a run whose start is already recorded, and record its end whatever happens
     (one round trip, tried again while the database is unavailable)."""
     script = settings.script(name)
-    log.warning(
+    log.info(
         "node %s: running script %s (run %d) at epoch %d", fence.me.name, name, run_id, fence.epoch
     )
     try:
@@ -133,7 +133,8 @@ def run_recorded(settings: Settings, name: str, fence: Fence, run_id: int) -> Ru
     except Exception as error:
         result = RunResult("failed", None, f"{type(error).__name__}: {error}")
     (recorded,) = persistently(settings, fence.me, [end_sql(run_id, result, fence.me)])
-    log.warning(
+    log.log(
+        logging.INFO if result.status == "succeeded" else logging.WARNING,
         "node %s: script %s (run %d) %s, exit code %s%s",
         fence.me.name,
         name,
