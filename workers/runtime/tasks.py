@@ -275,10 +275,10 @@ def _service_work(settings: Settings, me: Identity, pairs: list[tuple[str, int]]
     if left:
         _report_hold(settings, me, left)
         return {}
-    reads = [app_script.SCHEDULES_READ] if _owns_scripts(settings, pairs) else []
-    refusals, found = record_ticks_with(settings, me, pairs, reads)
-    if reads:
-        app_script.read_at_tick(me.incarnation, found[0])
+    reads = services.tick_reads(settings, [service for service, _ in pairs])
+    refusals, found = record_ticks_with(settings, me, pairs, [read for _, read in reads])
+    for (reader, _), rows in zip(reads, found, strict=True):
+        reader.read_at_tick(me.incarnation, rows)
     done: dict[str, Any] = {}
     for service, epoch in pairs:
         fence = Fence(service, me, epoch, starting=True)
@@ -292,12 +292,6 @@ def _service_work(settings: Settings, me: Identity, pairs: list[tuple[str, int]]
         except StaleEpoch as stale:
             reject(settings, fence, stale)
     return done
-
-
-def _owns_scripts(settings: Settings, pairs: list[tuple[str, int]]) -> bool:
-    """Whether this beat's work includes the scripts' (their schedules are read with the
-    ticks: a far owner saves a round trip a beat)."""
-    return bool(settings.scripts) and any(service == app_script.SERVICE for service, _ in pairs)
 
 
 def _report_hold(settings: Settings, me: Identity, left: float) -> None:

@@ -6,6 +6,7 @@ from workers.services.base import (
     Gauge,
     HandOver,
     KeepsLedger,
+    ReadsWithTicks,
     Row,
     RunningWork,
     Section,
@@ -23,6 +24,7 @@ from workers.services.registry import (
     running_work,
     services_for,
     status_sections,
+    tick_reads,
 )
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "Gauge",
     "HandOver",
     "KeepsLedger",
+    "ReadsWithTicks",
     "Row",
     "RunningWork",
     "Section",
@@ -45,4 +48,5 @@ __all__ = [
     "running_work",
     "services_for",
     "status_sections",
+    "tick_reads",
 ]

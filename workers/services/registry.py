@@ -28,6 +28,7 @@ from workers.fence.fencing import Fence
 from workers.services.app_script import SCRIPTS, AppScriptService
 from workers.services.base import (
     KeepsLedger,
+    ReadsWithTicks,
     Row,
     RunningWork,
     Section,
@@ -43,7 +44,7 @@ from workers.settings import (
     Settings,
 )
 from workers.stores import retention
-from workers.stores.database import transaction
+from workers.stores.database import Statement, transaction
 from workers.stores.tables import service_status as services_t
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,20 @@ def known_services(connection: Connection) -> list[str]:
     """The cluster's services: those with a row in the database, whoever declared them."""
     rows = connection.execute(select(services_t.c.service_type).order_by(services_t.c.service_type))
     return list(rows.scalars())
+
+
+def tick_reads(settings: Settings, owned: list[str]) -> list[tuple[ReadsWithTicks, Statement]]:
+    """What the work of the `owned` services needs to read this beat, to send with the
+    beat's ticks (`ReadsWithTicks`), each with the service to give its rows to."""
+    reads: list[tuple[ReadsWithTicks, Statement]] = []
+    known = services_for(settings)
+    for name in owned:
+        service = known.get(name)
+        if isinstance(service, ReadsWithTicks):
+            statement = service.tick_read(settings)
+            if statement is not None:
+                reads.append((service, statement))
+    return reads
 
 
 def run_work(settings: Settings, fence: Fence, send: Sender) -> Any:

@@ -21,9 +21,15 @@ from workers.fence.fencing import Fence, reject
 from workers.queues.routing import TAKEN_RUN, expired
 from workers.services.app_script import ledger
 from workers.services.app_script.runner import run_now, run_recorded, run_scheduled
-from workers.services.app_script.schedule import next_due, take_due_runs
+from workers.services.app_script.schedule import (
+    SCHEDULES_READ,
+    next_due,
+    read_at_tick,
+    take_due_runs,
+)
 from workers.services.base import HandOver, Row, Section, Sender
 from workers.settings import Settings
+from workers.stores.database import Statement
 from workers.stores.store import Identity
 
 SERVICE = "app_script"
@@ -130,6 +136,13 @@ class AppScriptService:
     def prune(self, connection: Connection, settings: Settings, days: float, limit: int) -> int:
         """Runs that ended more than `days` days ago (running ones stay)."""
         return ledger.prune(connection, days, limit)
+
+    def tick_read(self, settings: Settings) -> Statement | None:
+        """The schedules, read with the ticks (a far owner saves a round trip a beat)."""
+        return SCHEDULES_READ if settings.scripts else None
+
+    def read_at_tick(self, incarnation: str, rows: list[tuple[Any, ...]]) -> None:
+        read_at_tick(incarnation, rows)
 
 
 def scheduled_run(
