@@ -21,8 +21,8 @@ from pathlib import Path
 
 from tests.support.registry import add_node, give
 from tests.support.servers import fresh_database, start_servers
-from workers import folder_monitor
 from workers.fence.fencing import Fence
+from workers.services import folder_monitor
 from workers.settings import HotFolderSettings, Settings, load_settings
 
 
@@ -34,7 +34,10 @@ def make_files(folder: Path, count: int) -> None:
 
 def settings_for(database_url: str, folder: Path, settle: float) -> Settings:
     hot = HotFolderSettings(
-        name="bench", path=folder, handler="workers.folder_monitor:accept", settle_seconds=settle
+        name="bench",
+        path=folder,
+        handler="workers.services.folder_monitor:accept",
+        settle_seconds=settle,
     )
     return load_settings(
         database_url=database_url, database_timeout=30.0, lease_timeout=600.0

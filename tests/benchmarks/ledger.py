@@ -23,8 +23,8 @@ from typing import Any
 from sqlalchemy import Connection, create_engine, text
 
 from tests.support.servers import fresh_database, start_servers
-from workers import app_script, folder_monitor, retention
 from workers.fence.fencing import Fence
+from workers.services import app_script, folder_monitor
 from workers.settings import HotFolderSettings, Settings, load_settings
 from workers.settings.process import Identity
 
@@ -87,26 +87,26 @@ def queries(
     scripts = Fence(app_script.SERVICE, Identity("a", "bench"), EPOCH + 1)
     days = settings.ledger_retention_days
     return {
-        "claim_settled (folder monitor, each beat)": lambda c: folder_monitor.claim_settled(
+        "claim_settled (folder monitor, each beat)": lambda c: folder_monitor.ledger.claim_settled(
             c, folder, fence
         ),
-        "take_batches (folder monitor, each beat)": lambda c: folder_monitor.take_batches(
+        "take_batches (folder monitor, each beat)": lambda c: folder_monitor.ledger.take_batches(
             c, folder, settings, fence
         ),
-        "adopt_orphans (folder monitor, each beat)": lambda c: folder_monitor.adopt_orphans(
+        "adopt_orphans (folder monitor, each beat)": lambda c: folder_monitor.ledger.adopt_orphans(
             c, folder, fence
         ),
-        "sweep_processing (100 ids, each scan)": lambda c: folder_monitor.sweep_processing(
+        "sweep_processing (100 ids, each scan)": lambda c: folder_monitor.areas.sweep_processing(
             c, folder
         ),
-        "_running (script runner, per script per beat)": lambda c: app_script._running(
+        "_running (script runner, per script per beat)": lambda c: app_script.ledger.running(
             c, "script-1", EPOCH, 600.0
         ),
-        "close_orphans (script runner, per script per beat)": lambda c: app_script.close_orphans(
-            c, scripts
+        "close_orphans (script runner, per script per beat)": lambda c: (
+            app_script.ledger.close_orphans(c, scripts)
         ),
-        "prune_folder_files (10,000 rows, hourly)": lambda c: retention.prune_folder_files(c, days),
-        "prune_script_runs (10,000 rows, hourly)": lambda c: retention.prune_script_runs(c, days),
+        "prune_folder_files (10,000 rows, hourly)": lambda c: folder_monitor.ledger.prune(c, days),
+        "prune_script_runs (10,000 rows, hourly)": lambda c: app_script.ledger.prune(c, days),
     }
 
 
@@ -128,7 +128,7 @@ def timed(database_url: str, run: Callable[[Connection], Any], repeat: int) -> f
 
 def measure(database_url: str, rows: int, repeat: int, root: Path) -> dict[str, float]:
     folder = HotFolderSettings(
-        name=FOLDER, path=root, handler="workers.folder_monitor:accept", settle_seconds=1.0
+        name=FOLDER, path=root, handler="workers.services.folder_monitor:accept", settle_seconds=1.0
     )
     processing = folder.processing
     processing.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import text
 
 from tests.support.registry import add_node, give
-from workers import app_script
 from workers.errors import ConfigError, StaleEpoch
 from workers.fence.fencing import Fence
+from workers.services import app_script
 from workers.settings import ScriptSettings, Settings
 from workers.stores.database import transaction
 

@@ -22,10 +22,10 @@ from tests.support.handlers import handled
 from tests.support.proxy import FaultProxy
 from tests.support.registry import add_node, age_node, give
 from tests.support.servers import database_target, database_url_via
-from workers import app_script, folder_monitor
 from workers.fence import local_fence, local_state, supervision
 from workers.fence.fencing import Fence
-from workers.settings import Settings
+from workers.services import app_script, folder_monitor
+from workers.settings import ScriptSettings, Settings
 from workers.settings.process import Identity
 from workers.stores.database import transaction
 
@@ -60,7 +60,7 @@ def marked_file(settings: Settings, tmp_path: Path, handler: Identity) -> Fence:
 
 def release(settings: Settings, fence: Fence) -> int:
     with transaction(settings) as connection:
-        return folder_monitor.release_dead_marks(connection, settings.folders()[0], fence)
+        return folder_monitor.ledger.release_dead_marks(connection, settings.folders()[0], fence)
 
 
 def test_marks_of_a_silent_handler_are_kept_until_it_is_gone_by_the_takeover_rule(
@@ -91,7 +91,7 @@ def test_an_owner_judging_from_a_fresh_lease_does_not_close_its_own_running_scri
     me = add_node(settings, "a", lease=3.0)
     fence = Fence("app_script", me, give(settings, "app_script", "a"))
     with transaction(settings) as connection:
-        run = app_script.record_start(connection, "nightly", fence, "manual", None)
+        run = app_script.ledger.record_start(connection, "nightly", fence, "manual", None)
         connection.execute(
             text(
                 "UPDATE script_run SET started_at = clock_timestamp() - interval '20 s' "
@@ -102,7 +102,7 @@ def test_an_owner_judging_from_a_fresh_lease_does_not_close_its_own_running_scri
     # When a's lease only just began again (a promoted standby whose clock is ahead)
     age_node(settings, "a", 0, 1)
     with transaction(settings) as connection:
-        still = app_script._running(connection, "nightly", fence, 5 + 3)
+        still = app_script.ledger.running(connection, "nightly", fence, 5 + 3)
     # Then the run still counts as running, and is not closed as lost
     assert still
     with transaction(settings) as connection:
@@ -192,17 +192,17 @@ def test_a_start_and_an_outcome_retried_after_an_ambiguous_commit_find_their_own
 ):
     settings, fence, ids = claimed(settings, tmp_path)
     # Given a batch's start that committed, its answer lost (so it is sent again)
-    first = folder_monitor.start_batch(settings, ids, fence, BATCH)
-    again = folder_monitor.start_batch(settings, ids, fence, BATCH)
-    other = folder_monitor.start_batch(settings, ids, fence, str(uuid.uuid4()))
+    first = folder_monitor.batch.start_batch(settings, ids, fence, BATCH)
+    again = folder_monitor.batch.start_batch(settings, ids, fence, BATCH)
+    other = folder_monitor.batch.start_batch(settings, ids, fence, str(uuid.uuid4()))
     # Then the retry finds the batch's marks (counted once), and no other batch takes them
     assert [c.id for c in again] == [c.id for c in first] == ids
     assert other == []
     assert ledger(settings)[0].attempts == 1
     # Given its outcome recorded, the answer lost, and recorded again
-    outcomes = {ids[0]: folder_monitor.Outcome("processed")}
+    outcomes = {ids[0]: folder_monitor.ledger.Outcome("processed")}
     for _ in range(2):
-        recorded = folder_monitor.record_batch(settings, fence, first, outcomes, BATCH)
+        recorded = folder_monitor.batch.record_batch(settings, fence, first, outcomes, BATCH)
         # Then both say the outcome is recorded (no false "another handler took them")
         assert recorded == set(ids)
     assert (ledger(settings)[0].state, ledger(settings)[0].handler) == ("processed", None)
@@ -212,7 +212,7 @@ def test_a_batch_that_cannot_run_records_its_files_untried_and_frees_them(settin
     settings, fence, ids = claimed(settings, tmp_path)
     # Given a hot folder where the handler's area cannot be made (an OSError, as from a
     # share that went away or a fork that failed)
-    (tmp_path / "inbox" / folder_monitor.HANDLED_DIR).write_text("in the way")
+    (tmp_path / "inbox" / folder_monitor.areas.HANDLED_DIR).write_text("in the way")
     # When the batch is handled
     assert folder_monitor.handle_files(settings, settings.folders()[0], ids, fence) == 0
     # Then its marks are cleared at once, not held until the stuck rule (hours)
@@ -242,13 +242,11 @@ def test_a_refused_name_already_in_failed_still_leaves_the_hot_folder(settings, 
 def test_a_manual_run_is_refused_while_a_run_of_the_script_is_in_progress(settings, tmp_path):
     # Given a script with a run in progress on its owner
     script = {"argv": [sys.executable, "-c", "print('ran')"], "timeout": 30}
-    settings = settings.model_copy(
-        update={"scripts": {"report": app_script.ScriptSettings(**script)}}
-    )
+    settings = settings.model_copy(update={"scripts": {"report": ScriptSettings(**script)}})
     me = add_node(settings, "a", lease=30.0)
     fence = Fence("app_script", me, give(settings, "app_script", "a"))
     with transaction(settings) as connection:
-        app_script.record_start(connection, "report", fence, "schedule", None)
+        app_script.ledger.record_start(connection, "report", fence, "schedule", None)
     # When an operator asks for a run now, Then it is refused, and nothing is recorded
     outcome = app_script.run_now(settings, "report", fence)
     assert outcome["status"] == "refused"
@@ -268,7 +266,7 @@ def test_a_claimed_file_found_in_processed_by_its_identity_is_recorded_processed
     (inbox / "processed").mkdir()
     folder = settings.folders()[0]
     os.rename(
-        folder_monitor.processing_path(folder, ids[0], "x.dat"), inbox / "processed" / "x.dat"
+        folder_monitor.areas.processing_path(folder, ids[0], "x.dat"), inbox / "processed" / "x.dat"
     )
     # When the batch is handled again
     folder_monitor.handle_files(settings, settings.folders()[0], ids, fence)
@@ -280,17 +278,15 @@ def test_a_script_still_alive_on_its_node_is_not_started_again(settings, tmp_pat
     # Given a long run of a script on node a (its record lost by the database)
     me = add_node(settings, "a", lease=30.0)
     fence = Fence("app_script", me, 1)
-    script = app_script.ScriptSettings(
-        argv=[sys.executable, "-c", "import time; time.sleep(30)"], timeout=2
-    )
-    first = threading.Thread(target=app_script.execute, args=(script, 5, fence))
+    script = ScriptSettings(argv=[sys.executable, "-c", "import time; time.sleep(30)"], timeout=2)
+    first = threading.Thread(target=app_script.runner.execute, args=(script, 5, fence))
     first.start()
     try:
         time.sleep(0.5)
         # When the same script is started again on a
-        second = app_script.execute(script, 5, fence)
+        second = app_script.runner.execute(script, 5, fence)
         # Then it does not start: the host knows the first still lives
-        assert (second.status, second.output_tail) == ("failed", app_script.ALIVE_HERE)
+        assert (second.status, second.output_tail) == ("failed", app_script.runner.ALIVE_HERE)
     finally:
         first.join()
         local_state.forget(me.incarnation)
@@ -325,8 +321,8 @@ def test_after_its_database_broke_a_node_starts_no_new_work_for_a_lease_and_a_be
 def test_own_marks_of_a_batch_no_longer_in_flight_here_are_cleared_at_once(settings, tmp_path):
     # Given a's own marks on a file, by a batch that is still in flight on its host
     settings, fence, ids = claimed(settings, tmp_path)
-    folder_monitor.start_batch(settings, ids, fence, BATCH)
-    mark = f"{folder_monitor.BATCH_MARK}{BATCH}"
+    folder_monitor.batch.start_batch(settings, ids, fence, BATCH)
+    mark = f"{folder_monitor.ledger.BATCH_MARK}{BATCH}"
     try:
         with local_state.holding(fence.me.incarnation, mark):
             # Then they stay
@@ -348,7 +344,7 @@ def test_a_file_another_batch_of_this_node_still_handles_is_not_started(
     folder = settings.folders()[0]
     holder = os.fork()
     if holder == 0:  # pragma: no cover - the other guard
-        folder_monitor.hold_files(fence, folder, ids[:1])
+        folder_monitor.areas.hold_files(fence, folder, ids[:1])
         time.sleep(60)
         os._exit(0)
     try:
@@ -376,7 +372,7 @@ def test_a_file_the_database_forgot_is_not_put_back_while_a_batch_here_handles_i
         connection.execute(text("DELETE FROM folder_file"))
     holder = os.fork()
     if holder == 0:  # pragma: no cover - that batch's guard
-        folder_monitor.hold_files(fence, folder, ids[:1])
+        folder_monitor.areas.hold_files(fence, folder, ids[:1])
         time.sleep(60)
         os._exit(0)
     inbox = tmp_path / "inbox"

@@ -13,9 +13,9 @@ from sqlalchemy.engine import make_url
 from tests.support.folders import ledger, owner, run_until_idle, with_folder
 from tests.support.handlers import handled
 from tests.support.registry import add_node, give
-from workers import folder_monitor
 from workers.errors import ConfigError, StaleEpoch
 from workers.fence.fencing import Fence
+from workers.services import folder_monitor
 from workers.settings import HotFolderSettings, Settings
 from workers.stores.database import transaction
 

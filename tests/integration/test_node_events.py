@@ -7,9 +7,8 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from tests.support.registry import add_node
-from workers import retention
 from workers.operations.timeline import WINDOWS, read_timeline
-from workers.stores import ownership, registration, store
+from workers.stores import ownership, registration, retention, store
 from workers.stores.database import transaction
 
 

@@ -17,10 +17,10 @@ from tests.support.folders import owner as folder_owner
 from tests.support.folders import with_folder
 from tests.support.handlers import handled
 from tests.support.registry import add_node, give
-from workers import app_script, folder_monitor
 from workers.errors import HandingOver, StaleEpoch
 from workers.fence.fencing import Fence, fenced_round_trip, record_ticks_with
-from workers.services.builtin import AppScriptService
+from workers.services import app_script, folder_monitor
+from workers.services.app_script import AppScriptService
 from workers.settings import ScriptSettings, Settings
 from workers.stores.database import transaction
 
@@ -124,7 +124,11 @@ def test_each_script_path_costs_a_fixed_few_round_trips(counted, tmp_path):
         service.work(settings, fence, sender)
 
     wait_until(
-        lambda: app_script.due_slots(settings, app_script.read_schedules(settings)), 5, "a slot"
+        lambda: app_script.schedule.due_slots(
+            settings, app_script.schedule.read_schedules(settings)
+        ),
+        5,
+        "a slot",
     )
     assert trips(proxy, beat)[0] == TICKS_AND_DUE_SCRIPTS and len(queued) == 1
     _task, (name, run_id, _epoch) = queued.pop()

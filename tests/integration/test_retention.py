@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from workers import retention
 from workers.fence import local_state
+from workers.services import app_script, folder_monitor, registry
+from workers.services.custom import CustomService
 from workers.settings.process import new_incarnation
 from workers.stores.database import transaction
 
@@ -59,14 +60,17 @@ def test_retention_deletes_only_old_finished_rows_a_bounded_batch_at_a_time(sett
     files_before = names(settings, "SELECT rel_path FROM folder_file")
     # Each call deletes at most its limit, oldest finished first
     with transaction(settings) as connection:
-        assert retention.prune_folder_files(connection, 30, limit=10) == 10
-        assert retention.prune_script_runs(connection, 30, limit=10) == 10
+        assert folder_monitor.ledger.prune(connection, 30, limit=10) == 10
+        assert app_script.ledger.prune(connection, 30, limit=10) == 10
+    # Through the interface: the registry prunes each service that keeps a ledger
+    files, scripts = folder_monitor.FolderMonitorService(), app_script.AppScriptService()
+    billing = CustomService("billing", "team_jobs:bill", None, lambda: None, 10.0)
     with transaction(settings) as connection:
-        assert retention.prune_ledger(connection, "folder_monitor", 30) == 5
-        assert retention.prune_ledger(connection, "app_script", 30) == 5
-        assert retention.prune_ledger(connection, "billing", 30) == 0
-        assert retention.prune_folder_files(connection, 30) == 0
-        assert retention.prune_script_runs(connection, 30) == 0
+        assert registry.prune_ledger(connection, settings, files, 30) == 5
+        assert registry.prune_ledger(connection, settings, scripts, 30) == 5
+        assert registry.prune_ledger(connection, settings, billing, 30) == 0
+        assert folder_monitor.ledger.prune(connection, 30) == 0
+        assert app_script.ledger.prune(connection, 30) == 0
     # Then the old finished rows are gone; the recent ones and those in flight stay
     kept = names(settings, "SELECT rel_path FROM folder_file")
     assert kept == {name for name in files_before if not name.startswith("old-")}
@@ -87,10 +91,10 @@ def test_retention_deletes_only_old_finished_rows_a_bounded_batch_at_a_time(sett
 def test_each_owner_prunes_at_most_once_per_period():
     incarnation = new_incarnation()
     try:
-        assert retention.prune_due(incarnation, "folder_monitor")
-        assert not retention.prune_due(incarnation, "folder_monitor")
-        assert retention.prune_due(incarnation, "app_script")
-        assert retention.prune_due(incarnation, "folder_monitor", every=0.0)
+        assert registry.prune_due(incarnation, "folder_monitor")
+        assert not registry.prune_due(incarnation, "folder_monitor")
+        assert registry.prune_due(incarnation, "app_script")
+        assert registry.prune_due(incarnation, "folder_monitor", every=0.0)
     finally:
         local_state.forget(incarnation)
 

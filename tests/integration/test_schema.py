@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from tests.support.servers import HEAD_REVISION
+from workers.services import app_script, folder_monitor
 from workers.settings import load_settings
 from workers.stores.database import migrations_dir, upgrade_schema
 from workers.stores.tables import metadata
@@ -82,6 +83,9 @@ def test_upgrade_is_idempotent(database_url):
 
 
 def test_table_definitions_match_the_database(database_url):
+    # The built-in services declare their ledgers on the same metadata, in their own folders
+    assert {"folder_file", "script_run"} <= set(metadata.tables)
+    assert folder_monitor.ledger.folder_file.metadata is app_script.ledger.script_run.metadata
     columns = catalog(database_url)["columns"]
     in_database = {(table, column) for table, column, *_ in columns}
     in_code = {

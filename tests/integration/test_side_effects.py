@@ -20,11 +20,11 @@ from tests.support import folders
 from tests.support.folders import ledger, run_until_idle, scan, with_folder
 from tests.support.handlers import handled
 from tests.support.registry import add_node, give
-from workers import app_script, folder_monitor
 from workers.errors import ConfigError
 from workers.fence import local_fence, local_state
 from workers.fence.fencing import Fence, fenced
-from workers.folder_monitor import Outcome
+from workers.services import app_script, folder_monitor
+from workers.services.folder_monitor.ledger import Outcome
 from workers.settings import HotFolderSettings, ScriptSettings, Settings
 from workers.stores.database import transaction
 
@@ -54,13 +54,13 @@ def test_a_new_owner_leaves_files_alone_while_the_old_handler_holds_them(
     settings = with_folder(settings, inbox_with(tmp_path, "x.dat", "y.dat"))
     old = owner(settings, "a")
     (batch,) = scan(settings, old)
-    claims = folder_monitor.start_batch(settings, batch, old, BATCH)
+    claims = folder_monitor.batch.start_batch(settings, batch, old, BATCH)
     # When the service moves to b (a planned move: a stays alive) and b scans
     new = owner(settings, "b")
     # Then b dispatches none of a's files while a holds them
     assert scan(settings, new) == []
     # When a says it is done (it stopped before handling them: the done marker)
-    folder_monitor.record_batch(
+    folder_monitor.batch.record_batch(
         settings, old, claims, {claim.id: Outcome("untried") for claim in claims}, BATCH
     )
     # Then b takes and handles them, each once
@@ -77,7 +77,7 @@ def test_a_dead_handlers_marks_are_cleared_once_its_lease_has_run_out(
     settings = with_folder(settings, inbox_with(tmp_path, "x.dat"))
     old = owner(settings, "a", lease=3.0)
     (batch,) = scan(settings, old)
-    folder_monitor.start_batch(settings, batch, old, BATCH)
+    folder_monitor.batch.start_batch(settings, batch, old, BATCH)
     new = owner(settings, "b")
     assert scan(settings, new) == []
     time.sleep(3.2)
@@ -135,7 +135,7 @@ def test_a_node_past_its_local_lease_deadline_kills_its_handler_and_script(
         argv=[sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"],
         timeout=120,
     )  # fmt: skip
-    result = app_script.execute(script, 5, Fence("app_script", fence.me, 1))
+    result = app_script.runner.execute(script, 5, Fence("app_script", fence.me, 1))
     assert result.status == "killed"
     assert "lease could not be renewed" in (result.killed_for or "")
     assert (
@@ -155,22 +155,22 @@ def test_a_file_replaced_after_its_claim_is_never_renamed_by_that_claim(
     settings = with_folder(settings, inbox)
     folder = settings.folders()[0]
     fence = owner(settings, "a")
-    found = folder_monitor.list_folder(folder)
+    found = folder_monitor.names.list_folder(folder)
     with fenced(settings, fence) as connection:
-        claimed = folder_monitor.record_and_claim(connection, folder, found.arrivals, fence)
+        claimed = folder_monitor.ledger.record_and_claim(connection, folder, found.arrivals, fence)
     # When, before the (stale) owner renames them, one file is replaced by a new file of the
     # same name and the other grows (still being written)
     (inbox / "same.dat").unlink()
     (inbox / "same.dat").write_text("a new arrival")
     with (inbox / "half.dat").open("a") as out:
         out.write(" more")
-    changed = folder_monitor.move_into_processing(folder, claimed)
+    changed = folder_monitor.areas.move_into_processing(folder, claimed)
     # Then neither is renamed into processing; both claims are undone and seen anew
     assert sorted(changed) == sorted(claim.id for claim in claimed)
     assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["half.dat", "same.dat"]
     assert not list(folder.processing.iterdir())
     with fenced(settings, fence) as connection:
-        folder_monitor.undo_claims(connection, changed)
+        folder_monitor.ledger.undo_claims(connection, changed)
     run_until_idle(settings, fence)
     assert (inbox / "processed" / "same.dat").read_text() == "a new arrival"
     assert (inbox / "processed" / "half.dat").read_text() == "half.dat more"
@@ -286,7 +286,7 @@ def test_runs_of_a_previous_incarnation_at_the_same_epoch_are_orphans(settings, 
     first = add_node(settings, "a", lease=1.0)
     before = Fence("app_script", first, give(settings, "app_script", "a"))
     with fenced(settings, before) as connection:
-        app_script.record_start(connection, "tick", before, "schedule", None)
+        app_script.ledger.record_start(connection, "tick", before, "schedule", None)
     # The node is killed, and restarts under a new incarnation at the same epoch
     time.sleep(1.1)
     again = add_node(settings, "a", lease=30)
@@ -305,15 +305,15 @@ def test_a_run_of_a_live_previous_owner_is_left_to_it(settings, tmp_path):
     settings = settings.model_copy(update={"scripts": {"tick": script}})
     old = script_owner(settings, "a")
     with fenced(settings, old) as connection:
-        run_id = app_script.record_start(connection, "tick", old, "schedule", None)
+        run_id = app_script.ledger.record_start(connection, "tick", old, "schedule", None)
     new = script_owner(settings, "b")
     app_script.take_due_runs(settings, new)
     time.sleep(0.3)
     assert app_script.take_due_runs(settings, new) == []
     # The old owner records its end (fenced by its run, not by the service it lost)
-    result = app_script.RunResult("killed", -9, "(killed: it no longer owns app_script)")
+    result = app_script.ledger.RunResult("killed", -9, "(killed: it no longer owns app_script)")
     with transaction(settings) as connection:
-        assert app_script.record_end(connection, run_id, result, old.me)
+        assert app_script.ledger.record_end(connection, run_id, result, old.me)
     time.sleep(0.3)
     assert [name for name, _ in app_script.take_due_runs(settings, new)] == ["tick"]
 
@@ -323,6 +323,6 @@ def test_children_do_not_get_the_nodes_secrets(settings, monkeypatch):
     script = ScriptSettings(
         argv=[sys.executable, "-c", "import os; print(sorted(os.environ))"], env={"MINE": "1"}
     )
-    result = app_script.execute(script, 5)
+    result = app_script.runner.execute(script, 5)
     assert "FAILOVER_DATABASE_URL" not in result.output_tail
     assert "MINE" in result.output_tail

@@ -7,8 +7,8 @@ from pathlib import Path
 from sqlalchemy import text
 
 from tests.support.registry import add_node, give
-from workers import folder_monitor
 from workers.fence.fencing import Fence
+from workers.services import folder_monitor
 from workers.settings import HotFolderSettings, Settings
 from workers.stores.database import transaction
 

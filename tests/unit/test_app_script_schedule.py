@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from workers.app_script import Due, due, next_due
+from workers.services.app_script.schedule import Due, due, next_due
 from workers.settings import ScriptSettings
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

@@ -12,8 +12,9 @@ import pytest
 from workers import services
 from workers.errors import ConfigError
 from workers.fence import local_state
-from workers.services.builtin import AppScriptService, FolderMonitorService
+from workers.services.app_script import AppScriptService
 from workers.services.custom import CustomService
+from workers.services.folder_monitor import FolderMonitorService
 from workers.settings import load_settings, require_service
 
 
@@ -166,3 +167,20 @@ def test_a_turn_comes_at_most_once_per_interval(tmp_path):
         assert local_state.take_turn(incarnation, "service.y", None)
     finally:
         local_state.forget(incarnation)
+
+
+def test_only_owned_services_that_read_at_each_beat_send_a_read_with_the_ticks(tmp_path):
+    from workers.services.app_script import SCHEDULES_READ
+
+    # Given scripts, and a service of a team's own that reads nothing with the ticks
+    module_path = tmp_path / "team_reads.py"
+    module_path.write_text("def run(fence):\n    return None\n")
+    body = '[scripts.report]\nargv = ["true"]\ninterval = 5\n\n'
+    body += '[services.rollup]\nhandler = "team_reads:run"\n'
+    settings = load_settings(toml(tmp_path, body))
+    # Then the script runner's owner reads its schedules with the ticks, and nobody else
+    reads = services.tick_reads(settings, ["folder_monitor", "rollup", "app_script"])
+    assert [(type(reader), read) for reader, read in reads] == [(AppScriptService, SCHEDULES_READ)]
+    assert services.tick_reads(settings, ["folder_monitor", "rollup"]) == []
+    # And without scripts, the script runner reads nothing either
+    assert services.tick_reads(load_settings(), ["app_script"]) == []

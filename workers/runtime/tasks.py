@@ -15,13 +15,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Callable
 from typing import Any
 
-from workers import app_script, folder_monitor, services
+from workers import services
 from workers.decision.decide import Acquire, Dispatch, Handover
 from workers.errors import HandingOver, StaleEpoch
 from workers.fence import db_clock, local_fence, local_state
@@ -46,9 +44,9 @@ from workers.queues.routing import (
 from workers.runtime.app import app
 from workers.runtime.heartbeat import Beat, run_cycle
 from workers.runtime.node import beat_stopped, stopping
-from workers.services.builtin import batch_sender
+from workers.services import app_script, folder_monitor
 from workers.services.custom import CustomService
-from workers.settings import HotFolderSettings, Settings
+from workers.settings import Settings
 from workers.settings.process import Identity, current_identity, current_settings
 from workers.stores import database, ownership
 from workers.stores.database import transaction
@@ -270,10 +268,10 @@ def _service_work(settings: Settings, me: Identity, pairs: list[tuple[str, int]]
     if left:
         _report_hold(settings, me, left)
         return {}
-    reads = [app_script.SCHEDULES_READ] if _owns_scripts(settings, pairs) else []
-    refusals, found = record_ticks_with(settings, me, pairs, reads)
-    if reads:
-        app_script.read_at_tick(me.incarnation, found[0])
+    reads = services.tick_reads(settings, [service for service, _ in pairs])
+    refusals, found = record_ticks_with(settings, me, pairs, [read for _, read in reads])
+    for (reader, _), rows in zip(reads, found, strict=True):
+        reader.read_at_tick(me.incarnation, rows)
     done: dict[str, Any] = {}
     for service, epoch in pairs:
         fence = Fence(service, me, epoch, starting=True)
@@ -287,12 +285,6 @@ def _service_work(settings: Settings, me: Identity, pairs: list[tuple[str, int]]
         except StaleEpoch as stale:
             reject(settings, fence, stale)
     return done
-
-
-def _owns_scripts(settings: Settings, pairs: list[tuple[str, int]]) -> bool:
-    """Whether this beat's work includes the scripts' (their schedules are read with the
-    ticks: a far owner saves a round trip a beat)."""
-    return bool(settings.scripts) and any(service == app_script.SERVICE for service, _ in pairs)
 
 
 def _report_hold(settings: Settings, me: Identity, left: float) -> None:
@@ -338,51 +330,21 @@ def _own_work(settings: Settings, fence: Fence) -> Any:
     return services.run_work(settings, fence, CelerySender(settings, fence.me))
 
 
-def _batch_sender(settings: Settings, me: Identity, epoch: int) -> Callable[[str, list[int]], None]:
-    """Where handler batches go: the owner's own queue, or the shared processing queue."""
-    return batch_sender(settings, CelerySender(settings, me), epoch)
-
-
 @app.task(name=HANDLE_FILES, ignore_result=True)
 def handle_files(folder: str, ids: list[int], epoch: int) -> int:
     """Run the folder's handler on a batch of claimed files, then ask for more work."""
     settings = current_settings()
     me = current_identity()
-    if expired(settings, me):
-        return 0
-    shared = settings.folder_dispatch == "shared"
-    fence = Fence(folder_monitor.SERVICE, me, epoch, owner_only=not shared)
-    hot_folder = folder_monitor.folder_named(settings, folder)
-    handled = folder_monitor.handle_files(settings, hot_folder, ids, fence)
-    if not shared:
-        with contextlib.suppress(StaleEpoch):
-            _next_batches(settings, hot_folder, fence.to_start())
-    return handled
-
-
-def _next_batches(settings: Settings, folder: HotFolderSettings, fence: Fence) -> None:
-    """After a batch, send the folder's next ones; if the service is handing over, hand it
-    over as soon as this was the last of its running work."""
-    try:
-        folder_monitor.dispatch(
-            settings, folder, fence, _batch_sender(settings, fence.me, fence.epoch)
-        )
-    except HandingOver:
-        hand_over_when_idle(settings, fence)
+    send = CelerySender(settings, me)
+    return folder_monitor.handle_batch(settings, me, folder, ids, epoch, send, hand_over_when_idle)
 
 
 @app.task(name=SCHEDULED_RUN, ignore_result=True)
 def scheduled_run(name: str, run_id: int, epoch: int) -> str:
     """Execute a scheduled run whose start the service work recorded under the fence."""
     settings = current_settings()
-    fence = Fence(app_script.SERVICE, current_identity(), epoch)
-    try:
-        result = app_script.run_scheduled(settings, name, fence, run_id)
-    except StaleEpoch as stale:
-        reject(settings, fence, stale)
-        return "rejected"
-    _after_run(settings, fence)
-    return result.status if result else "closed before it started"
+    me = current_identity()
+    return app_script.scheduled_run(settings, me, name, run_id, epoch, hand_over_when_idle)
 
 
 @app.task(name=TAKEN_RUN, ignore_result=True)
@@ -390,10 +352,8 @@ def taken_run(name: str, run_id: int, epoch: int) -> str:
     """Execute a run that the service work recorded as started under the fence a moment ago
     (`CelerySender.here`): no second check before it starts, no message."""
     settings = current_settings()
-    fence = Fence(app_script.SERVICE, current_identity(), epoch)
-    result = app_script.run_recorded(settings, name, fence, run_id)
-    _after_run(settings, fence)
-    return result.status
+    me = current_identity()
+    return app_script.taken_run(settings, me, name, run_id, epoch, hand_over_when_idle)
 
 
 def _after_run(settings: Settings, fence: Fence) -> None:
@@ -407,16 +367,7 @@ def run_script(name: str, epoch: int) -> dict[str, Any]:
     """An on-demand run of an allow-listed script, refused before it starts if stale."""
     settings = current_settings()
     me = current_identity()
-    if expired(settings, me):
-        return {"run": None, "status": "refused", "exit_code": None, "output_tail": "expired"}
-    fence = Fence(app_script.SERVICE, me, epoch)
-    try:
-        outcome = app_script.run_now(settings, name, fence)
-    except StaleEpoch as refusal:
-        reject(settings, fence, refusal)
-        return {"run": None, "status": "refused", "exit_code": None, "output_tail": str(refusal)}
-    _after_run(settings, fence)
-    return outcome
+    return app_script.run_on_demand(settings, me, name, epoch, hand_over_when_idle)
 
 
 @app.task(name=CUSTOM_RUN, ignore_result=True)

@@ -16,7 +16,13 @@ moved, drained and shown by the framework. What it does is its own:
 A planned handover (a move, a drain, a failback, a graceful stop) lets the owner's running
 work finish first. A service that can tell what of its work still runs says so through
 `RunningWork`; for one that cannot, its owner hands it over when the service's turn on
-that node is over.
+that node is over. A service with a ledger of its own prunes it through `KeepsLedger`; one
+whose work must read something each beat sends the read with the beat's ticks through
+`ReadsWithTicks`.
+
+A service's Celery tasks are thin wrappers in `workers.runtime.tasks` over bodies the
+service owns: a body that may end the service's last running work during a planned
+handover is given the node's `HandOver` to call then.
 """
 
 from __future__ import annotations
@@ -29,8 +35,12 @@ from sqlalchemy import Connection
 
 from workers.fence.fencing import Fence
 from workers.settings import Settings
+from workers.stores.database import Statement
 
 Row = dict[str, Any]
+HandOver = Callable[[Settings, Fence], object]
+"""The node's move of a service that is handing over, once its running work has ended
+(`workers.runtime.tasks.hand_over_when_idle`), for a service's task body to call."""
 
 
 class Sender(Protocol):
@@ -100,3 +110,32 @@ class RunningWork(Protocol):
     def in_flight(self, connection: Connection, settings: Settings) -> list[str] | None: ...
 
     def busy_here(self, settings: Settings, incarnation: str) -> bool: ...
+
+
+@runtime_checkable
+class KeepsLedger(Protocol):
+    """Optional: a service that keeps a ledger of its own (a row per file, per run) prunes it.
+
+    - `prune(connection, settings, days, limit)`: delete at most `limit` of its finished
+      rows older than `days` days (never one still in flight), oldest first; rows deleted.
+      The registry calls it on the service's owner, about once an hour
+      (`ledger_retention_days`), in a transaction of its own (no fence: nobody acts on
+      finished rows).
+    """
+
+    def prune(self, connection: Connection, settings: Settings, days: float, limit: int) -> int: ...
+
+
+@runtime_checkable
+class ReadsWithTicks(Protocol):
+    """Optional: what a service's work of a beat needs to read, sent in the same round trip
+    as the beat's ticks (a far owner saves one a beat).
+
+    - `tick_read(settings)`: the statement to send with this beat's ticks, or None;
+    - `read_at_tick(incarnation, rows)`: its rows, kept for this beat's `work` on this
+      incarnation.
+    """
+
+    def tick_read(self, settings: Settings) -> Statement | None: ...
+
+    def read_at_tick(self, incarnation: str, rows: list[tuple[Any, ...]]) -> None: ...

@@ -223,9 +223,8 @@ class CustomService:
             return
         local_state.remember(incarnation, f"{self.kind}.skip_said", started)
         log.warning(
-            "node %s: service %s: skipped a run: the previous one (handler %s, started %.1f s "
+            "service %s: skipped a run: the previous one (handler %s, started %.1f s "
             "ago) still runs; it is cut at its %g s timeout",
-            fence.me.name,
             self.name,
             self.spec,
             time.monotonic() - started,
@@ -285,8 +284,7 @@ class CustomService:
 
     def _log_failure(self, fence: Fence, error: Exception) -> None:
         log.error(
-            "node %s: service %s: handler %s failed: %s: %s",
-            fence.me.name,
+            "service %s: handler %s failed: %s: %s",
             self.name,
             self.spec,
             type(error).__name__,

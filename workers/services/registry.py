@@ -3,11 +3,17 @@
 `services_for(settings)`: the built-ins, then the TOML file's `[services.<name>]`, then the
 entry points of group `celery_failover.services` (a TOML table without a handler gives an
 entry point its interval).
+
+Retention: after its work, the owner of a service prunes, about once an hour per node
+(`prune_due`, a monotonic throttle in the incarnation's local state), the service's own
+ledger (`KeepsLedger`) and the node events (`workers.stores.retention`), at most
+`retention.LIMIT` rows per table per call.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 from importlib.metadata import EntryPoint, entry_points
@@ -16,25 +22,36 @@ from typing import Any
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects.postgresql import insert
 
-from workers import retention
 from workers.errors import ConfigError
 from workers.fence import local_state
 from workers.fence.fencing import Fence
-from workers.services.base import Row, RunningWork, Section, Sender, SingletonService
-from workers.services.builtin import FOLDERS, SCRIPTS, AppScriptService, FolderMonitorService
+from workers.services.app_script import SCRIPTS, AppScriptService
+from workers.services.base import (
+    KeepsLedger,
+    ReadsWithTicks,
+    Row,
+    RunningWork,
+    Section,
+    Sender,
+    SingletonService,
+)
 from workers.services.custom import CUSTOM, CustomService, load_spec
+from workers.services.folder_monitor import FOLDERS, FolderMonitorService
 from workers.settings import (
     BUILTIN_SERVICES,
     DEFAULT_SERVICE_TIMEOUT,
     ENTRY_POINT_GROUP,
     Settings,
 )
+from workers.stores import retention
+from workers.stores.database import Statement, transaction
 from workers.stores.tables import service_status as services_t
 
 log = logging.getLogger(__name__)
 SECTIONS: tuple[Section, ...] = (FOLDERS, SCRIPTS, CUSTOM)
 _cache: list[tuple[Settings, dict[str, SingletonService]]] = []
 _undeclared_said: set[tuple[str, int]] = set()
+PRUNE_EVERY = 3600.0
 
 
 def _load_entry_point(name: str, entry: EntryPoint) -> Any:
@@ -105,6 +122,20 @@ def known_services(connection: Connection) -> list[str]:
     return list(rows.scalars())
 
 
+def tick_reads(settings: Settings, owned: list[str]) -> list[tuple[ReadsWithTicks, Statement]]:
+    """What the work of the `owned` services needs to read this beat, to send with the
+    beat's ticks (`ReadsWithTicks`), each with the service to give its rows to."""
+    reads: list[tuple[ReadsWithTicks, Statement]] = []
+    known = services_for(settings)
+    for name in owned:
+        service = known.get(name)
+        if isinstance(service, ReadsWithTicks):
+            statement = service.tick_read(settings)
+            if statement is not None:
+                reads.append((service, statement))
+    return reads
+
+
 def run_work(settings: Settings, fence: Fence, send: Sender) -> Any:
     """A service's work on its owner: adopt once per epoch, then its work of this beat."""
     service = services_for(settings).get(fence.service)
@@ -116,8 +147,50 @@ def run_work(settings: Settings, fence: Fence, send: Sender) -> Any:
         service.adopt(settings, fence)
         local_state.remember(fence.me.incarnation, key, fence.epoch)
     done = service.work(settings, fence, send)
-    retention.prune_when_due(settings, fence)
+    prune_when_due(settings, fence, service)
     return done
+
+
+def prune_due(incarnation: str, service: str, every: float = PRUNE_EVERY) -> bool:
+    """Whether this node should prune `service`'s ledger now; if so, the next is `every` s away."""
+    key = f"pruned.{service}"
+    last = local_state.recall(incarnation, key)
+    now = time.monotonic()
+    if last is not None and now - last < every:
+        return False
+    local_state.remember(incarnation, key, now)
+    return True
+
+
+def prune_ledger(
+    connection: Connection,
+    settings: Settings,
+    service: SingletonService | None,
+    days: float,
+    limit: int = retention.LIMIT,
+) -> int:
+    """Prune the ledger of `service`, if it keeps one (`KeepsLedger`); rows deleted."""
+    if not isinstance(service, KeepsLedger):
+        return 0
+    return service.prune(connection, settings, days, limit)
+
+
+def prune_when_due(settings: Settings, fence: Fence, service: SingletonService | None) -> int:
+    """On the owner, about once an hour: delete its service's finished ledger rows, and the
+    node events, older than `ledger_retention_days` (no fence needed: nobody acts on
+    finished rows; a second prune that hour by another service's owner finds nothing);
+    rows deleted."""
+    if not prune_due(fence.me.incarnation, fence.service):
+        return 0
+    days = settings.ledger_retention_days
+    with transaction(settings) as connection:
+        deleted = prune_ledger(connection, settings, service, days)
+        deleted += retention.prune_node_events(connection, days)
+    if deleted:
+        log.info(
+            "deleted %d finished %s ledger rows older than %g days",  deleted, fence.service, days,
+        )  # fmt: skip
+    return deleted
 
 
 def _undeclared(fence: Fence) -> None:
@@ -126,9 +199,8 @@ def _undeclared(fence: Fence) -> None:
         return
     _undeclared_said.add((fence.service, fence.epoch))
     log.warning(
-        "node %s: owns %s at epoch %d but its configuration does not declare it: it does "
+        "owns %s at epoch %d but its configuration does not declare it: it does "
         "nothing here (give every node the same [services] table)",
-        fence.me.name,
         fence.service,
         fence.epoch,
     )

@@ -200,7 +200,7 @@ class Settings(BaseSettings):
                 HotFolderSettings(
                     name="default",
                     path=Path(self.hot_folder),
-                    handler="workers.folder_monitor:accept",
+                    handler="workers.services.folder_monitor:accept",
                 )
             ]
         return [*self.hot_folders, *shorthand]

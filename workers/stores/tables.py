@@ -1,7 +1,9 @@
 """The tables as SQLAlchemy Core sees them; the DDL lives in `schema/` (Alembic, schema.sql).
 
 `server_registry` and `service_status` keep the seed article's columns, column for column
-(`is_active` is its BIT as a BOOLEAN); everything after them is ours.
+(`is_active` is its BIT as a BOOLEAN); everything after them is ours. A built-in service's
+ledger is declared on `metadata` by that service's own `ledger` module
+(`workers.services.folder_monitor`, `workers.services.app_script`).
 """
 
 from __future__ import annotations
@@ -106,48 +108,6 @@ service_tick = Table(
     Column("tick_count", BigInteger, nullable=False),
     Column("first_tick_at", DateTime(timezone=True), nullable=False),
     Column("last_tick_at", DateTime(timezone=True), nullable=False),
-)
-
-folder_file = Table(
-    "folder_file",
-    metadata,
-    Column("id", BigInteger, primary_key=True),
-    Column("folder", String(63), nullable=False),
-    Column("rel_path", Text, nullable=False),
-    Column("size", BigInteger, nullable=False),
-    Column("mtime_ns", BigInteger, nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("epoch", BigInteger),
-    Column("node", String(63)),
-    Column("attempts", Integer, nullable=False),
-    Column("first_seen_at", DateTime(timezone=True), nullable=False),
-    Column("claimed_at", DateTime(timezone=True)),
-    Column("dispatched_at", DateTime(timezone=True)),
-    Column("next_attempt_at", DateTime(timezone=True)),
-    Column("finished_at", DateTime(timezone=True)),
-    Column("error", Text),
-    Column("dev", BigInteger),
-    Column("inode", BigInteger),
-    Column("handler", Uuid),
-    Column("handling_since", DateTime(timezone=True)),
-    Column("handler_batch", Uuid),
-)
-
-script_run = Table(
-    "script_run",
-    metadata,
-    Column("id", BigInteger, primary_key=True),
-    Column("script", String(63), nullable=False),
-    Column("node", String(63), nullable=False),
-    Column("incarnation", Uuid),
-    Column("epoch", BigInteger, nullable=False),
-    Column("trigger", String(16), nullable=False),
-    Column("due_at", DateTime(timezone=True)),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True)),
-    Column("status", String(16), nullable=False),
-    Column("exit_code", Integer),
-    Column("output_tail", Text),
 )
 
 script_schedule = Table(

@@ -30,6 +30,7 @@ from rich.prompt import Prompt
 from rich.text import Text
 
 from workers.errors import Refused
+from workers.services import app_script, folder_monitor
 from workers.settings import load_settings
 from workers.testing.local_cluster import LocalCluster
 
@@ -158,14 +159,12 @@ class Demo:
             return processed.is_dir() and len(list(processed.iterdir())) >= dropped
 
         self._wait(done, 60, "the last files to be processed")
-        rows = self._cluster().query(
-            "SELECT count(*) AS n, count(DISTINCT rel_path) AS names FROM folder_file "
-            "WHERE state = 'processed'"
-        )[0]
-        runs = self._cluster().query("SELECT count(*) AS n FROM script_run")[0].n
+        with self._cluster().engine.connect() as connection:
+            files, names = folder_monitor.processed_files(connection)
+            runs = app_script.run_count(connection)
         self.story.add(
             f"files: {dropped} dropped in the hot folder, {len(list(processed.iterdir()))} "
-            f"processed, {rows.n - rows.names} twice; {runs} script runs"
+            f"processed, {files - names} twice; {runs} script runs"
         )
 
     def _choose_victim(self, owner: str) -> str:
@@ -283,7 +282,7 @@ def write_demo_config(folder: Path) -> Path:
 [[hot_folders]]
 name = "inbox"
 path = "{inbox}"
-handler = "workers.folder_monitor:accept"
+handler = "workers.services.folder_monitor:accept"
 settle_seconds = 0.2
 
 [scripts.hello]

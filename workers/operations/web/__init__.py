@@ -33,13 +33,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from workers.errors import ConfigError, FailoverError
 from workers.operations.metrics import ClusterCollector
 from workers.operations.status import cluster_status, history
 from workers.operations.timeline import WINDOWS, colour_map, owner_colour, read_timeline
 from workers.operations.timeline_svg import render_svg
+from workers.services import app_script
 from workers.settings import Settings
 from workers.stores.database import transaction
 
@@ -111,27 +112,7 @@ def check_binding(address: str, guard: Guard) -> None:
 
 def recent_runs(connection: Connection, limit: int = RECENT_RUNS) -> list[dict[str, Any]]:
     """The scripts' latest runs, newest first (without their output, which may hold secrets)."""
-    rows = connection.execute(
-        text(
-            "SELECT id, script, node, epoch, trigger, status, exit_code, started_at, finished_at,"
-            " extract(epoch FROM finished_at - started_at) AS took_s"
-            " FROM script_run ORDER BY id DESC LIMIT :limit"
-        ),
-        {"limit": limit},
-    )
-    return [
-        {
-            "script": row.script,
-            "node": row.node,
-            "epoch": row.epoch,
-            "trigger": row.trigger,
-            "status": row.status,
-            "exit_code": row.exit_code,
-            "started_at": row.started_at.isoformat(),
-            "took_s": None if row.took_s is None else round(float(row.took_s), 2),
-        }
-        for row in rows
-    ]
+    return app_script.recent_runs(connection, limit)
 
 
 def colours(report: dict[str, Any]) -> dict[str, str]:
