@@ -12,7 +12,7 @@ from typing import Protocol
 from workers.settings.constants import ENV_PREFIX
 
 
-class Settings(Protocol):
+class Configured(Protocol):
     """The configured timings the derivations read (`workers.settings.Settings` has them)."""
 
     @property
@@ -40,7 +40,7 @@ def lease_floor(heartbeat_interval: float, database_timeout: float) -> float:
     return LATE_BEATS * heartbeat_interval + SLOW_ROUND_TRIPS * database_timeout
 
 
-def check_leases(settings: Settings) -> None:
+def check_leases(settings: Configured) -> None:
     """Refuse any lease (the default or a region's) shorter than `lease_floor`, in one line."""
     needed = lease_floor(settings.heartbeat_interval, settings.database_timeout)
     leases = {f"{ENV_PREFIX}LEASE_TIMEOUT": settings.lease_timeout} | {
@@ -57,55 +57,55 @@ def check_leases(settings: Settings) -> None:
             )
 
 
-def node_lease(settings: Settings) -> float:
+def node_lease(settings: Configured) -> float:
     """This node's lease: its region's threshold if one is set (long database round trips)."""
     return settings.region_lease_timeout.get(settings.region, settings.lease_timeout)
 
 
-def longest_lease(settings: Settings) -> float:
+def longest_lease(settings: Configured) -> float:
     """The longest lease any node of the cluster may hold (a far region's, if longer)."""
     return max([settings.lease_timeout, *settings.region_lease_timeout.values()])
 
 
-def surely_gone_after(settings: Settings) -> float:
+def surely_gone_after(settings: Configured) -> float:
     """Seconds after which any node that lost the database has stopped its side effects: the
     longest lease and a heartbeat (its guard acts within a beat of its local deadline)."""
     return longest_lease(settings) + settings.heartbeat_interval
 
 
-def own_work_lost_after(settings: Settings) -> float:
+def own_work_lost_after(settings: Configured) -> float:
     """Seconds after which this node's own unfinished work is surely fenced out: its lease and
     a heartbeat."""
     return node_lease(settings) + settings.heartbeat_interval
 
 
-def run_lost_after(settings: Settings, run_timeout: float) -> float:
+def run_lost_after(settings: Configured, run_timeout: float) -> float:
     """Seconds after which a run that never reported is lost: its timeout and a lease."""
     return run_timeout + settings.lease_timeout
 
 
-def slow_cycle_ms(settings: Settings) -> float:
+def slow_cycle_ms(settings: Configured) -> float:
     """A heartbeat cycle slower than this (milliseconds) puts the lease at risk."""
     return node_lease(settings) * SLOW_CYCLE_FRACTION * 1000
 
 
-def outage_patience(settings: Settings) -> float:
+def outage_patience(settings: Configured) -> float:
     """How long a fenced outcome waits for the database: longer than a managed failover
     (Patroni's default loop is 10 s) and than a few leases."""
     return max(30.0, 3 * node_lease(settings))
 
 
-def answer_deadline(settings: Settings) -> float:
+def answer_deadline(settings: Configured) -> float:
     """How long a statement may go unanswered: the server's own bound (the database
     timeout), plus as much again and a second for the network and a busy client."""
     return 2 * settings.database_timeout + 1.0
 
 
-def connect_timeout(settings: Settings) -> int:
+def connect_timeout(settings: Configured) -> int:
     """libpq's connect timeout (whole seconds, at least 2): twice the database timeout."""
     return max(2, math.ceil(settings.database_timeout * 2))
 
 
-def shared_batch_expiry(settings: Settings) -> float:
+def shared_batch_expiry(settings: Configured) -> float:
     """How long a handler batch may wait in the shared queue (its rows are fenced anyway)."""
     return max(60.0, settings.lease_timeout * 20)
