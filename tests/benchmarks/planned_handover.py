@@ -106,15 +106,17 @@ def main() -> None:
         "| moves | `failover move` p50 / p95 | handover wait beyond the work left, p50 / p95 / max | runs cut | files started twice |"
     )
     print("| --- | --- | --- | --- | --- |")
-    print(
-        f"| {len(busy)} with a handler in flight | {statistics.median(busy):.2f} / {p(busy, 0.95):.2f} s "
-        f"| {statistics.median(excess):.2f} / {p(excess, 0.95):.2f} / {max(excess):.2f} s "
-        f"| {found['cut']} | {found['twice']} |"
-    )
-    print(
-        f"| {len(idle)} with nothing in flight | {statistics.median(idle):.2f} / {p(idle, 0.95):.2f} s "
-        "| - | - | - |"
-    )
+    if busy:
+        print(
+            f"| {len(busy)} with a handler in flight | {statistics.median(busy):.2f} / {p(busy, 0.95):.2f} s "
+            f"| {statistics.median(excess):.2f} / {p(excess, 0.95):.2f} / {max(excess):.2f} s "
+            f"| {found['cut']} | {found['twice']} |"
+        )
+    if idle:
+        print(
+            f"| {len(idle)} with nothing in flight | {statistics.median(idle):.2f} / {p(idle, 0.95):.2f} s "
+            "| - | - | - |"
+        )
 
 
 if __name__ == "__main__":
