@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis
 from sqlalchemy import create_engine, text
@@ -35,10 +35,16 @@ class Servers:
 
 
 def start_servers(stack: ExitStack) -> Servers:
+    """The machine's servers (FAILOVER_TEST_*_URL), else embedded ones of this process's own.
+
+    Under pytest-xdist each worker is a process of its own: it starts its own embedded
+    servers, or takes a Redis database of its own on the machine's server (`per_worker`)."""
     database_url = os.environ.get("FAILOVER_TEST_DATABASE_URL")
     broker_url = os.environ.get("FAILOVER_TEST_BROKER_URL")
     embedded = None
-    if not (database_url and broker_url):
+    if database_url and broker_url:
+        broker_url = per_worker(broker_url, os.environ.get("PYTEST_XDIST_WORKER"))
+    else:
         embedded = stack.enter_context(embedded_servers())
     admin_database_url = load_settings(
         database_url=database_url or embedded.database_url  # type: ignore[union-attr]
@@ -49,6 +55,21 @@ def start_servers(stack: ExitStack) -> Servers:
         embedded=embedded is not None,
         template=stack.enter_context(migrated_template(admin_database_url)),
     )
+
+
+def per_worker(broker_url: str, worker: str | None) -> str:
+    """The Redis database of xdist worker `worker` ("gw0", "gw1", ...): the URL's own for
+    gw0, one below it for gw1, and so on (wrapping at 0 to 15), so that no two workers empty
+    each other's broker. Without xdist (`worker` None), the URL unchanged."""
+    if not worker:
+        return broker_url
+    index = int(worker.removeprefix("gw"))
+    parts = urlsplit(broker_url)
+    if broker_url.startswith("redis+socket://"):
+        db = (int(parse_qs(parts.query).get("virtual_host", ["0"])[0]) - index) % 16
+        return f"redis+socket://{parts.path}?virtual_host={db}"
+    db = (int(parts.path.lstrip("/") or "0") - index) % 16
+    return urlunsplit(parts._replace(path=f"/{db}"))
 
 
 HEAD_REVISION = max(
