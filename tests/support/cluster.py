@@ -76,6 +76,11 @@ class Cluster(LocalCluster):
     def __init__(self, tmp_path: Path, database_url: str, broker_url: str, **env: str) -> None:
         super().__init__(tmp_path, database_url, broker_url, {**FAST_TIMING, **env})
 
+    def configure(self, **env: str) -> None:
+        """Settings for every node started from now on: the `cluster` fixture's cluster is made
+        with the fast timings, before the test says what else it needs."""
+        self.env.update(env)
+
     def start_live(self, name: str, region: str, *extra: str, **env: str) -> LocalNode:
         try:
             return super().start_live(name, region, *extra, **env)
