@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import FAST, Cluster
 from tests.support.handlers import PASSTHROUGH
 from tests.support.servers import Servers, clean_broker, fresh_database, start_servers
 from workers.settings import Settings, load_settings
@@ -37,9 +37,9 @@ def settings(database_url: str, broker_url: str) -> Settings:
     return load_settings(
         database_url=database_url,
         broker_url=broker_url,
-        heartbeat_interval=0.3,
-        lease_timeout=1.5,
-        database_timeout=0.3,
+        heartbeat_interval=FAST.heartbeat_interval,
+        lease_timeout=FAST.lease_timeout,
+        database_timeout=FAST.database_timeout,
         child_env_passthrough=PASSTHROUGH,
     )
 

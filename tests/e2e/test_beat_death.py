@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster, wait_until
+from tests.support.cluster import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 FAULT = Path(__file__).parents[1] / "support" / "beat_fault"
@@ -21,25 +21,19 @@ def broken_beat(trigger: Path) -> dict[str, str]:
     return {"PYTHONPATH": path, "FAILOVER_TEST_BEAT_SLEEP_FAILS": str(trigger)}
 
 
-def test_a_node_whose_beat_dies_exits_and_its_services_move_at_once(
-    tmp_path, database_url, broker_url
-):
+def test_a_node_whose_beat_dies_exits_and_its_services_move_at_once(tmp_path, cluster):
     trigger = tmp_path / "beat-sleep-fails"
-    cluster = Cluster(tmp_path, database_url, broker_url)
-    try:
-        # Given a owns every service and b stands by
-        a = cluster.start_live("a", "r1", **broken_beat(trigger))
-        wait_until(lambda: cluster.owned_by("a"), 20, "a to claim")
-        cluster.start_live("b", "r1")
-        # When a's beat thread dies of an OSError from time.sleep
-        trigger.touch()
-        # Then a exits with code 1, saying why in one line
-        wait_until(lambda: not a.alive(), 30, "a to exit")
-        assert a.popen.returncode == 1
-        assert "node a: its beat stopped (OSError: [Errno 22] Invalid argument)" in a.log()
-        # And it released its services on the way out: b has them without waiting for a lease
-        wait_until(lambda: cluster.owned_by("b"), 20, "b to take every service")
-        released = [row for row in cluster.history() if row.reason == "release"]
-        assert {row.service_type for row in released} == set(cluster.owners())
-    finally:
-        cluster.close()
+    # Given a owns every service and b stands by
+    a = cluster.start_live("a", "r1", **broken_beat(trigger))
+    wait_until(lambda: cluster.owned_by("a"), 20, "a to claim")
+    cluster.start_live("b", "r1")
+    # When a's beat thread dies of an OSError from time.sleep
+    trigger.touch()
+    # Then a exits with code 1, saying why in one line
+    wait_until(lambda: not a.alive(), 30, "a to exit")
+    assert a.popen.returncode == 1
+    assert "node a: its beat stopped (OSError: [Errno 22] Invalid argument)" in a.log()
+    # And it released its services on the way out: b has them without waiting for a lease
+    wait_until(lambda: cluster.owned_by("b"), 20, "b to take every service")
+    released = [row for row in cluster.history() if row.reason == "release"]
+    assert {row.service_type for row in released} == set(cluster.owners())

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -15,36 +17,55 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
-def demo_folders() -> set[Path]:
-    return set(Path(tempfile.gettempdir()).glob("failover-demo-*"))
+@pytest.fixture
+def tmpdir_of_demo() -> Iterator[Path]:
+    """A temporary folder of this test's own, the demo's TMPDIR: its folders and processes
+    are told apart from those of a demo another test (another xdist worker) runs meanwhile.
+    Short, under the system's: the embedded servers' sockets go below it."""
+    folder = Path(tempfile.mkdtemp(prefix="fd-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
-def demo_env(**settings: str) -> dict[str, str]:
-    """This environment without any FAILOVER_ setting of the caller's, plus `settings`."""
+def demo_folders(root: Path) -> set[Path]:
+    return set(root.glob("failover-demo-*"))
+
+
+def demo_env(root: Path, **settings: str) -> dict[str, str]:
+    """This environment without any FAILOVER_ setting of the caller's, plus `settings`, with
+    temporary files in `root`."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FAILOVER_")}
-    return {**clean, **settings}
+    return {**clean, "TMPDIR": str(root), **settings}
 
 
-def _of_a_demo(process: psutil.Process) -> bool:
-    """A server or node a demo started: its command line or its settings point into one."""
-    if "failover-demo-" in " ".join(process.info["cmdline"] or []):
+def _of_a_demo(process: psutil.Process, root: Path) -> bool:
+    """A server or node the demo started: its command line or its settings point into its
+    folder."""
+    mark = str(root / "failover-demo-")
+    if mark in " ".join(process.info["cmdline"] or []):
         return True
     try:
-        return "failover-demo-" in process.environ().get("FAILOVER_CONFIG", "")
+        return mark in process.environ().get("FAILOVER_CONFIG", "")
     except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
 
 
-def assert_nothing_left(folders_before: set[Path]) -> None:
+def assert_nothing_left(root: Path, folders_before: set[Path]) -> None:
     """No process of the demo is running and no temporary folder of it remains."""
-    leftovers = [p.info for p in psutil.process_iter(["pid", "cmdline"]) if _of_a_demo(p)]
+    leftovers = [p.info for p in psutil.process_iter(["pid", "cmdline"]) if _of_a_demo(p, root)]
     assert not leftovers
-    assert demo_folders() == folders_before
+    assert demo_folders(root) == folders_before
 
 
-def test_headless_demo_shows_a_takeover_and_leaves_nothing_running(database_url, broker_url):
-    before = demo_folders()
-    env = demo_env(FAILOVER_DATABASE_URL=database_url, FAILOVER_BROKER_URL=broker_url)
+def test_headless_demo_shows_a_takeover_and_leaves_nothing_running(
+    database_url, broker_url, tmpdir_of_demo
+):
+    before = demo_folders(tmpdir_of_demo)
+    env = demo_env(
+        tmpdir_of_demo, FAILOVER_DATABASE_URL=database_url, FAILOVER_BROKER_URL=broker_url
+    )
     result = subprocess.run(
         [sys.executable, "-m", "workers", "demo", "--headless", "--duration", "5"],
         capture_output=True,
@@ -72,13 +93,13 @@ def test_headless_demo_shows_a_takeover_and_leaves_nothing_running(database_url,
     )
     assert files and int(files[1]) == int(files[2]) > 0, summary
     # Nothing left: no worker process of the demo, no temporary folder
-    assert_nothing_left(before)
+    assert_nothing_left(tmpdir_of_demo, before)
 
 
-def test_demo_on_embedded_servers_needs_no_setup():
+def test_demo_on_embedded_servers_needs_no_setup(tmpdir_of_demo):
     """The README's first command, as on a fresh machine: no server given at all."""
-    before = demo_folders()
-    env = demo_env()
+    before = demo_folders(tmpdir_of_demo)
+    env = demo_env(tmpdir_of_demo)
     result = subprocess.run(
         [sys.executable, "-m", "workers", "demo", "--headless"],
         capture_output=True,
@@ -90,16 +111,18 @@ def test_demo_on_embedded_servers_needs_no_setup():
     assert "servers: embedded PostgreSQL and Redis" in result.stdout
     assert "took folder_monitor at epoch 2" in result.stdout
     assert "processes left running: none" in result.stdout
-    assert_nothing_left(before)
+    assert_nothing_left(tmpdir_of_demo, before)
 
 
-def test_a_demo_stopped_by_a_signal_leaves_nothing_behind(database_url, broker_url):
+def test_a_demo_stopped_by_a_signal_leaves_nothing_behind(database_url, broker_url, tmpdir_of_demo):
     """Closing the terminal (SIGHUP) or a kill (SIGTERM) cleans up like Ctrl-C does."""
     import signal
     import time
 
-    before = demo_folders()
-    env = demo_env(FAILOVER_DATABASE_URL=database_url, FAILOVER_BROKER_URL=broker_url)
+    before = demo_folders(tmpdir_of_demo)
+    env = demo_env(
+        tmpdir_of_demo, FAILOVER_DATABASE_URL=database_url, FAILOVER_BROKER_URL=broker_url
+    )
     demo = subprocess.Popen(
         [sys.executable, "-m", "workers", "demo", "--headless", "--duration", "120"],
         stdout=subprocess.PIPE,
@@ -116,4 +139,4 @@ def test_a_demo_stopped_by_a_signal_leaves_nothing_behind(database_url, broker_u
     output = demo.communicate(timeout=60)[0]
     assert demo.returncode == 130, output
     assert "every process it started is gone" in output
-    assert_nothing_left(before)
+    assert_nothing_left(tmpdir_of_demo, before)

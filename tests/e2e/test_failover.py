@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from celery import Celery
 
-from tests.support.cluster import Cluster, wait_until
+from tests.support.cluster import wait_until
 from tests.support.servers import redis_client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
@@ -43,62 +43,54 @@ def test_first_node_up_owns_everything_and_later_nodes_stay_standby(cluster):
     assert {name.split(":")[3] for name in names} <= {"heartbeat", "work"}, names
 
 
-def test_sigkill_of_the_owner_moves_its_services_same_region_first(
-    tmp_path, database_url, broker_url
-):
-    cluster = Cluster(tmp_path, database_url, broker_url, FAILOVER_CROSS_REGION_DELAY="30")
-    try:
-        # Given a (r1) owns both services, b is in r1 and c in r2
-        a = cluster.start_live("a", "r1")
-        wait_until(lambda: cluster.owned_by("a"), 20, "a to claim")
-        cluster.start_live("b", "r1")
-        cluster.start_live("c", "r2")
-        # When a crashes (SIGKILL: nothing is released)
-        a.crash()
-        # Then b, in a's region, takes every service at epoch + 1, and a is marked inactive
-        wait_until(lambda: cluster.owned_by("b"), 30, "b to take over from a")
-        assert cluster.owners() == {service: ("b", 2) for service in SERVICES}
-        takeovers = [h for h in cluster.history() if h.epoch == 2]
-        assert {(h.from_node, h.to_node, h.reason) for h in takeovers} == {("a", "b", "takeover")}
-        wait_until(lambda: not cluster.node_row("a").is_active, 10, "a to be marked inactive")
-        # And when b crashes too, c takes over at once: no live node is left in r1
-        cluster.nodes[1].crash()
-        wait_until(lambda: cluster.owned_by("c"), 20, "c to take over across regions")
-        assert cluster.owners() == {service: ("c", 3) for service in SERVICES}
-        # And a restarted a comes back as a standby: it does not take its services back
-        cluster.start_live("a", "r1")
-        cluster.beats("a", 5)
-        assert cluster.owners() == {service: ("c", 3) for service in SERVICES}
-        assert cluster.node_row("a").last_verdict.startswith("standby")
-    finally:
-        cluster.close()
+def test_sigkill_of_the_owner_moves_its_services_same_region_first(cluster):
+    cluster.configure(FAILOVER_CROSS_REGION_DELAY="30")
+    # Given a (r1) owns both services, b is in r1 and c in r2
+    a = cluster.start_live("a", "r1")
+    wait_until(lambda: cluster.owned_by("a"), 20, "a to claim")
+    cluster.start_live("b", "r1")
+    cluster.start_live("c", "r2")
+    # When a crashes (SIGKILL: nothing is released)
+    a.crash()
+    # Then b, in a's region, takes every service at epoch + 1, and a is marked inactive
+    wait_until(lambda: cluster.owned_by("b"), 30, "b to take over from a")
+    assert cluster.owners() == {service: ("b", 2) for service in SERVICES}
+    takeovers = [h for h in cluster.history() if h.epoch == 2]
+    assert {(h.from_node, h.to_node, h.reason) for h in takeovers} == {("a", "b", "takeover")}
+    wait_until(lambda: not cluster.node_row("a").is_active, 10, "a to be marked inactive")
+    # And when b crashes too, c takes over at once: no live node is left in r1
+    cluster.nodes[1].crash()
+    wait_until(lambda: cluster.owned_by("c"), 20, "c to take over across regions")
+    assert cluster.owners() == {service: ("c", 3) for service in SERVICES}
+    # And a restarted a comes back as a standby: it does not take its services back
+    cluster.start_live("a", "r1")
+    cluster.beats("a", 5)
+    assert cluster.owners() == {service: ("c", 3) for service in SERVICES}
+    assert cluster.node_row("a").last_verdict.startswith("standby")
 
 
-def test_sigterm_hands_over_without_waiting_for_the_lease(tmp_path, database_url, broker_url):
+def test_sigterm_hands_over_without_waiting_for_the_lease(cluster):
     # Given a lease of 60 s, far longer than this test waits for the handover
-    cluster = Cluster(tmp_path, database_url, broker_url, FAILOVER_LEASE_TIMEOUT="60")
-    try:
-        a = cluster.start_live("a", "r1")
-        wait_until(lambda: cluster.owned_by("a"), 20, "a to claim")
-        cluster.start_live("b", "r1")
-        last_beat = cluster.node_row("a").last_heartbeat_at
-        # When a gets SIGTERM (Celery's warm shutdown)
-        assert a.terminate() == 0
-        # Then it released both services, and b took them while a's lease was still running
-        wait_until(lambda: cluster.owned_by("b"), 20, "b to take the released services")
-        events = cluster.history()
-        assert {(h.from_node, h.to_node, h.reason) for h in events if h.epoch == 2} == {
-            ("a", None, "release")
-        }
-        assert {(h.from_node, h.to_node, h.reason) for h in events if h.epoch == 3} == {
-            (None, "b", "takeover")
-        }
-        taken_at = max(h.changed_at for h in events)
-        assert (taken_at - last_beat).total_seconds() < 60
-        assert cluster.node_row("a").stopped_at is not None
-        assert "released folder_monitor at epoch 2" in a.log()
-    finally:
-        cluster.close()
+    cluster.configure(FAILOVER_LEASE_TIMEOUT="60")
+    a = cluster.start_live("a", "r1")
+    wait_until(lambda: cluster.owned_by("a"), 20, "a to claim")
+    cluster.start_live("b", "r1")
+    last_beat = cluster.node_row("a").last_heartbeat_at
+    # When a gets SIGTERM (Celery's warm shutdown)
+    assert a.terminate() == 0
+    # Then it released both services, and b took them while a's lease was still running
+    wait_until(lambda: cluster.owned_by("b"), 20, "b to take the released services")
+    events = cluster.history()
+    assert {(h.from_node, h.to_node, h.reason) for h in events if h.epoch == 2} == {
+        ("a", None, "release")
+    }
+    assert {(h.from_node, h.to_node, h.reason) for h in events if h.epoch == 3} == {
+        (None, "b", "takeover")
+    }
+    taken_at = max(h.changed_at for h in events)
+    assert (taken_at - last_beat).total_seconds() < 60
+    assert cluster.node_row("a").stopped_at is not None
+    assert "released folder_monitor at epoch 2" in a.log()
 
 
 def test_a_paused_owner_wakes_up_and_all_its_side_effects_are_rejected(cluster, broker_url):

@@ -69,7 +69,7 @@ def far(database_url: str, broker_url: str) -> Iterator[dict[str, str]]:
 
 
 def test_a_node_150_ms_away_keeps_its_lease_owns_and_works_at_default_settings(
-    tmp_path, database_url, broker_url, far
+    tmp_path, far, cluster
 ):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -80,94 +80,85 @@ def test_a_node_150_ms_away_keeps_its_lease_owns_and_works_at_default_settings(
         "FAILOVER_HOT_FOLDER": str(inbox),
         "FAILOVER_SCRIPTS": json.dumps({"stamp": {**script, "interval": 4}}),
     }
-    cluster = Cluster(tmp_path, database_url, broker_url, **env)
-    try:
-        # Given a near owner a, a near standby b, and c in another region 150 ms away
-        cluster.start_live("a", "near")
-        wait_until(lambda: cluster.owned_by("a"), 30, "a to claim both services")
-        cluster.start_live("b", "near")
-        cluster.start_live("c", "far", **far)
+    cluster.configure(**env)
+    # Given a near owner a, a near standby b, and c in another region 150 ms away
+    cluster.start_live("a", "near")
+    wait_until(lambda: cluster.owned_by("a"), 30, "a to claim both services")
+    cluster.start_live("b", "near")
+    cluster.start_live("c", "far", **far)
 
-        # Then for 30 s c never lapses and nothing moves
-        watch = LapseWatch(cluster, "c")
-        time.sleep(30)
-        samples, lapses = watch.stop()
-        assert samples > 60 and lapses == 0
-        assert cluster.owners() == {service: ("a", 1) for service in SERVICES}
+    # Then for 30 s c never lapses and nothing moves
+    watch = LapseWatch(cluster, "c")
+    time.sleep(30)
+    samples, lapses = watch.stop()
+    assert samples > 60 and lapses == 0
+    assert cluster.owners() == {service: ("a", 1) for service in SERVICES}
 
-        # When c is given both services by hand
+    # When c is given both services by hand
+    for service in SERVICES:
+        moved = cluster.cli("move", service, "--to", "c", "--timeout", "30")
+        assert moved.returncode == 0, moved.stderr
+    assert cluster.owned_by("c")
+    epoch = cluster.owners()["folder_monitor"][1]
+
+    # Then for 30 s it processes dropped files and runs its script, with no lapse
+    watch = LapseWatch(cluster, "c")
+    names = [f"far-{i:02d}.txt" for i in range(20)]
+    for name in names:
+        (inbox / name).write_text(name)
+        time.sleep(1.0)
+    processed = inbox / "processed"
+    wait_until(
+        lambda: processed.exists() and len(list(processed.iterdir())) == len(names),
+        60,
+        "c to process every file",
+    )
+    samples, lapses = watch.stop()
+    assert lapses == 0
+    assert sorted(path.name for path in processed.iterdir()) == names
+    runs = cluster.query(
+        "SELECT node, status FROM script_run WHERE script = 'stamp' AND epoch = :e",
+        e=cluster.owners()["app_script"][1],
+    )
+    assert {run.node for run in runs} == {"c"}
+    assert ("c", "succeeded") in {(run.node, run.status) for run in runs}
+    assert {run.status for run in runs} <= {"succeeded", "running"}
+    assert cluster.node_row("c").rejected_side_effects == 0
+    assert cluster.owners()["folder_monitor"] == ("c", epoch)
+    row = cluster.node_row("c")
+    assert row.db_round_trip_ms >= 150 and row.broker_round_trip_ms >= 150
+    shown = json.loads(cluster.cli("status", "--json").stdout)
+    far_node = next(node for node in shown["nodes"] if node["name"] == "c")
+    assert far_node["db_round_trip_ms"] >= 150 and far_node["heartbeat_cycle_ms"] >= 300
+
+    # When c is killed, Then a near node holds both services at a higher epoch
+    cluster.running("c").crash()
+    wait_until(
+        lambda: all(
+            owner in ("a", "b") and number > epoch for owner, number in cluster.owners().values()
+        ),
+        30,
+        "a near node to take over from c",
+    )
+
+
+def test_a_gracefully_stopped_owner_hands_its_services_to_its_own_region(cluster):
+    cluster.configure(**DEFAULT_TIMING)
+    cluster.start_live("x", "other")
+    cluster.start_live("y", "other")
+    for trial in range(3):
+        # Given a owns everything, b is in a's region, x and y in another region
+        owner, peer = f"a{trial}", f"b{trial}"
+        cluster.start_live(owner, "home")
+        cluster.start_live(peer, "home")
         for service in SERVICES:
-            moved = cluster.cli("move", service, "--to", "c", "--timeout", "30")
+            moved = cluster.cli("move", service, "--to", owner)
             assert moved.returncode == 0, moved.stderr
-        assert cluster.owned_by("c")
-        epoch = cluster.owners()["folder_monitor"][1]
-
-        # Then for 30 s it processes dropped files and runs its script, with no lapse
-        watch = LapseWatch(cluster, "c")
-        names = [f"far-{i:02d}.txt" for i in range(20)]
-        for name in names:
-            (inbox / name).write_text(name)
-            time.sleep(1.0)
-        processed = inbox / "processed"
-        wait_until(
-            lambda: processed.exists() and len(list(processed.iterdir())) == len(names),
-            60,
-            "c to process every file",
-        )
-        samples, lapses = watch.stop()
-        assert lapses == 0
-        assert sorted(path.name for path in processed.iterdir()) == names
-        runs = cluster.query(
-            "SELECT node, status FROM script_run WHERE script = 'stamp' AND epoch = :e",
-            e=cluster.owners()["app_script"][1],
-        )
-        assert {run.node for run in runs} == {"c"}
-        assert ("c", "succeeded") in {(run.node, run.status) for run in runs}
-        assert {run.status for run in runs} <= {"succeeded", "running"}
-        assert cluster.node_row("c").rejected_side_effects == 0
-        assert cluster.owners()["folder_monitor"] == ("c", epoch)
-        row = cluster.node_row("c")
-        assert row.db_round_trip_ms >= 150 and row.broker_round_trip_ms >= 150
-        shown = json.loads(cluster.cli("status", "--json").stdout)
-        far_node = next(node for node in shown["nodes"] if node["name"] == "c")
-        assert far_node["db_round_trip_ms"] >= 150 and far_node["heartbeat_cycle_ms"] >= 300
-
-        # When c is killed, Then a near node holds both services at a higher epoch
-        cluster.running("c").crash()
-        wait_until(
-            lambda: all(
-                owner in ("a", "b") and number > epoch
-                for owner, number in cluster.owners().values()
-            ),
-            30,
-            "a near node to take over from c",
-        )
-    finally:
-        cluster.close()
-
-
-def test_a_gracefully_stopped_owner_hands_its_services_to_its_own_region(
-    tmp_path, database_url, broker_url
-):
-    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULT_TIMING)
-    try:
-        cluster.start_live("x", "other")
-        cluster.start_live("y", "other")
-        for trial in range(3):
-            # Given a owns everything, b is in a's region, x and y in another region
-            owner, peer = f"a{trial}", f"b{trial}"
-            cluster.start_live(owner, "home")
-            cluster.start_live(peer, "home")
-            for service in SERVICES:
-                moved = cluster.cli("move", service, "--to", owner)
-                assert moved.returncode == 0, moved.stderr
-            # When a stops gracefully (SIGTERM)
-            assert cluster.running(owner).terminate() == 0
-            # Then every service goes to b, its region's live peer, not to x or y
-            wait_until(lambda peer=peer: cluster.owned_by(peer), 20, f"{peer} to take over")
-            cluster.running(peer).terminate()
-    finally:
-        cluster.close()
+        # When a stops gracefully (SIGTERM)
+        assert cluster.running(owner).terminate() == 0
+        # Then every service goes to b, its region's live peer, not to x or y
+        wait_until(lambda peer=peer: cluster.owned_by(peer), 20, f"{peer} to take over")
+        cluster.running(peer).terminate()
 
 
 def waiting_by_task(broker_url: str, queue: str) -> dict[str, int]:

@@ -108,41 +108,38 @@ def test_flower_shows_the_tasks_of_nodes_that_send_task_events(cluster):
 
 
 def test_a_node_150_ms_away_keeps_its_round_trip_budget_while_flower_runs(
-    tmp_path, database_url, broker_url, far_proxies
+    database_url, broker_url, far_proxies, cluster
 ):
     db_proxy, broker_proxy = far_proxies
     far = {
         "FAILOVER_DATABASE_URL": database_url_via(database_url, db_proxy.port),
         "FAILOVER_BROKER_URL": broker_url_via(broker_url, broker_proxy.port),
     }
-    cluster = Cluster(tmp_path, database_url, broker_url, **DEFAULT_TIMING)
-    try:
-        # Given a near owner a and a standby c 150 ms from both stores, at default timings
-        cluster.start_live("a", "near")
-        wait_until(lambda: cluster.owned_by("a"), 30, "a to claim both services")
-        cluster.start_live("c", "far", **far)
-        with flower(cluster) as base:
-            # When Flower runs beside them, its enable_events reaching c
-            wait_until(lambda: refused(cluster, "c"), 30, "c to refuse Flower's enable_events")
-            wait_until(lambda: workers_shown(base) >= {"a", "c"}, 20, "Flower to show a and c")
-            watch = LapseWatch(cluster, "c")
-            db_proxy.reset_counts()
-            broker_proxy.reset_counts()
-            cluster.beats("c", 10)
-            per_beat = {
-                "database": db_proxy.round_trips / 10,
-                "broker": broker_proxy.round_trips / 10,
-            }
-            # Then c's heartbeat keeps the budget of a standby's (README, Far regions): one
-            # database round trip, and two broker round trips plus Celery's worker heartbeat
-            # every 2 s; task events would add three publishes per task, Flower's
-            # enable_events (every 5 s) at most one delivery
-            assert per_beat["database"] <= 1.5, per_beat
-            assert per_beat["broker"] <= 3.5, per_beat
-            # And its lease never lapsed, its heartbeat cycle stays under a third of it
-            samples, lapses = watch.stop()
-            assert samples > 10 and lapses == 0
-            assert cluster.node_row("c").heartbeat_cycle_ms < 1000
-            assert tasks_shown(base) == {}
-    finally:
-        cluster.close()
+    cluster.configure(**DEFAULT_TIMING)
+    # Given a near owner a and a standby c 150 ms from both stores, at default timings
+    cluster.start_live("a", "near")
+    wait_until(lambda: cluster.owned_by("a"), 30, "a to claim both services")
+    cluster.start_live("c", "far", **far)
+    with flower(cluster) as base:
+        # When Flower runs beside them, its enable_events reaching c
+        wait_until(lambda: refused(cluster, "c"), 30, "c to refuse Flower's enable_events")
+        wait_until(lambda: workers_shown(base) >= {"a", "c"}, 20, "Flower to show a and c")
+        watch = LapseWatch(cluster, "c")
+        db_proxy.reset_counts()
+        broker_proxy.reset_counts()
+        cluster.beats("c", 10)
+        per_beat = {
+            "database": db_proxy.round_trips / 10,
+            "broker": broker_proxy.round_trips / 10,
+        }
+        # Then c's heartbeat keeps the budget of a standby's (README, Far regions): one
+        # database round trip, and two broker round trips plus Celery's worker heartbeat
+        # every 2 s; task events would add three publishes per task, Flower's
+        # enable_events (every 5 s) at most one delivery
+        assert per_beat["database"] <= 1.5, per_beat
+        assert per_beat["broker"] <= 3.5, per_beat
+        # And its lease never lapsed, its heartbeat cycle stays under a third of it
+        samples, lapses = watch.stop()
+        assert samples > 10 and lapses == 0
+        assert cluster.node_row("c").heartbeat_cycle_ms < 1000
+        assert tasks_shown(base) == {}

@@ -126,56 +126,45 @@ PREFER_A = json.dumps(
 )
 
 
-def test_failback_waits_for_the_dwell_and_a_flapping_node_never_gets_it(
-    tmp_path, database_url, broker_url
-):
-    cluster = Cluster(tmp_path, database_url, broker_url, FAILOVER_PLACEMENT=PREFER_A)
-    try:
-        fail_over_from_a_to_b(cluster)
-        # When a flaps: it comes back, lives for less than the dwell, and dies again
-        for _ in range(2):
-            cluster.lapsed("a")
-            flapper = cluster.start_live("a", "r1")
-            cluster.beats("a", 2)
-            flapper.crash()
-            assert cluster.owners()["folder_monitor"] == ("b", 2)
-        # When a comes back for good, after the dwell it takes folder_monitor back
+def test_failback_waits_for_the_dwell_and_a_flapping_node_never_gets_it(cluster):
+    cluster.configure(FAILOVER_PLACEMENT=PREFER_A)
+    fail_over_from_a_to_b(cluster)
+    # When a flaps: it comes back, lives for less than the dwell, and dies again
+    for _ in range(2):
         cluster.lapsed("a")
-        cluster.start_live("a", "r1")
-        wait_until(lambda: cluster.owners()["folder_monitor"][0] == "a", 30, "failback to a")
-        event = cluster.history()[-1]
-        assert (event.from_node, event.to_node, event.reason, event.epoch) == (
-            "b",
-            "a",
-            "failback",
-            3,
-        )
-        # And app_script, which has no placement, stays where it is
-        assert cluster.owners()["app_script"] == ("b", 2)
-        placement = json.loads(cluster.cli("status", "--json").stdout)["services"]
-        assert (
-            "failback after 4 s"
-            in {s["service"]: s for s in placement}["folder_monitor"]["placement"]
-        )
-    finally:
-        cluster.close()
+        flapper = cluster.start_live("a", "r1")
+        cluster.beats("a", 2)
+        flapper.crash()
+        assert cluster.owners()["folder_monitor"] == ("b", 2)
+    # When a comes back for good, after the dwell it takes folder_monitor back
+    cluster.lapsed("a")
+    cluster.start_live("a", "r1")
+    wait_until(lambda: cluster.owners()["folder_monitor"][0] == "a", 30, "failback to a")
+    event = cluster.history()[-1]
+    assert (event.from_node, event.to_node, event.reason, event.epoch) == (
+        "b",
+        "a",
+        "failback",
+        3,
+    )
+    # And app_script, which has no placement, stays where it is
+    assert cluster.owners()["app_script"] == ("b", 2)
+    placement = json.loads(cluster.cli("status", "--json").stdout)["services"]
+    assert (
+        "failback after 4 s" in {s["service"]: s for s in placement}["folder_monitor"]["placement"]
+    )
 
 
-def test_no_failback_outside_the_failback_window(tmp_path, database_url, broker_url):
-    probe = Cluster(tmp_path, database_url, broker_url)
-    hour = probe.query("SELECT extract(hour FROM clock_timestamp() AT TIME ZONE 'UTC') AS h")[0].h
-    probe.close()
+def test_no_failback_outside_the_failback_window(cluster):
+    hour = cluster.query("SELECT extract(hour FROM clock_timestamp() AT TIME ZONE 'UTC') AS h")[0].h
     start, end = (int(hour) + 2) % 24, (int(hour) + 3) % 24
     placement = json.loads(PREFER_A)
     placement["folder_monitor"].update(
         failback_dwell=1, failback_window=f"{start:02d}:00-{end:02d}:00"
     )
-    cluster = Cluster(tmp_path, database_url, broker_url, FAILOVER_PLACEMENT=json.dumps(placement))
-    try:
-        fail_over_from_a_to_b(cluster)
-        cluster.lapsed("a")
-        cluster.start_live("a", "r1")
-        cluster.beats("a", 10)
-        assert cluster.owners()["folder_monitor"] == ("b", 2)
-    finally:
-        cluster.close()
+    cluster.configure(FAILOVER_PLACEMENT=json.dumps(placement))
+    fail_over_from_a_to_b(cluster)
+    cluster.lapsed("a")
+    cluster.start_live("a", "r1")
+    cluster.beats("a", 10)
+    assert cluster.owners()["folder_monitor"] == ("b", 2)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.support.cluster import Cluster, wait_until
+from tests.support.cluster import FAST, Cluster, wait_until
 from tests.support.proxy import FaultProxy
 from tests.support.servers import (
     broker_target,
@@ -22,7 +22,7 @@ from tests.support.servers import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
-LEASE = 1.5
+LEASE = FAST.lease_timeout
 SERVICES = {"folder_monitor", "app_script"}
 
 

@@ -237,19 +237,14 @@ def test_run_script_on_demand_with_its_exit_codes(tmp_path, database_url, broker
         ),
     ],
 )
-def test_bad_service_configuration_stops_the_node_at_start(
-    tmp_path, database_url, broker_url, extra, named
-):
+def test_bad_service_configuration_stops_the_node_at_start(tmp_path, extra, named, cluster):
     toml = tmp_path / "bad.toml"
     toml.write_text(extra)
-    cluster = Cluster(tmp_path, database_url, broker_url, FAILOVER_CONFIG=str(toml))
-    try:
-        node = cluster.start("a", "r1")
-        assert node.popen.wait(timeout=60) == 2
-        output = node.log().strip()
-        assert named in output and len(output.splitlines()) == 1, output
-    finally:
-        cluster.close()
+    cluster.configure(FAILOVER_CONFIG=str(toml))
+    node = cluster.start("a", "r1")
+    assert node.popen.wait(timeout=60) == 2
+    output = node.log().strip()
+    assert named in output and len(output.splitlines()) == 1, output
 
 
 def test_shared_processing_queue_spreads_handlers_over_the_nodes(

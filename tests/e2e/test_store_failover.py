@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster, wait_until
+from tests.support.cluster import STORE_FAILOVER, Cluster, wait_until
 from tests.support.flower import flower, workers_listed
 from tests.support.handlers import handled, spans
 from tests.support.pgbouncer import BINARY as PGBOUNCER
@@ -38,12 +38,7 @@ from workers.stores.database import upgrade_schema
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-TIMING = {
-    "FAILOVER_HEARTBEAT_INTERVAL": "0.5",
-    "FAILOVER_LEASE_TIMEOUT": "3.0",
-    "FAILOVER_DATABASE_TIMEOUT": "0.5",
-    "FAILOVER_CROSS_REGION_DELAY": "0.5",
-}
+TIMING = STORE_FAILOVER.env()
 NAMES = ["a", "b", "c"]
 SERVICES = {"folder_monitor", "app_script"}
 FILES = 300
@@ -441,7 +436,7 @@ def test_a_new_primary_whose_clock_is_30_s_off_takes_nothing_over_and_still_fail
         since = database_time(cluster)
         renewals(cluster, since, killed)
         # Then nobody takes anything over, for several leases
-        deadline = time.monotonic() + 3 * float(TIMING["FAILOVER_LEASE_TIMEOUT"])
+        deadline = time.monotonic() + 3 * STORE_FAILOVER.lease_timeout
         while time.monotonic() < deadline:
             assert_nothing_moved(cluster)
             time.sleep(0.3)

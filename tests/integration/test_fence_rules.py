@@ -162,14 +162,19 @@ def test_a_command_s_timeout_kills_what_it_started(tmp_path):
 
 
 def test_a_guard_kills_a_grandchild_that_left_its_session(tmp_path):
-    # Given work whose child daemonizes a grandchild into a session of its own
+    # Given work whose child daemonizes a grandchild into a session of its own, and ends
+    # once the grandchild is running there (it has written its pid: on a loaded machine the
+    # child could otherwise end, and the guard strike, before the grandchild wrote it)
     pid_file = tmp_path / "pid"
     code = (
         "import os, time\n"
         "if os.fork() == 0:\n"
         "    os.setsid()\n"
-        f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        f"    open({str(pid_file)!r} + '.new', 'w').write(str(os.getpid()))\n"
+        f"    os.rename({str(pid_file)!r} + '.new', {str(pid_file)!r})\n"
         "    time.sleep(600)\n"
+        f"while not os.path.exists({str(pid_file)!r}):\n"
+        "    time.sleep(0.01)\n"
     )
 
     def work(watch: supervision.Watch) -> int:

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from tests.support import folders
 from tests.support.folders import ledger, run_until_idle, scan, with_folder
 from tests.support.handlers import handled
-from tests.support.registry import add_node, give
+from tests.support.registry import add_node, give, lapse
 from workers.errors import ConfigError
 from workers.fence import local_fence, local_state
 from workers.fence.fencing import Fence, fenced
@@ -80,7 +80,8 @@ def test_a_dead_handlers_marks_are_cleared_once_its_lease_has_run_out(
     folder_monitor.batch.start_batch(settings, batch, old, BATCH)
     new = owner(settings, "b")
     assert scan(settings, new) == []
-    time.sleep(3.2)
+    # When a's lease runs out (its row aged by its lease, as if it had not renewed since)
+    lapse(settings, "a")
     run_until_idle(settings, new)
     assert handled(handler_log) == {"x.dat": 1}
 
@@ -186,8 +187,21 @@ def test_a_batch_lost_before_it_started_is_sent_again_within_about_a_lease(
     fence = owner(settings, "a")
     (lost,) = scan(settings, fence)  # its message never arrives
     assert scan(settings, fence) == []
-    time.sleep(settings.node_lease_timeout() + settings.heartbeat_interval + 0.2)
+    # When a lease and a heartbeat have passed since it was sent (its row aged by as much)
+    age_dispatch(settings, settings.node_lease_timeout() + settings.heartbeat_interval + 0.2)
     assert scan(settings, fence) == [lost]
+
+
+def age_dispatch(settings: Settings, seconds: float) -> None:
+    """Move every file's dispatch time back by `seconds`, as if that time had passed."""
+    with transaction(settings) as connection:
+        connection.execute(
+            text(
+                "UPDATE folder_file SET "
+                "dispatched_at = dispatched_at - make_interval(secs => :seconds)"
+            ),
+            {"seconds": seconds},
+        )
 
 
 # ---------------------------------------------------------------- case 5: bad names

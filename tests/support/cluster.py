@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +18,45 @@ from tests.support.handlers import PASSTHROUGH
 from workers.testing.local_cluster import LocalCluster, LocalNode
 from workers.testing.waiting import wait_until
 
-DEFAULT_TIMING = {
-    "FAILOVER_HEARTBEAT_INTERVAL": "1.0",
-    "FAILOVER_LEASE_TIMEOUT": "3.0",
-    "FAILOVER_DATABASE_TIMEOUT": "0.5",
-    "FAILOVER_CROSS_REGION_DELAY": "1.0",
-}
+
+@dataclass(frozen=True)
+class Timing:
+    """A node's timings, in seconds: the one place the tests' timings are set."""
+
+    heartbeat_interval: float
+    lease_timeout: float
+    database_timeout: float
+    cross_region_delay: float
+
+    def env(self) -> dict[str, str]:
+        """As a node's environment."""
+        return {
+            "FAILOVER_HEARTBEAT_INTERVAL": str(self.heartbeat_interval),
+            "FAILOVER_LEASE_TIMEOUT": str(self.lease_timeout),
+            "FAILOVER_DATABASE_TIMEOUT": str(self.database_timeout),
+            "FAILOVER_CROSS_REGION_DELAY": str(self.cross_region_delay),
+        }
+
+
+DEFAULT = Timing(
+    heartbeat_interval=1.0, lease_timeout=3.0, database_timeout=0.5, cross_region_delay=1.0
+)
 """The product's default timings, written out: tests of what a far node keeps at defaults."""
 
+FAST = Timing(
+    heartbeat_interval=0.3, lease_timeout=1.5, database_timeout=0.3, cross_region_delay=0.5
+)
+"""The tests' own: a lease runs out in 1.5 s (the `settings` fixture and `Cluster`)."""
+
+STORE_FAILOVER = Timing(
+    heartbeat_interval=0.5, lease_timeout=3.0, database_timeout=0.5, cross_region_delay=0.5
+)
+"""While a store fails over (`tests/e2e/test_store_failover.py`): a lease outlasts a promotion."""
+
+DEFAULT_TIMING = DEFAULT.env()
+
 FAST_TIMING = {
-    "FAILOVER_HEARTBEAT_INTERVAL": "0.3",
-    "FAILOVER_LEASE_TIMEOUT": "1.5",
-    "FAILOVER_DATABASE_TIMEOUT": "0.3",
-    "FAILOVER_CROSS_REGION_DELAY": "0.5",
+    **FAST.env(),
     "FAILOVER_LOG_LEVEL": "INFO",
     "FAILOVER_CHILD_ENV_PASSTHROUGH": json.dumps(PASSTHROUGH),
 }
@@ -38,6 +65,11 @@ FAST_TIMING = {
 class Cluster(LocalCluster):
     def __init__(self, tmp_path: Path, database_url: str, broker_url: str, **env: str) -> None:
         super().__init__(tmp_path, database_url, broker_url, {**FAST_TIMING, **env})
+
+    def configure(self, **env: str) -> None:
+        """Settings for every node started from now on: the `cluster` fixture's cluster is made
+        with the fast timings, before the test says what else it needs."""
+        self.env.update(env)
 
     def start_live(self, name: str, region: str, *extra: str, **env: str) -> LocalNode:
         try:

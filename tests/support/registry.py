@@ -61,6 +61,22 @@ def age_node(settings: Settings, name: str, beat_age: float, lease_age: float) -
         )
 
 
+def lapse(settings: Settings, name: str) -> None:
+    """Age `name`'s row by its whole lease and a second more, instead of sleeping that long:
+    its last heartbeat and the start of its lease move back, as if that time had passed
+    with no renewal, so that its lease has run out on the database clock."""
+    with transaction(settings) as connection:
+        connection.execute(
+            text(
+                "UPDATE server_registry SET "
+                "last_heartbeat_at = last_heartbeat_at - make_interval(secs => lease_timeout_s + 1), "
+                "lease_started_at = lease_started_at - make_interval(secs => lease_timeout_s + 1) "
+                "WHERE node_name = :name"
+            ),
+            {"name": name},
+        )
+
+
 def give(settings: Settings, service: str, node: str, reason: str = "startup") -> int:
     """Make `node` the owner of `service` (the trigger writes history); return the new epoch."""
     with transaction(settings) as connection:
