@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ def echo_port() -> Iterator[int]:
     server = socket.create_server(("127.0.0.1", 0))
 
     def serve(connection: socket.socket) -> None:
-        with connection:
+        with connection, contextlib.suppress(ConnectionResetError):
             while data := connection.recv(65536):
                 connection.sendall(data)
 
