@@ -25,7 +25,9 @@ from beat_schedule.clock import wall_time
 from beat_schedule.stagger import SlotTimer, Staggered, build_schedule
 from workers.fence import local_state
 from workers.queues import backlog, joining
-from workers.queues.routing import HEARTBEAT, WAITING_MAX_AGE
+from workers.queues.routing import HEARTBEAT
+from workers.settings import timing
+from workers.settings.process import current_identity, current_settings
 
 
 def publishing_pool(producer: Any) -> Any:
@@ -83,8 +85,6 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
     held_for_consumer = False
 
     def setup_schedule(self) -> None:
-        from workers.settings.process import current_identity, current_settings
-
         me = current_identity()
         interval = current_settings().heartbeat_interval
         self.incarnation = me.incarnation
@@ -141,7 +141,7 @@ class NodeScheduler(Scheduler):  # type: ignore[misc]
         if not isinstance(schedule, Staggered):
             return super().apply_async(entry, producer, advance, **kwargs)
         queue = entry.options["queue"]
-        max_age = WAITING_MAX_AGE * schedule.interval
+        max_age = timing.waiting_max_age(schedule.interval)
         if not backlog.may_send(self.app, self.incarnation, HEARTBEAT, queue, max_age):
             return None
         entry.kwargs = {

@@ -38,11 +38,6 @@ RUN_SCRIPT = "failover.run_script"
 CUSTOM_RUN = "failover.custom_run"
 
 
-# A node sends no heartbeat or service work while the previous one still waits in its queue,
-# unless that one was sent this many intervals ago (it was lost: the node must beat on).
-WAITING_MAX_AGE = 1.5
-
-
 def node_queue(node: str) -> str:
     return f"{QUEUE_PREFIX}{node}"
 

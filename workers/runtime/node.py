@@ -57,7 +57,7 @@ from workers.queues.routing import (
     send_to_node,
 )
 from workers.runtime import logs
-from workers.settings import Settings
+from workers.settings import Settings, timing
 from workers.settings.process import (
     INCARNATION_VAR,
     NODE_VAR,
@@ -138,7 +138,7 @@ def register_death(app: Any, settings: Settings, me: Identity) -> None:
     }
     for peer in nudged:
         args = (peer.name, peer.incarnation)
-        deadline = snapshot.now.timestamp() + settings.heartbeat_interval
+        deadline = snapshot.now.timestamp() + timing.nudge_deadline(settings)
         send_to_node(app, HEARTBEAT, peer.name, args, deadline=deadline)
 
 

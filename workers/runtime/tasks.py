@@ -35,7 +35,6 @@ from workers.queues.routing import (
     SERVICE_WORK,
     TAKEN_RUN,
     TAKEOVER,
-    WAITING_MAX_AGE,
     expired,
     node_queue,
     send_to_node,
@@ -46,7 +45,7 @@ from workers.runtime.heartbeat import Beat, run_cycle
 from workers.runtime.node import beat_stopped, stopping
 from workers.services import app_script, folder_monitor
 from workers.services.custom import CustomService
-from workers.settings import Settings
+from workers.settings import Settings, timing
 from workers.settings.process import Identity, current_identity, current_settings
 from workers.stores import database, ownership
 from workers.stores.database import transaction
@@ -70,7 +69,7 @@ class CeleryTransport:
     def dispatch_services(self, actions: list[Dispatch]) -> None:
         """One message for all the services this node owns, unless one is still waiting."""
         me = current_identity()
-        max_age = WAITING_MAX_AGE * self.expires
+        max_age = timing.waiting_max_age(self.expires)
         if backlog.may_send(app, me.incarnation, SERVICE_WORK, node_queue(self.node), max_age):
             owned = [(action.service, action.epoch) for action in actions]
             send_to_node(app, SERVICE_WORK, self.node, (owned,), self.expires)
@@ -236,7 +235,7 @@ def hand_over_when_idle(settings: Settings, fence: Fence) -> str:
     )
     if to is not None:
         now = db_clock.database_time(settings, me.incarnation)
-        deadline = now + settings.heartbeat_interval
+        deadline = now + timing.nudge_deadline(settings)
         send_to_node(app, HEARTBEAT, to.name, (to.name, to.incarnation), deadline=deadline)
     return f"handed over at epoch {finished.epoch}"
 
@@ -252,7 +251,7 @@ def service_work(owned: list[tuple[str, int]]) -> dict[str, Any]:
     """
     settings = current_settings()
     me = current_identity()
-    wait = settings.heartbeat_interval / 2
+    wait = timing.turn_wait(settings)
     with local_state.alone(me.incarnation, SERVICE_WORK, wait) as alone:
         if not alone:
             log.debug("service work skipped: the previous one still runs")

@@ -34,9 +34,9 @@ from workers.errors import ConfigError, StaleEpoch
 from workers.fence import local_fence, local_state
 from workers.fence.fencing import Fence, fenced, reject
 from workers.fence.supervision import Ending, Forked, Watch, die_with_parent, guarded, supervise
-from workers.queues.routing import CUSTOM_RUN, WAITING_MAX_AGE
+from workers.queues.routing import CUSTOM_RUN
 from workers.services.base import Gauge, Row, RunningWork, Section, Sender, SingletonService
-from workers.settings import DEFAULT_SERVICE_TIMEOUT, Settings
+from workers.settings import DEFAULT_SERVICE_TIMEOUT, Settings, timing
 from workers.stores.database import forget_inherited_engines
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ class CustomService:
         a turn that finds the previous run still going is skipped (and said once per run)."""
         incarnation = fence.me.incarnation
         waiting = local_state.waiting_for(incarnation, self.kind)
-        if waiting is not None and waiting < WAITING_MAX_AGE * settings.heartbeat_interval:
+        if waiting is not None and waiting < timing.waiting_max_age(settings.heartbeat_interval):
             return None
         if not local_state.take_turn(incarnation, self.kind, self.interval):
             return None

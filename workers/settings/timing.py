@@ -35,6 +35,38 @@ SLOW_CYCLE_FRACTION = 1 / 3
 """A heartbeat cycle longer than this share of the lease is logged: the lease is at risk."""
 
 
+WAITING_BEATS = 1.5
+"""A node sends no heartbeat or service work while the previous one still waits in its
+queue, unless that one was sent this many intervals ago (it was lost: the node must beat on)."""
+
+
+def waiting_max_age(interval: float) -> float:
+    """How old a message of a kind sent every `interval` s may wait before another is sent."""
+    return WAITING_BEATS * interval
+
+
+def nudge_deadline(settings: Configured) -> float:
+    """Seconds a nudged heartbeat (wake a peer to act now) is worth delivering: one beat, after
+    which the peer's own beat has come anyway."""
+    return settings.heartbeat_interval
+
+
+def turn_wait(settings: Configured) -> float:
+    """How long one beat's service work waits for the previous one before giving its turn up."""
+    return settings.heartbeat_interval / 2
+
+
+def heartbeat_pool_wait(settings: Configured) -> float:
+    """How long a heartbeat waits for its one pooled connection: at most its lease (1 s floor)."""
+    return max(1.0, settings.lease_timeout)
+
+
+def idle_transaction_ms(settings: Configured) -> int:
+    """A transaction left idle (a frozen process) ends at the lease, so it never holds a row
+    lock past it (milliseconds, 1 s floor)."""
+    return max(1000, int(settings.lease_timeout * 1000))
+
+
 def lease_floor(heartbeat_interval: float, database_timeout: float) -> float:
     """The shortest lease a node can keep: one late heartbeat plus two slow round trips."""
     return LATE_BEATS * heartbeat_interval + SLOW_ROUND_TRIPS * database_timeout

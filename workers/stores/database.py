@@ -35,7 +35,12 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from workers.errors import DatabaseUnavailable, first_line
 from workers.settings import Settings, mask_url, tls
-from workers.settings.timing import answer_deadline, connect_timeout
+from workers.settings.timing import (
+    answer_deadline,
+    connect_timeout,
+    heartbeat_pool_wait,
+    idle_transaction_ms,
+)
 from workers.stores.watchdog import answered_within, watch_statements
 
 HEARTBEAT = "heartbeat"
@@ -91,7 +96,7 @@ def _create_engine(settings: Settings, url: str, purpose: str) -> Engine:
         isolation_level="AUTOCOMMIT",
         pool_size=1,
         max_overflow=0 if purpose == HEARTBEAT else 1,
-        pool_timeout=max(1.0, settings.lease_timeout) if purpose == HEARTBEAT else 30.0,
+        pool_timeout=heartbeat_pool_wait(settings) if purpose == HEARTBEAT else 30.0,
         pool_recycle=-1 if purpose == HEARTBEAT else 300,
         connect_args={
             "connect_timeout": connect_timeout(settings),
@@ -121,7 +126,7 @@ def begin_bounded(settings: Settings) -> str:
     """`BEGIN` and the bounds of one transaction, sent as one message: statement and lock
     waits end at the database timeout, and a transaction left idle (a frozen process)
     ends at the lease, so it can never hold a row lock past it."""
-    idle_ms = max(1000, int(settings.lease_timeout * 1000))
+    idle_ms = idle_transaction_ms(settings)
     return f"BEGIN; {bounded(settings)}SET LOCAL idle_in_transaction_session_timeout = {idle_ms}"
 
 
