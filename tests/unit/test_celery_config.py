@@ -20,6 +20,7 @@ from redis.sentinel import SentinelManagedConnection
 
 from workers.runtime.app import celery_config
 from workers.settings import load_settings
+from workers.settings.tls import asks_for_tls
 
 FOLDER = Path(tempfile.gettempdir()) / "failover-celery-config" / "tls dir"
 """Where the URLs' files are (made by `tls_files`: the settings refuse a file that is not
@@ -100,3 +101,18 @@ def test_plain_sentinels_and_other_brokers_are_handed_no_tls_of_their_own():
     assert "sentinel_kwargs" in apart["broker_transport_options"]
     assert "sentinel_kwargs" not in apart["result_backend_transport_options"]
     assert apart["redis_backend_use_ssl"] is None
+
+
+@pytest.mark.parametrize(
+    ("url", "asks"),
+    [
+        ("redis://h/0", False),
+        ("rediss://h/0", True),
+        ("redis://h/0?ssl_cert_reqs=required", True),
+        ("redis://a/0;rediss://b/0", True),
+        ("sentinel://h:26379?ssl_ca_certs=/ca.pem", True),
+        ("redis://h/0?not_ssl_x=1", False),
+    ],
+)
+def test_a_url_asks_for_tls_by_its_scheme_or_parameters_kombu_reads(url: str, asks: bool) -> None:
+    assert asks_for_tls(url) is asks

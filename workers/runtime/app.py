@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu.utils.url import parse_url
 
 from workers.queues import joining
 from workers.runtime import remote_control
 from workers.runtime.node import install
 from workers.settings import Settings
 from workers.settings.process import current_settings
+from workers.settings.tls import url_tls
 from workers.stores import broker
 
 
@@ -75,15 +75,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_scheduler": "beat_schedule.scheduler:NodeScheduler",
         "worker_consumer": "workers.queues.consumer:NodeConsumer",
     }
-
-
-def url_tls(url: str) -> dict[str, Any]:
-    """The TLS parameters of a broker URL (its first entry), as kombu reads them, or none.
-
-    kombu already uses them for its own connections; as `broker_use_ssl` they also reach
-    what reads Celery's configuration instead of the URL: Flower's broker client.
-    """
-    return dict(parse_url(url.split(";", 1)[0]).get("ssl") or {})
 
 
 def _sentinel_tls(url: str | None) -> dict[str, Any]:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import ssl
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from kombu.utils.url import parse_url
 
 DATABASE_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
 BROKER_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
@@ -49,11 +52,19 @@ def _unreadable(path: str) -> str | None:
     return None
 
 
+def url_tls(url: str) -> dict[str, Any]:
+    """The TLS parameters of a broker URL (its first entry), as kombu reads them, or none.
+
+    kombu already uses them for its own connections; as `broker_use_ssl` they also reach
+    what reads Celery's configuration instead of the URL: Flower's broker client.
+    """
+    return dict(parse_url(url.split(";", 1)[0]).get("ssl") or {})
+
+
 def asks_for_tls(broker_url: str) -> bool:
-    """Whether a broker URL asks for TLS (`rediss://`, or `ssl_*` parameters)."""
+    """Whether any entry of a broker URL asks for TLS (`rediss://`, or `ssl_*` parameters)."""
     return any(
-        part.startswith("rediss://") or "ssl_" in urlsplit(part).query
-        for part in broker_url.split(";")
+        part.startswith("rediss://") or bool(url_tls(part)) for part in broker_url.split(";")
     )
 
 
