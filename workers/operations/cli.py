@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import sys
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import click
@@ -24,11 +24,29 @@ from workers.stores import registration
 COMMAND_GROUP = "celery_failover.commands"
 
 
+class WithInstalledCommands(click.Group):
+    """A group that also offers the commands installed packages declare in
+    `celery_failover.commands` (as Flask's CLI does): `failover demo` comes so from
+    `workers.testing`, which sits above this module. One is imported only when it is run."""
+
+    def _installed(self) -> dict[str, EntryPoint]:
+        return {entry.name: entry for entry in entry_points(group=COMMAND_GROUP)}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._installed()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and (entry := self._installed().get(cmd_name)):
+            command = entry.load()
+        return command
+
+
 def _settings(ctx: click.Context, **flags: Any) -> Settings:
     return load_settings(ctx.obj, **flags)
 
 
-@click.group()
+@click.group(cls=WithInstalledCommands)
 @click.option(
     "--config",
     type=click.Path(dir_okay=False),
@@ -341,17 +359,8 @@ def run_script(ctx: click.Context, name: str, wait: bool, timeout: float) -> Non
         sys.exit(1)
 
 
-def _installed_commands() -> None:
-    """Add the commands installed packages declare in `celery_failover.commands` (as Flask's
-    CLI does): `failover demo` comes so from `workers.testing`, which sits above this module."""
-    for entry in entry_points(group=COMMAND_GROUP):
-        if entry.name not in cli.commands:
-            cli.add_command(entry.load(), entry.name)
-
-
 def main() -> None:
     """Entry point: run the CLI, turning every expected error into one line and an exit code."""
-    _installed_commands()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as done:
