@@ -97,10 +97,10 @@ def patiently(settings: Settings, fence: Fence, effect: Callable[[Connection], T
         check_fence(connection, fence)
         return effect(connection)
 
-    return retrying(settings, fence.me, under_fence)
+    return retrying(settings, under_fence)
 
 
-def retrying(settings: Settings, me: Identity, effect: Callable[[Connection], T]) -> T:
+def retrying(settings: Settings, effect: Callable[[Connection], T]) -> T:
     """Apply `effect` in a transaction, trying again while the database is unavailable, for
     up to `outage_patience` (for writes fenced by their own rows, such as a file's handler)."""
 
@@ -108,12 +108,10 @@ def retrying(settings: Settings, me: Identity, effect: Callable[[Connection], T]
         with transaction(settings) as connection:
             return effect(connection)
 
-    return _again_while_unavailable(settings, me, attempt, timing.outage_patience(settings))
+    return _again_while_unavailable(attempt, timing.outage_patience(settings))
 
 
-def _again_while_unavailable(
-    settings: Settings, me: Identity, attempt: Callable[[], T], patience: float
-) -> T:
+def _again_while_unavailable(attempt: Callable[[], T], patience: float) -> T:
     """`attempt()`, tried again while the database is unavailable, for up to `patience` s."""
     deadline = time.monotonic() + patience
     pause = 0.2
@@ -152,17 +150,17 @@ def fenced_round_trip(
             raise _refusal(error) from None
 
     patience = timing.outage_patience(settings) if patient else 0.0
-    return _again_while_unavailable(settings, fence.me, attempt, patience)
+    return _again_while_unavailable(attempt, patience)
 
 
 def persistently(
-    settings: Settings, me: Identity, statements: Sequence[Statement]
+    settings: Settings, statements: Sequence[Statement]
 ) -> list[list[tuple[Any, ...]]]:
     """`statements` in one message (one round trip, one transaction), tried again while the
     database is unavailable for up to `outage_patience` (writes fenced by their own rows,
     such as a batch's outcomes). Returns each statement's rows."""
     return _again_while_unavailable(
-        settings, me, lambda: round_trip(settings, statements), timing.outage_patience(settings)
+        lambda: round_trip(settings, statements), timing.outage_patience(settings)
     )
 
 

@@ -128,7 +128,7 @@ def takeover(service: str, from_node: str | None, epoch: int, reason: str, why: 
         log.info("did not take %s: %s", service, refusal)
         return f"refused: {refusal}"
     if not handing.moved:
-        _log_handing(me, service, from_node, handing)
+        _log_handing(service, from_node, handing)
         return f"{service} handing over from {from_node}"
     local_fence.acquired(me.incarnation, service, epoch + 1)
     source = f"from {from_node}" if from_node else "unowned"
@@ -167,7 +167,7 @@ def manual_failover(
     if refusal:
         log.info("refused to take %s (asked by %s): %s", service, actor, refusal)
     elif not handing.moved:
-        _log_handing(me, service, None, handing)
+        _log_handing(service, None, handing)
         answer |= {
             "running": list(handing.running),
             "until": handing.until.isoformat() if handing.until else None,
@@ -195,7 +195,7 @@ def _unfit_to_take(settings: Settings, me: Identity) -> str | None:
     return None
 
 
-def _log_handing(me: Identity, service: str, owner: str | None, handing: ownership.Handing) -> None:
+def _log_handing(service: str, owner: str | None, handing: ownership.Handing) -> None:
     """Say that a service hands over to this node once its owner's running work ended."""
     running = ", ".join(handing.running[:5]) or "its running work"
     more = f" and {len(handing.running) - 5} more" if len(handing.running) > 5 else ""
@@ -265,7 +265,7 @@ _reported_hold: list[float | None] = [None]
 def _service_work(settings: Settings, me: Identity, pairs: list[tuple[str, int]]) -> dict[str, Any]:
     left = local_fence.holding_off(settings)
     if left:
-        _report_hold(settings, me, left)
+        _report_hold(settings, left)
         return {}
     reads = services.tick_reads(settings, [service for service, _ in pairs])
     refusals, found = record_ticks_with(settings, me, pairs, [read for _, read in reads])
@@ -286,7 +286,7 @@ def _service_work(settings: Settings, me: Identity, pairs: list[tuple[str, int]]
     return done
 
 
-def _report_hold(settings: Settings, me: Identity, left: float) -> None:
+def _report_hold(settings: Settings, left: float) -> None:
     """Say once per break that the service work waits, and why."""
     broke = database.broken_at(settings.require_database_url())
     if _reported_hold[0] != broke:

@@ -130,7 +130,7 @@ def run_recorded(settings: Settings, name: str, fence: Fence, run_id: int) -> Ru
         )
     except Exception as error:
         result = RunResult("failed", None, f"{type(error).__name__}: {error}")
-    (recorded,) = persistently(settings, fence.me, [end_sql(run_id, result, fence.me)])
+    (recorded,) = persistently(settings, [end_sql(run_id, result, fence.me)])
     log.log(
         logging.INFO if result.status == "succeeded" else logging.WARNING,
         "script %s (run %d) %s, exit code %s%s",

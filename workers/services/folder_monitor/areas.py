@@ -192,7 +192,7 @@ def settle_leftovers(
         for path, name in _unclaimed_for_long(settings, leftovers)
         if not held_here(fence, folder, path)
     ]
-    restored = restore_unrecorded(fence, folder, quiet)
+    restored = restore_unrecorded(folder, quiet)
     if restored:
         with transaction(settings) as connection:
             registration.count_restored(connection, fence.me, restored)
@@ -219,9 +219,7 @@ def _unclaimed_for_long(settings: Settings, leftovers: Leftovers) -> list[tuple[
     return ready
 
 
-def restore_unrecorded(
-    fence: Fence, folder: HotFolderSettings, files: list[tuple[Path, str]]
-) -> int:
+def restore_unrecorded(folder: HotFolderSettings, files: list[tuple[Path, str]]) -> int:
     """Put files the database has no claim for back into the hot folder, to be claimed
     again (never over a newer file of the same name); returns how many were put back."""
     restored = 0

@@ -126,7 +126,7 @@ def record_batch(
     this batch still holds. Returns the ids recorded, by this call or by an earlier try of
     it whose COMMIT went through unanswered (the batch id stays behind)."""
     statement = record_batch_sql(fence, claims, outcomes, batch)
-    (found_rows,) = persistently(settings, fence.me, [statement])
+    (found_rows,) = persistently(settings, [statement])
     found = {row[0] for row in found_rows}
     _log_outcomes(fence, claims, outcomes, found)
     return found

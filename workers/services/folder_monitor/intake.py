@@ -95,7 +95,7 @@ def _scan_folder(
     claimed, batches, leftovers = scanned.claimed, scanned.batches, scanned.leftovers
     adopted, refusals = scanned.adopted, scanned.refusals
     if not unchanged:
-        _report_refusals(fence, folder, refusals)
+        _report_refusals(folder, refusals)
     set_aside(fence, folder, found.unusable)
     settle_leftovers(settings, fence, folder, leftovers)
     _recorded_listings.discard(listing)
@@ -180,9 +180,7 @@ class FolderBusy(Exception):
     """Another scan of the folder holds its lock: this one skips it."""
 
 
-def _report_refusals(
-    fence: Fence, folder: HotFolderSettings, refusals: list[tuple[str, str]]
-) -> None:
+def _report_refusals(folder: HotFolderSettings, refusals: list[tuple[str, str]]) -> None:
     for name, why in refusals:
         log.warning("refused %s/%s: %s", folder.name, name, why)
 
