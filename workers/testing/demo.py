@@ -330,17 +330,24 @@ def demo(headless: bool, duration: float) -> None:
     """A local three-node cluster and a failover to watch; leaves nothing running."""
     import signal
 
+    stopped: list[int] = []
+
     def interrupt(signum: int, _frame: object) -> None:
+        stopped.append(signum)
         raise KeyboardInterrupt
 
-    for closing in (signal.SIGTERM, signal.SIGHUP):
+    for closing in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(closing, interrupt)
     console = Console()
     try:
         story = Demo(console, headless, duration).run()
-    except KeyboardInterrupt:
-        console.print("demo stopped: every process it started is gone")
-        sys.exit(130)
-    except TimeoutError as error:
-        raise Refused(str(error)) from None
+    except (KeyboardInterrupt, Exception) as error:
+        # The interrupt lands at any point, and a library's cleanup may raise over it (a
+        # database ping cut mid-query raises ProgrammingError): stopped is stopped.
+        if stopped or isinstance(error, KeyboardInterrupt):
+            console.print("demo stopped: every process it started is gone")
+            sys.exit(130)
+        if isinstance(error, TimeoutError):
+            raise Refused(str(error)) from None
+        raise
     click.echo(summary(story))
